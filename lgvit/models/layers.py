@@ -1,0 +1,496 @@
+"""Layers shared by every lgvit family.
+
+Everything is NHWC and follows the PyTorch semantics of the official code bases (eps, momentum,
+padding, initialisation), because the fixtures and converted checkpoints depend on them.
+
+Convolutions with groups go through :class:`Conv2d`, which keeps the PyTorch/XLA parameter layout
+``(kh, kw, in/groups, out)`` but never calls ``feature_group_count > 1``: on XLA:CPU that path is
+15-40x slower than oneDNN in the backward pass (see ``shared/specs/cpu_baselines.md``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# --------------------------------------------------------------------------------------------
+# Initialisers matching the official PyTorch code.
+# --------------------------------------------------------------------------------------------
+
+#: PyTorch's default ``nn.Conv2d``/``nn.Linear`` weight init, kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+#: ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``; like PyTorch, fan_out ignores groups.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+#: timm's ``trunc_normal_(std=.02)`` cuts at +-2 absolute, i.e. it is effectively untruncated.
+normal_002 = nn.initializers.normal(0.02)
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default bias init U(+-1/sqrt(fan_in)) for convs and linears."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+# --------------------------------------------------------------------------------------------
+# Norms.
+# --------------------------------------------------------------------------------------------
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
+
+  Variables are laid out like ``flax.linen.BatchNorm`` (``params/{scale,bias}``,
+  ``batch_stats/{mean,var}``). Statistics are reduced over every axis but the last, in float32.
+  Under ``jax.jit`` over a data-sharded batch the reduction is global across devices (SyncBN),
+  whereas the papers used per-GPU statistics.
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  scale_init: Initializer = nn.initializers.ones
+  bias_init: Initializer = nn.initializers.zeros
+  reduce_axes: Optional[Sequence[int]] = None  # default: all but the last
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    features = x.shape[-1]
+    axes = tuple(self.reduce_axes) if self.reduce_axes is not None else tuple(range(x.ndim - 1))
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', self.bias_init, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    if train:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=axes)
+      var = jnp.mean(jnp.square(xf - mean.reshape((1,) * (x.ndim - 1) + (-1,))), axis=axes)
+      if not self.is_initializing():
+        n = np.prod([x.shape[a] for a in axes])
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    mul = scale * lax.rsqrt(var + self.epsilon)
+    add = bias - mean * mul
+    dtype = self.dtype or x.dtype
+    return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
+
+
+def layer_norm(name: Optional[str] = None, eps: float = 1e-5, dtype: Optional[Dtype] = None) -> nn.LayerNorm:
+  """PyTorch-default LayerNorm (eps 1e-5; Flax defaults to 1e-6)."""
+  return nn.LayerNorm(epsilon=eps, name=name, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions.
+# --------------------------------------------------------------------------------------------
+
+
+def _pairs(v):
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class Conv2d(nn.Module):
+  """A PyTorch-style ``nn.Conv2d`` in NHWC with CPU-friendly grouped convolutions.
+
+  Parameters: ``kernel`` of shape (kh, kw, in/groups, out) (the layout of both PyTorch after a
+  (2, 3, 1, 0) transpose and of ``lax.conv`` with ``feature_group_count``), and ``bias``.
+  ``padding`` is symmetric zero padding in pixels, as in PyTorch (or 'SAME'/'VALID').
+
+  Grouped convolutions are computed as one dense conv per group (1x1 ones as a block einsum) and
+  depthwise 3x3-style ones as a sum of shifted slices, so no ``feature_group_count`` reaches XLA.
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 1
+  strides: int | Sequence[int] = 1
+  padding: Any = 0
+  groups: int = 1
+  use_bias: bool = False
+  kernel_init: Initializer = torch_default_kernel_init
+  bias_init: Optional[Initializer] = None
+  dtype: Optional[Dtype] = None
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = _pairs(self.kernel_size)
+    sh, sw = _pairs(self.strides)
+    cin = x.shape[-1]
+    g = self.groups
+    if cin % g or self.features % g:
+      raise ValueError(f'Conv2d: channels in={cin} / out={self.features} are not divisible by groups={g}')
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, cin // g, self.features), jnp.float32)
+    dtype = self.dtype or x.dtype
+    x = x.astype(dtype)
+    kernel = kernel.astype(dtype)
+    if isinstance(self.padding, str):
+      pad = self.padding
+    else:
+      ph, pw = _pairs(self.padding)
+      pad = ((ph, ph), (pw, pw))
+    y = grouped_conv(x, kernel, (sh, sw), pad, g, self.precision)
+    if self.use_bias:
+      bias_init = self.bias_init or torch_default_bias_init(cin // g * kh * kw)
+      bias = self.param('bias', bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(dtype)
+    return y
+
+
+def _conv(x, kernel, strides, padding, precision):
+  return lax.conv_general_dilated(
+      x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+
+
+def grouped_conv(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'VALID', groups: int = 1,
+                 precision: Any = None) -> Array:
+  """``lax.conv`` with ``feature_group_count=groups`` semantics, without grouped XLA convs."""
+  if groups == 1:
+    return _conv(x, kernel, strides, padding, precision)
+  kh, kw, cin_g, cout = kernel.shape
+  cout_g = cout // groups
+  if cin_g == 1 and cout == groups and strides == (1, 1) and not isinstance(padding, str):
+    return depthwise_conv_shifted(x, kernel, padding, precision)
+  if kh == kw == 1:
+    if isinstance(padding, str) or padding == ((0, 0), (0, 0)):
+      xs = x[:, ::strides[0], ::strides[1], :]
+    else:
+      xs = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))[:, ::strides[0], ::strides[1], :]
+    b, h, w, _ = xs.shape
+    xg = xs.reshape(b, h, w, groups, cin_g)
+    kg = kernel.reshape(cin_g, groups, cout_g)  # (in/g, out) with out = g*cout_g + j
+    y = jnp.einsum('bhwgi,igo->bhwgo', xg, kg, precision=precision)
+    return y.reshape(b, h, w, cout)
+  outs = [
+      _conv(x[..., i * cin_g:(i + 1) * cin_g], kernel[..., i * cout_g:(i + 1) * cout_g], strides, padding,
+            precision) for i in range(groups)
+  ]
+  return jnp.concatenate(outs, axis=-1)
+
+
+def depthwise_conv_shifted(x: Array, kernel: Array, padding, precision=None) -> Array:
+  """Stride-1 depthwise conv as a sum over kh*kw shifted slices of the zero-padded input."""
+  del precision  # elementwise products are exact in any precision
+  kh, kw, _, c = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  h = xp.shape[1] - kh + 1
+  w = xp.shape[2] - kw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling with PyTorch's padding rules.
+# --------------------------------------------------------------------------------------------
+
+
+def avg_pool(x: Array, window: int, stride: int, padding: int = 0, *, count_include_pad: bool = True,
+             ceil_mode: bool = False) -> Array:
+  """``torch.nn.AvgPool2d`` on NHWC."""
+  pads = []
+  for size in x.shape[1:3]:
+    lo = hi = padding
+    if ceil_mode:
+      out = -(-(size + 2 * padding - window) // stride) + 1
+      # PyTorch drops a last window that would start entirely in the right padding.
+      if (out - 1) * stride >= size + padding:
+        out -= 1
+      hi = max((out - 1) * stride + window - size - padding, padding)
+    pads.append((lo, hi))
+  dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+  pad4 = ((0, 0), pads[0], pads[1], (0, 0))
+  summed = lax.reduce_window(x, 0.0, lax.add, dims, strides, pad4)
+  if count_include_pad and not ceil_mode:
+    return summed / (window * window)
+  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+  if count_include_pad:
+    # Padding counts, but the ceil-mode overhang beyond the declared padding does not.
+    ones = jnp.pad(ones, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=1)
+    pad4 = ((0, 0), (0, pads[0][1] - padding), (0, pads[1][1] - padding), (0, 0))
+  counts = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pad4)
+  return summed / counts
+
+
+def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
+  """``torch.nn.MaxPool2d`` (floor mode, -inf padding) on NHWC."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pad)
+
+
+# --------------------------------------------------------------------------------------------
+# Regularisation.
+# --------------------------------------------------------------------------------------------
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (rng stream 'drop_path'), scaled by 1/keep like timm."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('drop_path'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+  """timm's linear stochastic-depth schedule ``linspace(0, rate, sum(depths))`` split per stage."""
+  total = sum(depths)
+  flat = np.linspace(0.0, rate, total) if total > 1 else np.zeros(total)
+  out, i = [], 0
+  for d in depths:
+    out.append([float(r) for r in flat[i:i + d]])
+    i += d
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer pieces.
+# --------------------------------------------------------------------------------------------
+
+
+def gelu(x: Array) -> Array:
+  """Exact (erf) GELU, as ``torch.nn.GELU``; Flax defaults to the tanh approximation."""
+  return nn.gelu(x, approximate=False)
+
+
+class Mlp(nn.Module):
+  """Linear -> GELU -> (dropout) -> Linear -> (dropout)."""
+  hidden: int
+  out: Optional[int] = None
+  dropout: float = 0.0
+  kernel_init: Initializer = normal_002
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    out = self.out or x.shape[-1]
+    x = nn.Dense(self.hidden, kernel_init=self.kernel_init, dtype=self.dtype, name='fc1')(x)
+    x = gelu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(out, kernel_init=self.kernel_init, dtype=self.dtype, name='fc2')(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+def relative_position_index(window: int | Sequence[int]) -> np.ndarray:
+  """Swin's (w*w, w*w) index into the ((2w-1)^2, heads) bias table; tokens row-major in a window."""
+  wh, ww = _pairs(window)
+  coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing='ij')).reshape(2, -1)
+  rel = coords[:, :, None] - coords[:, None, :]
+  return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+
+
+class RelativePositionBias(nn.Module):
+  """Learnable Swin-style relative position bias, returned as (heads, w*w, w*w)."""
+  window: int | Sequence[int]
+  num_heads: int
+  init: Initializer = normal_002
+
+  @nn.compact
+  def __call__(self) -> Array:
+    wh, ww = _pairs(self.window)
+    table = self.param('relative_position_bias_table', self.init, ((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+    idx = relative_position_index((wh, ww))
+    return jnp.transpose(table[idx.reshape(-1)].reshape(wh * ww, wh * ww, self.num_heads), (2, 0, 1))
+
+
+def resize_relative_position_table(table: np.ndarray, new_window: int | Sequence[int]) -> np.ndarray:
+  """Bicubically resamples a ((2w-1)^2, heads) table to a new window size (Swin/timm fine-tuning rule)."""
+  old = int(round(math.sqrt(table.shape[0])))
+  nh, nw = (2 * s - 1 for s in _pairs(new_window))
+  if (old, old) == (nh, nw):
+    return np.asarray(table)
+  grid = jnp.asarray(table, jnp.float32).reshape(old, old, -1)
+  out = jax.image.resize(grid, (nh, nw, grid.shape[-1]), 'bicubic')
+  return np.asarray(out).reshape(nh * nw, -1)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,
+                          mask: Optional[Array] = None, precision: Any = None) -> Array:
+  """softmax(q k^T + bias) v over (..., heads, tokens, dim) tensors; q must already be scaled.
+
+  ``mask`` (broadcastable to the logits, True = attend) removes keys from the softmax.
+  """
+  logits = jnp.einsum('...hqd,...hkd->...hqk', q, k, precision=precision)
+  if bias is not None:
+    logits = logits + bias.astype(logits.dtype)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum('...hqk,...hkd->...hqd', weights, v, precision=precision)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head self-attention over (..., tokens, dim) with an optional additive bias and mask.
+
+  Parameter layout follows timm/Swin: ``qkv`` Dense(dim -> 3*dim) whose output is
+  ``[q | k | v]``, each head-major, and ``proj`` Dense(dim -> dim).
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  kernel_init: Initializer = normal_002
+  qkv_name: str = 'qkv'
+  proj_name: str = 'proj'
+  dtype: Optional[Dtype] = None
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, bias: Optional[Array] = None, mask: Optional[Array] = None,
+               train: bool = False) -> Array:
+    dim = x.shape[-1]
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                   precision=self.precision, name=self.qkv_name)(x)
+    qkv = qkv.reshape(x.shape[:-1] + (3, self.num_heads, head_dim))
+    qkv = jnp.moveaxis(qkv, -3, 0)  # (3, ..., tokens, heads, hd)
+    q, k, v = (jnp.swapaxes(t, -2, -3) for t in qkv)  # (..., heads, tokens, hd)
+    out = dot_product_attention(q * head_dim**-0.5, k, v, bias, mask, self.precision)
+    out = jnp.swapaxes(out, -2, -3).reshape(x.shape[:-1] + (dim,))
+    out = nn.Dense(dim, kernel_init=self.kernel_init, dtype=self.dtype, precision=self.precision,
+                   name=self.proj_name)(out)
+    return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+def window_partition(x: Array, window: int) -> Array:
+  """(B, H, W, C) -> (B, nH*nW, w*w, C), windows row-major and tokens row-major inside."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // window, window, w // window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // window) * (w // window), window * window, c)
+
+
+def window_reverse(windows: Array, window: int, h: int, w: int) -> Array:
+  """Inverse of :func:`window_partition`."""
+  b, _, _, c = windows.shape
+  x = windows.reshape(b, h // window, w // window, window, window, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
+  """Swin's attention mask for cyclically shifted windows: (nW, w*w, w*w) booleans, True = attend."""
+  img = np.zeros((h, w), np.int32)
+  cnt = 0
+  for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+    for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+      img[hs, ws] = cnt
+      cnt += 1
+  win = img.reshape(h // window, window, w // window, window).transpose(0, 2, 1, 3).reshape(-1, window * window)
+  return win[:, :, None] == win[:, None, :]
+
+
+class WindowAttention(nn.Module):
+  """Window MHSA with a relative position bias (Swin; NomMer's local branch).
+
+  Input (B, H, W, C) with H, W divisible by ``window``. ``shift`` > 0 gives Swin's shifted
+  windows with their mask.
+  """
+  num_heads: int
+  window: int
+  shift: int = 0
+  qkv_bias: bool = True
+  dtype: Optional[Dtype] = None
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    b, h, w, c = x.shape
+    if h % self.window or w % self.window:
+      raise ValueError(f'WindowAttention: feature map {h}x{w} is not divisible by window {self.window}')
+    if self.shift:
+      x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
+    windows = window_partition(x, self.window)  # (B, nW, N, C)
+    bias = RelativePositionBias(self.window, self.num_heads, name='rel_pos')()
+    mask = None
+    if self.shift:
+      mask = jnp.asarray(shifted_window_mask(h, w, self.window, self.shift))[None, :, None]
+    out = MultiHeadAttention(self.num_heads, self.qkv_bias, dtype=self.dtype, precision=self.precision,
+                             name='attn')(windows, bias=bias, mask=mask, train=train)
+    out = window_reverse(out, self.window, h, w)
+    if self.shift:
+      out = jnp.roll(out, (self.shift, self.shift), axis=(1, 2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Squeeze-and-excitation.
+# --------------------------------------------------------------------------------------------
+
+
+class SqueezeExcite(nn.Module):
+  """Channel gate: mean -> 1x1 conv(+b) -> [BN] -> act -> 1x1 conv(+b) -> sigmoid, times x."""
+  hidden: int
+  act: Callable[[Array], Array] = nn.relu
+  use_bn: bool = False
+  kernel_init: Initializer = torch_default_kernel_init
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = Conv2d(self.hidden, 1, use_bias=True, kernel_init=self.kernel_init, dtype=self.dtype, name='fc1')(s)
+    if self.use_bn:
+      s = BatchNorm(name='bn1')(s, train=train)
+    s = self.act(s)
+    s = Conv2d(x.shape[-1], 1, use_bias=True, kernel_init=self.kernel_init, dtype=self.dtype, name='fc2')(s)
+    return x * jax.nn.sigmoid(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Misc.
+# --------------------------------------------------------------------------------------------
+
+
+class InvalidInputSizeError(ValueError):
+  """The image size cannot pass through the architecture; the message names valid sizes."""
+
+
+def check_min_size(x: Array, min_size: int, model: str):
+  h, w = x.shape[1:3]
+  if h < min_size or w < min_size:
+    raise InvalidInputSizeError(f'{model}: input {h}x{w} is too small; use images of at least {min_size}x{min_size}.')
+
+
+
+class ConvBN(nn.Module):
+  """Conv2d -> BatchNorm -> optional activation: the ubiquitous ResNet unit."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: Optional[int] = None  # default: kernel_size // 2
+  groups: int = 1
+  act: Optional[Callable[[Array], Array]] = nn.relu
+  kernel_init: Initializer = kaiming_normal_fan_out
+  bn_scale_init: Initializer = nn.initializers.ones
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    pad = self.kernel_size // 2 if self.padding is None else self.padding
+    x = Conv2d(self.features, self.kernel_size, self.strides, pad, self.groups, kernel_init=self.kernel_init,
+               dtype=self.dtype, name='conv')(x)
+    x = BatchNorm(scale_init=self.bn_scale_init, dtype=self.dtype, name='bn')(x, train=train)
+    return self.act(x) if self.act is not None else x
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (works on ShapeDtypeStructs from ``jax.eval_shape``)."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
