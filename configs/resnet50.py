@@ -9,5 +9,5 @@ from configs import common
 def get_config(arg=None):
   c = common.base_config('resnet50')
   common.torchvision_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1), stem_width=16, base_width=16,
+  return common.finalize(c, arg, demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1), stem_width=16,
                                                         stage_planes=(16, 32, 64, 128)))
