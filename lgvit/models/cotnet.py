@@ -32,6 +32,7 @@ Introspection: each full CoT layer sows ``intermediates/.../conv2/fusion_weights
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -57,6 +58,8 @@ CONTEXTS = ('static', 'dynamic', 'linear', 'full')
 def _split_heads(value: Array, weights: Array, kernel_size: int, groups: int):
   b, h, w, c = value.shape
   taps = kernel_size * kernel_size
+  if kernel_size % 2 == 0:
+    raise ValueError(f'local_aggregation: kernel_size must be odd, got {kernel_size}')
   if c % (SHARE_PLANES * groups):
     raise ValueError(f'local_aggregation: {c} value channels do not split into {groups} group(s) of '
                      f'{SHARE_PLANES}-channel heads')
@@ -68,31 +71,80 @@ def _split_heads(value: Array, weights: Array, kernel_size: int, groups: int):
   return weights.reshape(b, h, w, groups, 1, heads, taps), (b, h, w, groups, SHARE_PLANES, heads)
 
 
+def _taps(kernel_size: int):
+  """(t, dy, dx) for the taps t = (dy + p) * k + (dx + p) of a k x k window, offsets in [-p, p]."""
+  pad = (kernel_size - 1) // 2
+  for t in range(kernel_size * kernel_size):
+    dy, dx = divmod(t, kernel_size)
+    yield t, dy - pad, dx - pad
+
+
+def _shift(x: Array, dy: int, dx: int) -> Array:
+  """``x[:, y + dy, x + dx]`` with zeros outside the map.
+
+  A pad of a slice, which XLA fuses into its consumer: no padded copy of ``x`` is kept.
+  """
+  h, w = x.shape[1:3]
+  window = x[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+  widths = ((0, 0), (max(-dy, 0), max(dy, 0)), (max(-dx, 0), max(dx, 0))) + ((0, 0),) * (x.ndim - 3)
+  return jnp.pad(window, widths)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _aggregate(value: Array, attn: Array, kernel_size: int) -> Array:
+  """value (B, H, W, G, 8, heads), attn (B, H, W, G, 1, heads, k*k) -> (B, H, W, G, 8, heads)."""
+  out = None
+  for t, dy, dx in _taps(kernel_size):
+    term = _shift(value, dy, dx) * attn[..., t]
+    out = term if out is None else out + term
+  return out
+
+
+def _aggregate_fwd(value, attn, kernel_size):
+  return _aggregate(value, attn, kernel_size), (value, attn)
+
+
+def _aggregate_bwd(kernel_size, residuals, grad):
+  # Written out because autodiff's transpose of the head broadcast is a reduction over the
+  # 8-channel axis in the middle of the layout, which XLA:CPU runs ~10x slower than these slice sums.
+  value, attn = residuals
+  h, w = value.shape[1:3]
+  pad = (kernel_size - 1) // 2
+  # Slices of one padded copy: XLA:CPU fuses these separate per-tap reductions far better than
+  # pads of slices.
+  padded = jnp.pad(value, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (value.ndim - 3))
+  d_value, d_attn = None, []
+  for t, dy, dx in _taps(kernel_size):
+    term = _shift(grad * attn[..., t], -dy, -dx)
+    d_value = term if d_value is None else d_value + term
+    prod = grad * padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    shared = prod[:, :, :, :, :1]  # summed over the 8 channels that share the head
+    for r in range(1, SHARE_PLANES):
+      shared = shared + prod[:, :, :, :, r:r + 1]
+    d_attn.append(shared)
+  return d_value, jnp.stack(d_attn, axis=-1)
+
+
+_aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
+
+
 def local_aggregation(value: Array, weights: Array, *, kernel_size: int = 3, groups: int = 1) -> Array:
-  """``out[b, y, x, c] = sum_t A[b, y, x, head(c), t] * V[b, y + dy_t, x + dx_t, c]``, zero padded.
+  """``out[b, y, x, c] = sum_t A[b, y, x, head(c), t] * V[b, y + dy_t - p, x + dx_t - p, c]``, zero padded.
 
   Args:
     value: (B, H, W, C).
     weights: (B, H, W, groups * heads * k * k); channel ``(g * heads + j) * k * k + t`` is tap
-      ``t = ky * k + kx`` of head ``j`` in channel group ``g``. ``heads = C / (8 * groups)``.
-    kernel_size: odd window size k (stride 1, dilation 1, padding (k - 1) / 2).
+      ``t = dy * k + dx`` of head ``j`` in channel group ``g``. ``heads = C / (8 * groups)``.
+    kernel_size: odd window size k (stride 1, dilation 1, padding p = (k - 1) / 2).
     groups: 1 for CoT; 2 for CoXt, whose channel halves aggregate separately.
 
   Channel ``c`` of group ``g`` (channels ``g * C/groups ...``) uses head ``c mod heads``: 8 channels
-  share a head, interleaved. The sum runs over k*k shifted slices of the zero-padded value and
-  never materialises the k*k-times unfolded copy; every product is elementwise, hence exact in
-  any matmul precision.
+  share a head, interleaved. Forward and backward are sums over k*k shifted slices of zero-padded
+  maps, so the k*k-times unfolded value is never materialised, and every product is elementwise,
+  hence exact in any matmul precision. Reverse-mode only (``jax.custom_vjp``).
   """
   attn, vshape = _split_heads(value, weights, kernel_size, groups)
-  pad = (kernel_size - 1) // 2
-  b, h, w, c = value.shape
-  padded = jnp.pad(value, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out = None
-  for t in range(kernel_size * kernel_size):
-    dy, dx = divmod(t, kernel_size)
-    term = padded[:, dy:dy + h, dx:dx + w, :].reshape(vshape) * attn[..., t]
-    out = term if out is None else out + term
-  return out.reshape(b, h, w, c)
+  return _aggregate(value.reshape(vshape), attn, kernel_size).reshape(value.shape)
 
 
 def local_aggregation_patches(value: Array, weights: Array, *, kernel_size: int = 3, groups: int = 1) -> Array:
