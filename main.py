@@ -59,5 +59,31 @@ def main(argv):
           f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)
 
 
+def parse_flags(argv):
+  """absl parsing, but a bad --config / --config.key override is a one-line error, not a traceback."""
+  try:
+    args = flags.FLAGS(argv)
+    _ = _CONFIG.value.model  # config_flags defers file-loading errors to the first access
+    return args
+  except (flags.Error, OSError) as e:
+    msg = str(e)
+    if 'No such file or directory' in msg:
+      import glob
+      names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__) or '.',
+                                                                              'configs', '*.py')))
+      names = [n for n in names if n not in ('__init__', 'common')]
+      missing = msg.split('No such file or directory:')[-1].strip().splitlines()[0]
+      msg = f'config file {missing} not found; ' \
+            f"available in configs/: {', '.join(names)}"
+    else:
+      lines = [l.strip() for l in msg.splitlines() if l.strip()]
+      msg = f'{lines[0]} {lines[-1]}' if len(lines) > 1 else lines[0]
+    print(f'error: {msg}', file=sys.stderr)
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    msg = str(e.args[0] if e.args else e).strip('\'"').replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    print(f'error: bad --config override: {msg}', file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
