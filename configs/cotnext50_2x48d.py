@@ -14,8 +14,6 @@ from configs import common
 def get_config(arg=None):
   c = common.base_config('cotnext50_2x48d')
   common.cotnet_style(c, batch=512, lr=0.2, weight_decay=4e-05)
-  return common.finalize(
-      c, arg,
-      demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1),
-      stage_planes=(16, 32, 64, 128),
-      base_width=64, stem_width=16))
+  return common.finalize(c, arg, num_epochs=25.0,
+                         demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1), stage_planes=(16, 32, 64, 128),
+                                                base_width=64, stem_width=16, drop_rate=0.0))

@@ -15,5 +15,6 @@ from configs import common
 def get_config(arg=None):
   c = common.base_config('se_cotnetd50')
   common.cotnet_style(c, batch=640, lr=0.25, weight_decay=4e-05)
-  return common.finalize(
-      c, arg, demo_model_kwargs=dict(stage_depths=(1, 1, 2, 1), stage_planes=(16, 32, 64, 128), stem_width=8))
+  return common.finalize(c, arg, num_epochs=25.0,
+                         demo_model_kwargs=dict(stage_depths=(1, 1, 2, 1), stage_planes=(16, 32, 64, 128),
+                                                stem_width=8, drop_rate=0.0))

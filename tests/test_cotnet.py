@@ -396,3 +396,32 @@ def test_features_only_strides():
   model = tiny('se_cotnetd152', features_only=True)
   feats = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))[0])
   assert [f.shape[1] for f in feats] == [16, 8, 4, 2]
+
+
+CONFIGS = ['cotnet50', 'cotnet101', 'cotnext50_2x48d', 'cotnext101_2x48d', 'se_cotnetd50', 'se_cotnetd101',
+           'se_cotnetd152', 'se_cotnetd152_320']
+
+
+@pytest.mark.parametrize('variant', CONFIGS)
+def test_configs_build_their_models(variant):
+  import importlib
+
+  from lgvit.models import model_info
+  module = importlib.import_module(f'configs.{variant}')
+  full, demo = module.get_config(), module.get_config('demo')
+  assert (full.image_size, full.crop_pct) == (model_info(variant).input_size, model_info(variant).crop_pct)
+  for c in (full, demo):
+    model = create_model(c.model, num_classes=c.num_classes, **c.model_kwargs)
+    assert type(model.make_spatial) is CoTSpatial
+  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=demo.image_size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('variant', ['cotnet50', 'se_cotnetd50'])
+def test_demo_reaches_95_percent(variant, tmp_path):
+  import importlib
+
+  from lgvit import train
+  config = importlib.import_module(f'configs.{variant}').get_config('demo')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['eval_top1'] >= 0.95
