@@ -380,11 +380,22 @@ def test_network_train_step():
   assert np.any(state['batch_stats']['layer4_0']['conv2']['dynamic_bn']['mean'] != 0)
 
 
+@pytest.mark.parametrize('cardinality', [1, 2])
+def test_layer_keeps_the_compute_dtype(cardinality):
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 32))
+  layer = CoTLayer(cardinality)
+  variables = jax.jit(lambda x: layer.init(jax.random.PRNGKey(0), x, train=False))(x)
+  apply = jax.jit(lambda x: layer.apply(variables, x, train=False))
+  out32, out16 = apply(x), apply(x.astype(jnp.bfloat16))
+  assert out16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out16.astype(jnp.float32), out32, rtol=0.05, atol=0.05 * np.abs(out32).max())
+
+
 def test_batch_of_one_in_training_is_an_error():
   x = jnp.zeros((1, 4, 4, 16))
-  variables = CoTLayer().init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.eval_shape(lambda: CoTLayer().init(jax.random.PRNGKey(0), x, train=False))
   with pytest.raises(ValueError, match='more than one image'):
-    CoTLayer().apply(variables, x, train=True, mutable=['batch_stats'])
+    jax.eval_shape(lambda v: CoTLayer().apply(v, x, train=True, mutable=['batch_stats']), variables)
 
 
 def test_too_small_input_names_valid_size():

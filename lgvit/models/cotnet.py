@@ -237,7 +237,8 @@ class CoTLayer(nn.Module):
     a = layers.Conv2d(k * k * dim // SHARE_PLANES, 1, groups=card, use_bias=True, kernel_init=conv_init,
                       name='embed_expand')(a)
     # One GroupNorm group per head (its k*k taps over all pixels); no softmax, as in the official code.
-    a = nn.GroupNorm(num_groups=dim // SHARE_PLANES, epsilon=1e-5, use_fast_variance=False, name='embed_norm')(a)
+    a = nn.GroupNorm(num_groups=dim // SHARE_PLANES, epsilon=1e-5, use_fast_variance=False, dtype=x.dtype,
+                     name='embed_norm')(a)
 
     # Dynamic context: values aggregated with the attention maps.
     v = layers.ConvBN(dim, 1, groups=card, act=None, name='value')(x, train=train)
