@@ -8,13 +8,15 @@ Layout of a workdir::
 
 Orbax finalises a step directory only after every file is written, so a save killed half-way is
 never picked up. A finalised step that fails to restore (truncated or corrupt files) is skipped in
-favour of the previous one, and the fallback is logged.
+favour of the previous one, the fallback is logged, and the bad step is moved (not deleted) to
+``corrupt_checkpoints/`` so that training can write that step again.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import time
 from typing import Any, Optional
 
 import flax
@@ -40,8 +42,25 @@ class TrainCheckpointer:
   """Latest-N training checkpoints with corruption fallback."""
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
+    self.workdir = workdir
     self.directory = os.path.join(workdir, 'checkpoints')
+    self.keep, self.async_save = keep, async_save
     self.manager = _manager(self.directory, keep, async_save)
+
+  def _quarantine(self, steps: list[int]):
+    """Moves unreadable steps to ``corrupt_checkpoints/`` (kept for inspection, never deleted)."""
+    if jax.process_index() == 0:
+      target = os.path.join(self.workdir, 'corrupt_checkpoints')
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        dest = os.path.join(target, f'{step}.{int(time.time())}')
+        os.replace(os.path.join(self.directory, str(step)), dest)
+        print(f'Moved the unreadable checkpoint of step {step} to {dest}.', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('lgvit quarantine')
+    self.manager.close()
+    self.manager = _manager(self.directory, self.keep, self.async_save)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -54,6 +73,7 @@ class TrainCheckpointer:
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest checkpoint that reads back whole; None if there is none."""
     steps = sorted(self.manager.all_steps(), reverse=True)
+    bad = []
     for i, step in enumerate(steps):
       try:
         restored = self.manager.restore(
@@ -63,7 +83,10 @@ class TrainCheckpointer:
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); %s', step, self.directory,
                     type(e).__name__, str(e).splitlines()[0][:200], older)
         print(f'WARNING: checkpoint step {step} is corrupt or incomplete ({type(e).__name__}); {older}.', flush=True)
+        bad.append(step)
         continue
+      if bad:
+        self._quarantine(bad)
       return restored['state'], dict(restored['meta']), step
     if steps:
       raise CheckpointError(f'none of the checkpoints {steps} in {self.directory} could be read; move the '

@@ -175,3 +175,36 @@ def test_two_processes_equal_one_process(tmp_path):
   import jax
   for a, b in zip(jax.tree_util.tree_leaves(_final_params(multi)), jax.tree_util.tree_leaves(_final_params(single))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
+  args = [f'--config={DEMO}', '--config.num_train_steps=400', '--config.checkpoint_every_steps=1000',
+          '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if line.startswith('step 5/'):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 75, out[-2000:]
+  stopped = int(out.split('Preempted: saved step ')[1].split(';')[0])
+  assert 5 <= stopped < 400
+  assert (workdir / 'checkpoints' / str(stopped)).is_dir()
+  resumed = run_main(*args, workdir=workdir)
+  assert f'from step {stopped}' in resumed.stdout and 'step 400/400' in resumed.stdout
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
+          f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  run_main(*args, '--config.num_train_steps=10', workdir=workdir)
+  for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  proc = run_main(*args, '--config.num_train_steps=15', workdir=workdir)
+  assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'falling back to step 5' in proc.stdout
+  assert 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
+  assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1  # kept, not deleted
