@@ -1,5 +1,6 @@
 """NomMer: parameter counts, official-fixture parity, the train-mode nominator, sizes, ablations, 384 fine-tuning."""
 import importlib
+import json
 import math
 
 import flax
@@ -10,9 +11,11 @@ import numpy as np
 import optax
 import pytest
 import scipy.fft
+import conftest
 from conftest import fixture_json, fixture_npz
 
 import nommer_numpy_ref
+from lgvit.checkpoint import adapt_variables
 from lgvit.convert import ConversionError, from_torch
 from lgvit.models import create_model
 from lgvit.models import nommer
@@ -166,12 +169,29 @@ def test_converter_reports_bad_state_dicts():
   # The Dec-2021 code had extra fc1/fc2/fc3 layers.
   with pytest.raises(ConversionError, match=r'unexpected PyTorch keys \(2\): fc1\.bias, fc1\.weight'):
     from_torch('nommer_t', dict(sd, **{'fc1.weight': np.zeros((16, 16)), 'fc1.bias': np.zeros(16)}), **overrides)
-  with pytest.raises(ConversionError, match=r'merge2\.norm\.bias'):
-    from_torch('nommer_t', {k: v for k, v in sd.items() if k != 'merge2.norm.bias'}, **overrides)
+  dropped = ('merge2.norm.bias', 'pos_embedding', 'transformer1.layers.0.0.fn.attentionG.dct_conv_8x8.weight')
+  with pytest.raises(ConversionError, match=r'missing PyTorch keys \(3\): merge2\.norm\.bias, pos_embedding, '
+                     r'transformer1\.layers\.0\.0\.fn\.attentionG\.dct_conv_8x8\.weight'):
+    from_torch('nommer_t', {k: v for k, v in sd.items() if k not in dropped}, **overrides)
   with pytest.raises(ConversionError, match='relative_position_bias_table'):
     from_torch('nommer_t', sd, **dict(overrides, window=2))
   with pytest.raises(ConversionError, match='DCT'):
     from_torch('nommer_t', sd, **dict(overrides, dct_blocks=(2, 2)))
+
+
+def test_convert_cli_writes_a_loadable_checkpoint(tmp_path):
+  from lgvit import checkpoint
+  from lgvit.convert import __main__ as cli
+  meta = fixture_json('nommer', 'nommer_micro_64')
+  kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in fixture_overrides(meta).items() if k != 'num_classes'}
+  npz = conftest.SHARED / 'fixtures' / 'nommer' / 'nommer_micro_64.npz'
+  assert cli.main(['--model', 'nommer_t', '--checkpoint', str(npz), '--out', str(tmp_path / 'out'),
+                   '--model_kwargs', json.dumps(kwargs)]) == 0
+  loaded = flat(checkpoint.load_variables(str(tmp_path / 'out')))
+  want = flat(from_torch('nommer_t', state_dict(fixture_npz('nommer', 'nommer_micro_64')), **fixture_overrides(meta)))
+  assert sorted(loaded) == sorted(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(loaded[k], v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,23 +407,24 @@ def test_resizing_reproduces_values_at_the_original_size():
   np.testing.assert_allclose(nommer.resize_pos_embedding(pos, (14, 14)), pos, atol=1e-6)
   const = np.full((1, 14, 14, 2), 0.7, np.float32)
   np.testing.assert_allclose(nommer.resize_pos_embedding(const, (24, 24)), 0.7, atol=1e-6)
-  params = random_variables(create_model('nommer_t', **TINY), 224)['params']
-  same = nommer.adapt_checkpoint_params(params, params)
-  for k, v in flat(params).items():
-    np.testing.assert_array_equal(flat(same)[k], v)
-  # At window 12 the zero-offset entry of each resized table keeps its 224 value.
-  target = init_shapes(create_model('nommer_t_384', **TINY), 384)['params']
-  grown = flat(nommer.adapt_checkpoint_params(params, target))
-  key = ('stage1_block0', 'context', 'local', 'rel_pos', 'relative_position_bias_table')
-  old = np.asarray(flat(params)[key]).reshape(13, 13, -1)
+  variables = random_variables(create_model('nommer_t', **TINY), 224)
+  same = flat(adapt_variables(variables, variables))
+  for k, v in flat(variables).items():
+    np.testing.assert_array_equal(same[k], v)
+  # init_from into the 384 model: at window 12 the zero-offset entry of each table keeps its value.
+  grown = flat(adapt_variables(variables, init_shapes(create_model('nommer_t_384', **TINY), 384)))
+  key = ('params', 'stage1_block0', 'context', 'local', 'rel_pos', 'relative_position_bias_table')
+  old = np.asarray(flat(variables)[key]).reshape(13, 13, -1)
   np.testing.assert_allclose(np.asarray(grown[key]).reshape(23, 23, -1)[11, 11], old[6, 6], atol=1e-6)
-  assert grown[('pos_embedding',)].shape == (1, 24, 24, 64)
+  pos224 = flat(variables)[('params', 'pos_embedding')]
+  np.testing.assert_allclose(grown[('params', 'pos_embedding')], nommer.resize_pos_embedding(pos224, (24, 24)),
+                             atol=1e-6)
 
 
 def test_finetune_step_at_384_from_224_checkpoint():
-  variables = random_variables(create_model('nommer_t', **TINY), 224)
   model = create_model('nommer_t_384', **TINY)
-  params = nommer.adapt_checkpoint_params(variables['params'], init_shapes(model, 384)['params'])
+  variables = adapt_variables(random_variables(create_model('nommer_t', **TINY), 224), init_shapes(model, 384))
+  params = variables['params']
   x = jax.random.normal(jax.random.PRNGKey(1), (1, 384, 384, 3))
   labels = jnp.array([3])
   rngs = {k: jax.random.PRNGKey(i) for i, k in enumerate(('dropout', 'drop_path', 'gumbel'))}

@@ -19,12 +19,28 @@ def _pos_embedding_image_size(sd):
   return int(pos.shape[1]) * 16  # the grid sits after three stride-2 stages on the S/4 stem output
 
 
+def _take(conv: StateDictConverter, key: str):
+  """Like ``conv.take``, but a missing key is recorded for the final report instead of stopping the rule."""
+  if conv.has(key):
+    return conv.take(key)
+  conv.missing.append(key)
+  return None
+
+
+def _put(conv: StateDictConverter, key: str, path: tuple):
+  value = _take(conv, key)
+  if value is not None:
+    conv.put(path, value)
+
+
 def _check_dct_kernels(conv: StateDictConverter, key: str, block: int):
   """The frozen kernels must be the analytic basis the model uses for DCT block ``block``."""
   basis = dct_basis(block)  # (a*a, N, N)
   a2 = basis.shape[0]
-  dct = conv.take(f'{key}.dct_conv_8x8.weight')  # (a*a*d, 1, N, N), row c*a*a + k
-  idct = conv.take(f'{key}.idct_conv.0.weight')  # (N*N*d, a*a, 1, 1), row c*N*N + r*N + s
+  dct = _take(conv, f'{key}.dct_conv_8x8.weight')  # (a*a*d, 1, N, N), row c*a*a + k
+  idct = _take(conv, f'{key}.idct_conv.0.weight')  # (N*N*d, a*a, 1, 1), row c*N*N + r*N + s
+  if dct is None or idct is None:
+    return
   if dct.shape[1:] != (1, block, block) or dct.shape[0] % a2:
     raise ConversionError(f'{key}.dct_conv_8x8.weight has shape {dct.shape}; the model uses {block}x{block} DCT '
                           f'blocks keeping {a2} frequencies (set dct_blocks to match the checkpoint)')
@@ -54,8 +70,8 @@ def convert_nommer(conv: StateDictConverter, model_name, model):
       fn, ctx = f'{tkey}.0.fn', path + ('context',)
       for k in (1, 2, 3):
         conv.conv_bn(f'{fn}.cnn.conv{k}', f'{fn}.cnn.bn{k}', ctx + ('cnn', f'conv{k}'))
-      conv.put(ctx + ('local', 'rel_pos', 'relative_position_bias_table'),
-               conv.take(f'{fn}.attention.relative_position_bias_table'))
+      _put(conv, f'{fn}.attention.relative_position_bias_table',
+           ctx + ('local', 'rel_pos', 'relative_position_bias_table'))
       conv.dense(f'{fn}.attention.qkv', ctx + ('local', 'attn', 'qkv'))
       conv.dense(f'{fn}.attention.proj', ctx + ('local', 'attn', 'proj'))
       _check_dct_kernels(conv, f'{fn}.attentionG', model.dct_blocks[s])
@@ -68,8 +84,8 @@ def convert_nommer(conv: StateDictConverter, model_name, model):
   for k in (1, 2, 3):
     conv.conv(f'merge{k}.conv', (f'merge{k}', 'conv'))
     conv.norm(f'merge{k}.norm', (f'merge{k}', 'norm'))
-  conv.put(('pos_embedding',), conv.take('pos_embedding'))
-  conv.put(('cls_token',), conv.take('cls_token'))
+  _put(conv, 'pos_embedding', ('pos_embedding',))
+  _put(conv, 'cls_token', ('cls_token',))
   conv.norm('mlp_head.0', ('head_norm',))
   if model.num_classes:
     conv.dense('mlp_head.1', ('head',))

@@ -28,8 +28,8 @@ Deliberate choices:
   the tied branches. Ties have measure zero.
 * The 384 variants use window 12 (the official window 7 cannot tile the 96/48 maps) and keep the
   DCT blocks 8/4, which divide 96 and 48; the CGCA then attends over 12x12 compressed tokens.
-  Fine-tuning from 224 resizes the relative position tables and the position embedding
-  (:func:`resize_pos_embedding`, :func:`adapt_checkpoint_params`).
+  Fine-tuning from 224 (``config.init_from``) resizes the relative position tables and the position
+  embedding (:func:`resize_pos_embedding`) bicubically, as Swin/timm do.
 * Table 4 of the paper is reproduced by the fields ``use_cnn``, ``global_context`` and ``fusion``
   (see :data:`ABLATIONS`). The paper's "Pool" global context has no public code: ours max-pools
   N x N blocks, runs the same global MHSA on the pooled tokens and repeats each token over its
@@ -38,9 +38,8 @@ Deliberate choices:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -387,8 +386,8 @@ class NomMer(nn.Module):
         raise InvalidInputSizeError(
             f'{self.name_for_errors}: these variables were made for {trained[0] * 16}x{trained[1] * 16} inputs '
             f'(pos_embedding grid {trained[0]}x{trained[1]}), got {h * 16}x{w * 16}. To run at a new size, '
-            'initialise the model at that size and load the checkpoint with config.init_from (it resizes '
-            'pos_embedding and the relative position tables; see lgvit.models.nommer.adapt_checkpoint_params).')
+            'initialise the model at that size and load the checkpoint with config.init_from, which resizes '
+            'pos_embedding and the relative position tables (lgvit.checkpoint.adapt_variables).')
     return self.param('pos_embedding', nn.initializers.normal(1.0), (1, h, w, c), jnp.float32)
 
 
@@ -405,33 +404,6 @@ def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
   nh, nw = new_hw
   out = jax.image.resize(jnp.asarray(pos, jnp.float32), (1, nh, nw, pos.shape[-1]), 'bicubic')
   return np.asarray(out, pos.dtype)
-
-
-def adapt_checkpoint_params(params: Mapping[str, Any], target: Mapping[str, Any]) -> dict:
-  """Fits checkpoint ``params`` to the shapes of ``target`` (e.g. a 224 NomMer into a 384 one).
-
-  ``relative_position_bias_table`` leaves are resized with
-  :func:`lgvit.models.layers.resize_relative_position_table`, ``pos_embedding`` with
-  :func:`resize_pos_embedding`; every other leaf must already have the target shape.
-  ``target`` may hold arrays or ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``).
-  """
-  src = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
-  if set(src) != set(dst):
-    diff = sorted('/'.join(k) for k in set(src) ^ set(dst))
-    raise ValueError(f'checkpoint and model parameters differ in names: {diff[:10]}')
-  out = {}
-  for path, value in src.items():
-    shape = tuple(dst[path].shape)
-    if tuple(value.shape) != shape:
-      if path[-1] == 'relative_position_bias_table':
-        value = layers.resize_relative_position_table(np.asarray(value), (int(math.isqrt(shape[0])) + 1) // 2)
-      elif path[-1] == 'pos_embedding':
-        value = resize_pos_embedding(value, shape[1:3])
-      else:
-        raise ValueError(f"{'/'.join(path)}: checkpoint shape {tuple(value.shape)} does not fit model shape {shape}")
-    out[path] = jnp.asarray(value)
-  return flax.traverse_util.unflatten_dict(out)
 
 
 # ---------------------------------------------------------------------------------------------
