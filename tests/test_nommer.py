@@ -465,3 +465,32 @@ def test_configs(variant, drop_path):
               importlib.import_module(f'configs.nommer_{variant}_384').get_config('demo')):
     model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
     init_shapes(model, cfg.image_size)  # the demo size is valid for the demo window / DCT blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: full-size forwards and the demo run (run by hand: pytest -m slow tests/test_nommer.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,size', [('nommer_t', 224), ('nommer_t_384', 384)])
+def test_full_size_forward(name, size):
+  model = create_model(name)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
+
+  @jax.jit
+  def forward(key):
+    variables = model.init(key, x, train=False)
+    return model.apply(variables, x, mutable=['intermediates'])
+
+  logits, state = forward(jax.random.PRNGKey(1))
+  assert logits.shape == (1, 1000) and np.isfinite(np.asarray(logits)).all()
+  grid = size // 4
+  assert state['intermediates']['stage1_block0']['context']['nomination'][0].shape == (1, grid, grid)
+
+
+@pytest.mark.slow
+def test_demo_reaches_95_percent(tmp_path):
+  from lgvit import train
+  result = train.train_and_evaluate(importlib.import_module('configs.nommer_t').get_config('demo'), str(tmp_path))
+  assert result['eval_top1'] >= 0.95
