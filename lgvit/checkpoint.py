@@ -113,7 +113,7 @@ def load_variables(path: str, prefer_ema: bool = True) -> dict[str, Any]:
     mngr = _manager(os.path.join(path, 'checkpoints'), keep=None, async_save=False)
     for step in sorted(mngr.all_steps(), reverse=True):
       try:
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+        state = restore_on_this_host(os.path.join(mngr.directory, str(step), 'state'))
       except Exception as e:  # noqa: BLE001
         print(f'WARNING: {path} checkpoint step {step} unreadable ({type(e).__name__}); trying an older one.')
         continue
@@ -129,9 +129,17 @@ def load_variables(path: str, prefer_ema: bool = True) -> dict[str, Any]:
   steps = mngr.all_steps()
   if not steps:
     raise CheckpointError(f'{path} holds no orbax checkpoint (expected <dir>/<step>/variables)')
-  restored = mngr.restore(max(steps), args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
-  variables = restored['variables']
+  variables = restore_on_this_host(os.path.join(mngr.directory, str(max(steps)), 'variables'))
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
+
+
+def restore_on_this_host(item_dir: str) -> dict[str, Any]:
+  """Reads an orbax pytree onto this process's first device, whatever mesh it was saved from."""
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(item_dir).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return checkpointer.restore(item_dir, abstract)
 
 
 # Leaves that can be resampled when a checkpoint was trained at another size (Swin/timm rules).
