@@ -354,6 +354,16 @@ def test_features_and_pooled_output():
   assert pooled.shape == (2, 128)
 
 
+def test_bfloat16_compute_keeps_float32_params():
+  model = create_model('nommer_t', **MICRO, dtype=jnp.bfloat16)
+  variables = init_shapes(model, 32)
+  assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  rngs = {'gumbel': jax.random.PRNGKey(0)}
+  logits, _ = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 32, 32, 3)), train=True, rngs=rngs,
+                                                   mutable=['batch_stats']), variables)
+  assert logits.shape == (2, 5) and logits.dtype == jnp.bfloat16
+
+
 # ---------------------------------------------------------------------------------------------
 # Table 4 ablations.
 # ---------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ class CGCA(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, *, train: bool) -> Array:
-    b, h, w, d = y.shape
+    b, _, _, d = y.shape
     a2 = kept_frequencies(self.block)**2
     z = blockwise_dct(y, self.block)
     z = layers.Conv2d(d, 1, groups=self.groups, dtype=self.dtype, name='compress')(z)
@@ -160,7 +160,7 @@ class PooledGlobalContext(nn.Module):
   @nn.compact
   def __call__(self, y: Array, *, train: bool) -> Array:
     del train
-    b, h, w, d = y.shape
+    b, _, _, d = y.shape
     z = layers.max_pool(y, self.block, self.block)
     p, q = z.shape[1:3]
     z = global_attention(self.num_heads, self.dtype, 'attn')(z.reshape(b, p * q, d)).reshape(b, p, q, d)
