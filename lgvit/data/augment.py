@@ -37,10 +37,11 @@ default here.
 Fidelity: every op reproduces the PIL operation timm calls (same look-up tables, the same integer
 RGB->L conversion, float32 blending with truncation, SMOOTH filter with a copied border, and for
 geometric ops PIL's affine sampler: pixel-centre coordinates, the source point must lie inside the
-image, edge-clamped taps, PIL's a = -1 bicubic kernel, truncation to uint8). The remaining
-differences are float32 instead of double arithmetic in the geometric sampler and in the blends,
-which turn a value that lies within ~1e-4 of an integer into its neighbour: single pixels off by one
-(tests/test_augment.py measures them).
+image, edge-clamped taps, PIL's a = -1 bicubic kernel, truncation to uint8). Point ops, blends and
+Cutout match PIL bit for bit. The geometric sampler computes in float32 where PIL uses double, so a
+value that is an integer in exact arithmetic can truncate to its neighbour: up to a few percent of
+the values differ by one grey level (tests/test_augment.py bounds them). Posterize to 0 bits gives
+black, as the Pillow of timm's era did (current Pillow rejects bits=0).
 
 RandomErasing
 -------------
@@ -454,7 +455,10 @@ def _sample_magnitude(seed, policy: RandAugmentPolicy):
   return tf.clip_by_value(magnitude, 0.0, policy.magnitude_max)
 
 
-def randaugment(policy: RandAugmentPolicy, interpolation: str = 'bicubic') -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def randaugment(policy: RandAugmentPolicy, interpolation: str = 'bicubic') -> Augment:
   """RandAugment as a pure function of (uint8 (H, W, 3) image, int64[2] seed)."""
   _tap_offsets(interpolation)  # validate early
 
@@ -484,7 +488,7 @@ def randaugment(policy: RandAugmentPolicy, interpolation: str = 'bicubic') -> Ca
   return augment
 
 
-def randaugment_from_policy(policy: str, *, interpolation: str = 'bicubic') -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def randaugment_from_policy(policy: str, *, interpolation: str = 'bicubic') -> Augment:
   """The pipeline's entry point: a timm/CoTNet policy string -> ``augment(image_uint8_hwc, seed)``."""
   return randaugment(parse_policy(policy), interpolation)
 
