@@ -40,6 +40,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   c.random_erase_mode = 'pixel'
   c.shuffle_buffer = 16_384
   c.cache_train = False  # cache the encoded split in memory (small datasets)
+  c.data_shards = 0  # input shards (0: one per process). Fix it to keep the data stream across host counts.
 
   # Batch and length (global batch over every device of every host).
   c.batch_size = 256
