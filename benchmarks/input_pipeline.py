@@ -78,8 +78,9 @@ class _Repeated:
     return self._builder.as_dataset(**kwargs).repeat(self._times)
 
 
-def _config(randaugment: str, interpolation: str):
+def _config(randaugment: str, interpolation: str, batch: int):
   c = common.base_config('resnet50')
+  c.batch_size = batch
   c.interpolation = interpolation
   c.randaugment = randaugment
   c.shuffle_buffer = 1024
@@ -90,7 +91,7 @@ def _measure(config, builder, *, examples: int, batch: int) -> tuple[float, floa
   """(steady-state images/s, CPU ms per image, seconds to the first batch) over one epoch."""
   start = time.perf_counter()
   ds = pipeline.train_dataset(config, builder, epoch=0, start_step=0, steps_per_epoch=examples // batch,
-                              local_batch=batch, process_index=0, process_count=1)
+                              process_index=0, process_count=1)
   batches = pipeline.as_numpy(ds)
   for _ in range(2):  # tracing, function instantiation, shuffle-buffer fill, thread pools
     next(batches)
@@ -127,7 +128,7 @@ def main():
     print('| pipeline | interpolation | images/s | CPU ms / image | first 2 batches (s) |')
     print('|---|---|---:|---:|---:|')
     for name, policy, interpolation in rows:
-      rate, cpu_ms, first = _measure(_config(policy, interpolation), _Repeated(builder, args.repeat),
+      rate, cpu_ms, first = _measure(_config(policy, interpolation, args.batch), _Repeated(builder, args.repeat),
                                      examples=examples, batch=args.batch)
       print(f'| {name} | {interpolation} | {rate:.0f} | {cpu_ms:.1f} | {first:.1f} |', flush=True)
   print(f'\nload average after: {os.getloadavg()[0]:.1f}')
