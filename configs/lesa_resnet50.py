@@ -12,9 +12,10 @@ from configs import common
 # Same block types at toy scale: stage 3 keeps its conv first block plus one LESA block, stage 4 one
 # (stride-1) LESA block; bottleneck widths 16/32/64/128 so the LESA layers have 8 heads of 4/8 dims.
 DEMO_MODEL = dict(stage_depths=(1, 1, 2, 1), stem_width=16, stage_planes=(16, 32, 64, 128))
+DEMO_OPTIONS = dict(num_epochs=30.0, lr=0.2)  # 0.98 top-1 (15 epochs at lr 0.1 reach only ~0.95)
 
 
 def get_config(arg=None):
   c = common.base_config('lesa_resnet50')
   common.lesa_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, num_epochs=30.0, lr=0.2)
+  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, **DEMO_OPTIONS)

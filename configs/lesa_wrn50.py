@@ -7,10 +7,10 @@ Recipe: identical to LESA-ResNet50 (official README). Expected top-1 80.18 (READ
 Source: github.com/Chenglin-Yang/LESA_classification, shared/specs/lesa.md section d.
 """
 from configs import common
-from configs.lesa_resnet50 import DEMO_MODEL
+from configs.lesa_resnet50 import DEMO_MODEL, DEMO_OPTIONS
 
 
 def get_config(arg=None):
   c = common.base_config('lesa_wrn50')
   common.lesa_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)
+  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, **DEMO_OPTIONS)

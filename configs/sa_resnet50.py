@@ -7,10 +7,10 @@ Not in the official code (built from the paper); trained with the LESA recipe ("
 same as the main experiments", Sec. 5). Expected top-1 78.69 (paper Tab. 6).
 """
 from configs import common
-from configs.lesa_resnet50 import DEMO_MODEL
+from configs.lesa_resnet50 import DEMO_MODEL, DEMO_OPTIONS
 
 
 def get_config(arg=None):
   c = common.base_config('sa_resnet50')
   common.lesa_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)
+  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, **DEMO_OPTIONS)
