@@ -143,7 +143,8 @@ class BinaryTerm(nn.Module):
     kr = jnp.einsum('njgc,cji->nijg', k, emb_k)  # offset key - query
     similarity = BatchNorm(name='similarity_bn')(jnp.concatenate([qk, qr, kr], axis=-1), train=train)
     logits = similarity.reshape(n, length, length, 3, g).sum(axis=3)
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=2).astype(x.dtype)
+    # Softmax in at least float32 (bfloat16 logits lose the small attention weights).
+    attn = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=2).astype(x.dtype)
     self.sow('intermediates', 'attention', jnp.transpose(attn, (0, 3, 1, 2)))
 
     sv = jnp.einsum('nijg,njgc->nigc', attn, v)
