@@ -206,6 +206,76 @@ def test_converter_reads_image_size_and_rejects_other_variants(converted):
     from_torch('lesa_resnet50', converted['sd'], image_size=160, **converted['kwargs'])
 
 
+def official_state_dict(width_per_group, rng):
+  """A full-size LESA ResNet-50 state_dict named and shaped as in shared/specs/lesa.md section f,
+  saved from nn.DataParallel (``module.`` prefix)."""
+  sd = {}
+
+  def bn(key, ch):
+    for stat in ('weight', 'bias', 'running_mean', 'running_var'):
+      sd[f'{key}.{stat}'] = rng.normal(size=(ch,)).astype(np.float32)
+    sd[f'{key}.num_batches_tracked'] = np.array(7, np.int64)
+
+  def w(key, *shape):
+    sd[key] = rng.normal(size=shape).astype(np.float32)
+
+  w('conv1.weight', 64, 3, 7, 7)
+  bn('bn1', 64)
+  cin, length = 64, 14 * 14
+  for s, (depth, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+    c, out = planes * width_per_group // 64, planes * 4
+    for b in range(depth):
+      k = f'layer{s + 1}.{b}'
+      w(f'{k}.conv1.weight', c, cin, 1, 1)
+      bn(f'{k}.bn1', c)
+      if s >= 2 and (s, b) != (2, 0):
+        w(f'{k}.conv2.relative', 2 * c // 8, 2 * length - 1)
+        sd[f'{k}.conv2.flatten_index'] = relative_index(length).reshape(-1).astype(np.int64)
+        w(f'{k}.conv2.qkv_transform.weight', 2 * c, c, 1)
+        bn(f'{k}.conv2.bn_qkv', 2 * c)
+        bn(f'{k}.conv2.bn_similarity', 24)
+        bn(f'{k}.conv2.bn_output', 2 * c)
+        w(f'{k}.conv2.x_transform.0.weight', c, c // 8, 3, 3)
+        w(f'{k}.conv2.x_transform.1.weight', c, c, 1, 1)
+        bn(f'{k}.conv2.bn_x', c)
+        w(f'{k}.conv2.reasoning.1.weight', c, 2 * c, 1, 1)
+        bn(f'{k}.conv2.reasoning.2', c)
+        w(f'{k}.conv2.projection.0.weight', c, c, 1, 1)
+        bn(f'{k}.conv2.projection.1', c)
+      else:
+        w(f'{k}.conv2.weight', c, c, 3, 3)
+        bn(f'{k}.bn2', c)
+      w(f'{k}.conv3.weight', out, c, 1, 1)
+      bn(f'{k}.bn3', out)
+      if b == 0:
+        w(f'{k}.downsample.0.weight', out, cin, 1, 1)
+        bn(f'{k}.downsample.1', out)
+      cin = out
+  w('fc.weight', 1000, 2048)
+  w('fc.bias', 1000)
+  return {f'module.{k}': v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize('model_name, width_per_group', [('lesa_resnet50', 64), ('lesa_wrn50', 128)])
+def test_converter_takes_full_size_official_checkpoints(model_name, width_per_group):
+  sd = official_state_dict(width_per_group, np.random.default_rng(0))
+  if model_name == 'lesa_resnet50':  # the spec's inventory of the official state_dict
+    assert len(sd) == 568 and sum(k.endswith('flatten_index') for k in sd) == 8
+    assert sum(k.endswith('num_batches_tracked') for k in sd) == 93
+  variables = from_torch(model_name, sd)  # image size read off the tables: 224
+  params = variables['params']
+  layer = params['layer4_1']['conv2']
+  torch_key = 'module.layer4.1.conv2'
+  np.testing.assert_array_equal(layer['binary']['relative'], sd[f'{torch_key}.relative'])
+  np.testing.assert_array_equal(layer['binary']['qkv']['kernel'], sd[f'{torch_key}.qkv_transform.weight'][:, :, 0].T)
+  np.testing.assert_array_equal(layer['unary']['conv3x3']['kernel'],
+                                sd[f'{torch_key}.x_transform.0.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(layer['fusion']['fc1']['kernel'][0, 0], sd[f'{torch_key}.reasoning.1.weight'][:, :, 0, 0].T)
+  np.testing.assert_array_equal(variables['batch_stats']['layer4_1']['conv2']['binary']['similarity_bn']['var'],
+                                sd[f'{torch_key}.bn_similarity.running_var'])
+  assert count_params(params) == {'lesa_resnet50': 23_777_512, 'lesa_wrn50': 61_145_896}[model_name]
+
+
 # ------------------------------------------------------------------------------------------------
 # Input sizes.
 # ------------------------------------------------------------------------------------------------
