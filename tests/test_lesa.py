@@ -270,7 +270,8 @@ def test_converter_takes_full_size_official_checkpoints(model_name, width_per_gr
   np.testing.assert_array_equal(layer['binary']['qkv']['kernel'], sd[f'{torch_key}.qkv_transform.weight'][:, :, 0].T)
   np.testing.assert_array_equal(layer['unary']['conv3x3']['kernel'],
                                 sd[f'{torch_key}.x_transform.0.weight'].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(layer['fusion']['fc1']['kernel'][0, 0], sd[f'{torch_key}.reasoning.1.weight'][:, :, 0, 0].T)
+  np.testing.assert_array_equal(layer['fusion']['fc1']['kernel'][0, 0],
+                                sd[f'{torch_key}.reasoning.1.weight'][:, :, 0, 0].T)
   np.testing.assert_array_equal(variables['batch_stats']['layer4_1']['conv2']['binary']['similarity_bn']['var'],
                                 sd[f'{torch_key}.bn_similarity.running_var'])
   assert count_params(params) == {'lesa_resnet50': 23_777_512, 'lesa_wrn50': 61_145_896}[model_name]
