@@ -373,6 +373,18 @@ def test_static_and_sa_fusions():
   assert 'unary' not in LESA(variant='sa').init(jax.random.PRNGKey(1), x)['params']
 
 
+def test_bfloat16_compute_follows_the_input():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
+  module = LESA()
+  variables = module.init(jax.random.PRNGKey(1), x)
+  full = module.apply(variables, x)
+  half, state = module.apply(variables, x.astype(jnp.bfloat16), mutable=['intermediates'])
+  assert half.dtype == jnp.bfloat16 and state['intermediates']['binary']['attention'][0].dtype == jnp.bfloat16
+  assert jax.tree_util.tree_leaves(variables['params'])[0].dtype == jnp.float32
+  error = jnp.abs(half.astype(jnp.float32) - full).max() / jnp.abs(full).max()
+  assert error < 0.05, error
+
+
 def test_gate_and_table2_shares(converted):
   inter = converted['intermediates']
   per_layer = []

@@ -129,7 +129,7 @@ class BinaryTerm(nn.Module):
     length, d_qk, d_v = h * w, c // (2 * g), c // g
     tokens = x.reshape(n, length, c)
     qkv = nn.Dense(2 * c, use_bias=False, kernel_init=nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
-                   name='qkv')(tokens)
+                   dtype=x.dtype, name='qkv')(tokens)
     qkv = BatchNorm(name='qkv_bn')(qkv, train=train).reshape(n, length, g, 2 * d_qk + d_v)
     q, k, v = jnp.split(qkv, [d_qk, 2 * d_qk], axis=-1)
 
