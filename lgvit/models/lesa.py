@@ -49,7 +49,7 @@ Introspection (``model.apply(..., mutable=['intermediates'])``), per LESA layer 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
