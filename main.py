@@ -20,6 +20,10 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :demo.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
 _MULTIHOST = flags.DEFINE_bool('multihost', None, 'Call jax.distributed.initialize() (default: auto-detect).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs '
+                                   'outside auto-detected clusters); implies --multihost.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 _FORCE = flags.DEFINE_bool('force_config', False, 'Resume even if the saved config has another architecture.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -39,7 +43,9 @@ def main(argv):
   import jax
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  if _want_distributed():
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _want_distributed():
     jax.distributed.initialize()
   logging.set_verbosity(logging.WARNING)
 
@@ -59,5 +65,31 @@ def main(argv):
           f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)
 
 
+def parse_flags(argv):
+  """absl parsing, but a bad --config / --config.key override is a one-line error, not a traceback."""
+  try:
+    args = flags.FLAGS(argv)
+    _ = _CONFIG.value.model  # config_flags defers file-loading errors to the first access
+    return args
+  except (flags.Error, OSError) as e:
+    msg = str(e)
+    if 'No such file or directory' in msg:
+      import glob
+      names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__) or '.',
+                                                                              'configs', '*.py')))
+      names = [n for n in names if n not in ('__init__', 'common')]
+      missing = msg.split('No such file or directory:')[-1].strip().splitlines()[0]
+      msg = f'config file {missing} not found; ' \
+            f"available in configs/: {', '.join(names)}"
+    else:
+      lines = [l.strip() for l in msg.splitlines() if l.strip()]
+      msg = f'{lines[0]} {lines[-1]}' if len(lines) > 1 else lines[0]
+    print(f'error: {msg}', file=sys.stderr)
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    msg = str(e.args[0] if e.args else e).strip('\'"').replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    print(f'error: bad --config override: {msg}', file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

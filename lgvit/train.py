@@ -70,8 +70,10 @@ class TrainState:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def compute_dtype(config):
@@ -312,8 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
 
-  local_batch = config.batch_size // process_count
-  steps_per_epoch = (n_train // process_count) // local_batch
+  try:
+    steps_per_epoch = pipeline.steps_per_epoch(config, n_train, process_count)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if steps_per_epoch == 0:
     raise ConfigError(f'batch_size {config.batch_size} is larger than the {n_train} training examples')
   total_steps = config.num_train_steps if config.num_train_steps > 0 else int(config.num_epochs * steps_per_epoch)
@@ -397,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
     while step < total_steps:
       epoch, in_epoch = divmod(step, steps_per_epoch)
       ds = pipeline.train_dataset(config, builder, epoch=epoch, start_step=in_epoch, steps_per_epoch=steps_per_epoch,
-                                  local_batch=local_batch, process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count)
       for batch in pipeline.as_numpy(ds):
         state, metrics = train_step(state, _global_batch(batch, batch_sharding), key)
         history.append(metrics)
