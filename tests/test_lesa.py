@@ -204,6 +204,9 @@ def test_converter_reads_image_size_and_rejects_other_variants(converted):
     from_torch('static_lesa_resnet50', converted['sd'], **converted['kwargs'])
   with pytest.raises(ConversionError, match=r'relative: checkpoint \(16, \d+\) vs model \(16, \d+\)'):
     from_torch('lesa_resnet50', converted['sd'], image_size=160, **converted['kwargs'])
+  incomplete = {k: v for k, v in converted['sd'].items() if k != 'layer4.0.conv2.relative'}
+  with pytest.raises(ConversionError, match=r'missing PyTorch keys \(1\): layer4\.0\.conv2\.relative'):
+    from_torch('lesa_resnet50', incomplete, **converted['kwargs'])
 
 
 def official_state_dict(width_per_group, rng):
@@ -283,21 +286,23 @@ def test_converter_takes_full_size_official_checkpoints(model_name, width_per_gr
 
 
 def test_weights_at_another_size_fail_clearly(converted):
-  if converted['name'] != 'lesa_small_112':
-    pytest.skip('one size is enough')
   model = create_model('lesa_resnet50', **converted['kwargs'])
+  side = converted['z']['input'].shape[-1] // 16  # the stage-3 map the tables were built for
 
-  def output_shape(size):
-    x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+  def output_shape(height, width):
+    x = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     return jax.eval_shape(lambda v, x: model.apply(v, x, train=False), converted['variables'], x).shape
 
   with pytest.raises(InvalidInputSizeError) as err:
-    output_shape((128, 128))
+    output_shape(16 * (side + 1), 16 * (side + 1))
   message = str(err.value)
-  for part in ("layer3_1/conv2/binary: parameter 'relative'", '(16, 97)', '7x7', 'L=49', '97-112 px', '8x8',
-               'L=64', '113-128 px', '(16, 127)', 'init_skip=relative'):
+  new = side + 1
+  for part in ("layer3_1/conv2/binary: parameter 'relative'", f'(16, {2 * side * side - 1})', f'{side}x{side}',
+               f'L={side * side}', f'images of {16 * side - 15}-{16 * side} px', f'{new}x{new}', f'L={new * new}',
+               f'images of {16 * new - 15}-{16 * new} px', f'(16, {2 * new * new - 1})', 'init_skip=relative'):
     assert part in message, (part, message)
-  assert output_shape((97, 100)) == (1, 10)  # any input that gives the same 7x7 map is fine
+  # Any input that gives the same map is fine, square or not.
+  assert output_shape(16 * side - 15, 16 * side - 12) == (1, 10)
 
 
 def test_any_input_size_trains_and_init_skip_reinitialises_tables():

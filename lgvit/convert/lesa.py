@@ -36,7 +36,11 @@ def convert_lesa_layer(conv: StateDictConverter, tkey: str, fpath: tuple, varian
   binary = fpath + ('binary',)
   conv.dense(f'{tkey}.qkv_transform', binary + ('qkv',))
   conv.bn(f'{tkey}.bn_qkv', binary + ('qkv_bn',))
-  conv.put(binary + ('relative',), conv.take(f'{tkey}.relative'))
+  relative = f'{tkey}.relative'
+  if conv.has(relative):
+    conv.put(binary + ('relative',), conv.take(relative))
+  else:
+    conv.missing.append(relative)  # reported with every other problem
   conv.bn(f'{tkey}.bn_similarity', binary + ('similarity_bn',))
   conv.bn(f'{tkey}.bn_output', binary + ('output_bn',))
   conv.ignore(rf'^{re.escape(tkey)}\.flatten_index$')
