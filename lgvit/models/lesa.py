@@ -130,6 +130,8 @@ class BinaryTerm(nn.Module):
     tokens = x.reshape(n, length, c)
     qkv = nn.Dense(2 * c, use_bias=False, kernel_init=nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
                    dtype=x.dtype, name='qkv')(tokens)
+    # BatchNorms on (N, L, channels) and (N, L, L, channels): statistics over (N, L) and (N, L, L), as
+    # the official BatchNorm1d / BatchNorm2d on the channels-first tensors.
     qkv = BatchNorm(name='qkv_bn')(qkv, train=train).reshape(n, length, g, 2 * d_qk + d_v)
     q, k, v = jnp.split(qkv, [d_qk, 2 * d_qk], axis=-1)
 
