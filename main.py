@@ -20,6 +20,10 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :demo.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
 _MULTIHOST = flags.DEFINE_bool('multihost', None, 'Call jax.distributed.initialize() (default: auto-detect).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs '
+                                   'outside auto-detected clusters); implies --multihost.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 _FORCE = flags.DEFINE_bool('force_config', False, 'Resume even if the saved config has another architecture.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -39,7 +43,9 @@ def main(argv):
   import jax
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  if _want_distributed():
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _want_distributed():
     jax.distributed.initialize()
   logging.set_verbosity(logging.WARNING)
 

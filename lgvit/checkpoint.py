@@ -8,13 +8,15 @@ Layout of a workdir::
 
 Orbax finalises a step directory only after every file is written, so a save killed half-way is
 never picked up. A finalised step that fails to restore (truncated or corrupt files) is skipped in
-favour of the previous one, and the fallback is logged.
+favour of the previous one, the fallback is logged, and the bad step is moved (not deleted) to
+``corrupt_checkpoints/`` so that training can write that step again.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import time
 from typing import Any, Optional
 
 import flax
@@ -40,8 +42,25 @@ class TrainCheckpointer:
   """Latest-N training checkpoints with corruption fallback."""
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
+    self.workdir = workdir
     self.directory = os.path.join(workdir, 'checkpoints')
+    self.keep, self.async_save = keep, async_save
     self.manager = _manager(self.directory, keep, async_save)
+
+  def _quarantine(self, steps: list[int]):
+    """Moves unreadable steps to ``corrupt_checkpoints/`` (kept for inspection, never deleted)."""
+    if jax.process_index() == 0:
+      target = os.path.join(self.workdir, 'corrupt_checkpoints')
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        dest = os.path.join(target, f'{step}.{int(time.time())}')
+        os.replace(os.path.join(self.directory, str(step)), dest)
+        print(f'Moved the unreadable checkpoint of step {step} to {dest}.', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('lgvit quarantine')
+    self.manager.close()
+    self.manager = _manager(self.directory, self.keep, self.async_save)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -54,6 +73,7 @@ class TrainCheckpointer:
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest checkpoint that reads back whole; None if there is none."""
     steps = sorted(self.manager.all_steps(), reverse=True)
+    bad = []
     for i, step in enumerate(steps):
       try:
         restored = self.manager.restore(
@@ -63,7 +83,10 @@ class TrainCheckpointer:
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); %s', step, self.directory,
                     type(e).__name__, str(e).splitlines()[0][:200], older)
         print(f'WARNING: checkpoint step {step} is corrupt or incomplete ({type(e).__name__}); {older}.', flush=True)
+        bad.append(step)
         continue
+      if bad:
+        self._quarantine(bad)
       return restored['state'], dict(restored['meta']), step
     if steps:
       raise CheckpointError(f'none of the checkpoints {steps} in {self.directory} could be read; move the '
@@ -113,7 +136,7 @@ def load_variables(path: str, prefer_ema: bool = True) -> dict[str, Any]:
     mngr = _manager(os.path.join(path, 'checkpoints'), keep=None, async_save=False)
     for step in sorted(mngr.all_steps(), reverse=True):
       try:
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+        state = restore_on_this_host(os.path.join(mngr.directory, str(step), 'state'))
       except Exception as e:  # noqa: BLE001
         print(f'WARNING: {path} checkpoint step {step} unreadable ({type(e).__name__}); trying an older one.')
         continue
@@ -129,9 +152,17 @@ def load_variables(path: str, prefer_ema: bool = True) -> dict[str, Any]:
   steps = mngr.all_steps()
   if not steps:
     raise CheckpointError(f'{path} holds no orbax checkpoint (expected <dir>/<step>/variables)')
-  restored = mngr.restore(max(steps), args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
-  variables = restored['variables']
+  variables = restore_on_this_host(os.path.join(mngr.directory, str(max(steps)), 'variables'))
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
+
+
+def restore_on_this_host(item_dir: str) -> dict[str, Any]:
+  """Reads an orbax pytree onto this process's first device, whatever mesh it was saved from."""
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(item_dir).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return checkpointer.restore(item_dir, abstract)
 
 
 # Leaves that can be resampled when a checkpoint was trained at another size (Swin/timm rules).

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lgvit import checkpoint as ckpt
 from lgvit import optim
+from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
 from lgvit.models import create_model
@@ -151,16 +152,14 @@ def make_train_step(model, tx, config, schedule):
 
   def train_step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
-    k_mix, *k_streams = jax.random.split(key, 1 + len(RNG_STREAMS))
+    k_mix, k_erase, *k_streams = jax.random.split(key, 2 + len(RNG_STREAMS))
     images = normalize(batch['image'])
+    if config.random_erase_prob > 0:  # per image, before mixing, as timm does
+      images = augment.random_erasing(k_erase, images, config.random_erase_prob, config.random_erase_mode)
     images, targets = mixup_lib.mixup_cutmix(
         k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob, switch_prob=config.mixup_switch_prob,
         smoothing=config.label_smoothing)
-    if config.random_erase_prob > 0:
-      from lgvit.data import augment
-      images = augment.random_erasing(jax.random.fold_in(k_mix, 1), images, config.random_erase_prob,
-                                      config.random_erase_mode)
     rngs = dict(zip(RNG_STREAMS, k_streams))
 
     def loss_fn(params):
@@ -314,8 +313,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
 
-  local_batch = config.batch_size // process_count
-  steps_per_epoch = (n_train // process_count) // local_batch
+  try:
+    steps_per_epoch = pipeline.steps_per_epoch(config, n_train, process_count)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if steps_per_epoch == 0:
     raise ConfigError(f'batch_size {config.batch_size} is larger than the {n_train} training examples')
   total_steps = config.num_train_steps if config.num_train_steps > 0 else int(config.num_epochs * steps_per_epoch)
@@ -399,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
     while step < total_steps:
       epoch, in_epoch = divmod(step, steps_per_epoch)
       ds = pipeline.train_dataset(config, builder, epoch=epoch, start_step=in_epoch, steps_per_epoch=steps_per_epoch,
-                                  local_batch=local_batch, process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count)
       for batch in pipeline.as_numpy(ds):
         state, metrics = train_step(state, _global_batch(batch, batch_sharding), key)
         history.append(metrics)

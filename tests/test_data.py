@@ -11,12 +11,13 @@ def setup(tmp_path_factory):
   c = resnet50.get_config('demo')
   c.unlock()
   c.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  c.batch_size = 8
   builder = pipeline.get_builder('lgvit_digits', c.data_dir)
   return c, builder
 
 
-def _batches(c, builder, epoch, start, spe=5, bs=8, proc=(0, 1)):
-  ds = pipeline.train_dataset(c, builder, epoch=epoch, start_step=start, steps_per_epoch=spe, local_batch=bs,
+def _batches(c, builder, epoch, start, spe=5, proc=(0, 1)):
+  ds = pipeline.train_dataset(c, builder, epoch=epoch, start_step=start, steps_per_epoch=spe,
                               process_index=proc[0], process_count=proc[1])
   return list(pipeline.as_numpy(ds))
 
@@ -42,6 +43,19 @@ def test_train_stream_is_deterministic_and_resumable(setup):
   other_epoch = _batches(c, builder, epoch=4, start=0)
   assert not np.array_equal(full[0]['label'], other_epoch[0]['label'])
   assert full[0]['image'].dtype == np.uint8 and full[0]['image'].shape == (8, 32, 32, 3)
+
+
+def test_global_stream_does_not_depend_on_process_count(setup):
+  c, builder = setup
+  c.data_shards = 2
+  try:
+    one = _batches(c, builder, epoch=1, start=1, spe=3)
+    halves = [_batches(c, builder, epoch=1, start=1, spe=3, proc=(p, 2)) for p in range(2)]
+  finally:
+    c.data_shards = 0
+  for s, batch in enumerate(one):
+    np.testing.assert_array_equal(batch['image'], np.concatenate([h[s]['image'] for h in halves]))
+    np.testing.assert_array_equal(batch['label'], np.concatenate([h[s]['label'] for h in halves]))
 
 
 @pytest.mark.parametrize('procs', [1, 3])

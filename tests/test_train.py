@@ -144,3 +144,67 @@ def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 4 CPU devices (jax.distributed on localhost) == 1 process x 8 devices."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  args = [f'--config={DEMO}', '--config.num_train_steps=4', '--config.log_every_steps=1',
+          '--config.checkpoint_every_steps=4', '--config.batch_size=32', '--config.eval_batch_size=64',
+          '--config.data_shards=2', '--config.eval_every_epochs=100', f'--config.data_dir={tmp_path / "tfds"}']
+  multi = tmp_path / 'multi'
+  procs = [subprocess.Popen([sys.executable, 'main.py', f'--workdir={multi}', *args, f'--coordinator_address=localhost:{port}',
+                             '--num_processes=2', f'--process_id={i}'], cwd=REPO,
+                            env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert '8 devices on 2 process(es)' in outs[0][0]
+  assert not [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'eval @', 'done'))]  # only process 0 logs
+  single = tmp_path / 'single'
+  run_main(*args, workdir=single, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+
+  def losses(w):
+    return [r['loss'] for r in map(json.loads, (w / 'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+
+  np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
+  import jax
+  for a, b in zip(jax.tree_util.tree_leaves(_final_params(multi)), jax.tree_util.tree_leaves(_final_params(single))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
+  args = [f'--config={DEMO}', '--config.num_train_steps=400', '--config.checkpoint_every_steps=1000',
+          '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if line.startswith('step 5/'):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 75, out[-2000:]
+  stopped = int(out.split('Preempted: saved step ')[1].split(';')[0])
+  assert 5 <= stopped < 400
+  assert (workdir / 'checkpoints' / str(stopped)).is_dir()
+  resumed = run_main(*args, workdir=workdir)
+  assert f'from step {stopped}' in resumed.stdout and 'step 400/400' in resumed.stdout
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
+          f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  run_main(*args, '--config.num_train_steps=10', workdir=workdir)
+  for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  proc = run_main(*args, '--config.num_train_steps=15', workdir=workdir)
+  assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'falling back to step 5' in proc.stdout
+  assert 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
+  assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1  # kept, not deleted

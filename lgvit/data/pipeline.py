@@ -11,7 +11,6 @@ random erasing run on the accelerator inside the train step.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Iterator, Optional
 
@@ -39,7 +38,13 @@ def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
     from lgvit.data.digits import LgvitDigits
     builder = LgvitDigits(data_dir=data_dir)
     if not builder.is_prepared():
-      builder.download_and_prepare()
+      import jax
+      if jax.process_index() == 0:  # one writer; the others wait for it
+        builder.download_and_prepare()
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('lgvit_digits prepared')
+        builder = LgvitDigits(data_dir=data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -68,11 +73,11 @@ def num_classes(builder: tfds.core.DatasetBuilder) -> int:
   return builder.info.features['label'].num_classes
 
 
-def process_split(split: str, process_index: int, process_count: int) -> str:
-  """This process's contiguous shard of ``split`` (shard sizes differ by at most one)."""
-  if process_count == 1:
+def process_split(split: str, index: int, count: int) -> str:
+  """Contiguous part ``index`` of ``count`` of ``split`` (sizes differ by at most one)."""
+  if count == 1:
     return split
-  return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+  return tfds.even_splits(split, n=count, drop_remainder=False)[index]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,41 +135,47 @@ def _to_uint8(image):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainStream:
-  """Process-local training batches of one epoch, starting at ``start_step``."""
-  epoch: int
-  start_step: int
-  steps: int  # steps in this epoch (same on every process)
-
-
-def _example_seed(seed: int, epoch: int, process_index: int):
+def _example_seed(seed: int, epoch: int, shard: int):
   base = tf.constant([seed, 0], tf.int64)
 
   def make(pos):
-    # A distinct 2-int64 stateless seed for every (epoch, process, position).
+    # A distinct 2-int64 stateless seed for every (epoch, shard, position).
     return tf.random.experimental.stateless_fold_in(
-        tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(base, epoch), process_index), pos)
+        tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base, epoch), shard), pos)
 
   return make
 
 
-def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, local_batch: int,
-                  process_index: int, process_count: int) -> tf.data.Dataset:
-  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` for this process, as uint8 NHWC."""
-  split = process_split(config.train_split, process_index, process_count)
-  epoch_seed = (config.seed * 1_000_003 + epoch) % (2**31 - 1)
+def data_shards(config, process_count: int) -> int:
+  """Number of input shards; fixed by config so the stream does not depend on the host count."""
+  shards = config.data_shards or process_count
+  if shards % process_count:
+    raise ValueError(f'data_shards={shards} must be a multiple of the {process_count} processes')
+  return shards
+
+
+def steps_per_epoch(config, n_examples: int, process_count: int) -> int:
+  shards = data_shards(config, process_count)
+  if config.batch_size % shards:
+    raise ValueError(f'batch_size {config.batch_size} must be divisible by data_shards={shards}')
+  return (n_examples // shards) // (config.batch_size // shards)
+
+
+def shard_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, shard_batch: int,
+                  shard: int, shard_count: int) -> tf.data.Dataset:
+  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC."""
+  split = process_split(config.train_split, shard, shard_count)
+  epoch_seed = (config.seed * 1_000_003 + epoch * 1_009 + shard) % (2**31 - 1)
   read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, try_autocache=False)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                           decoders={'image': tfds.decode.SkipDecoding()})
   if config.cache_train:
     ds = ds.cache()
   ds = ds.shuffle(config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  ds = ds.take(steps_per_epoch * local_batch)
+  ds = ds.take(steps_per_epoch * shard_batch)
   ds = ds.enumerate()
-  ds = ds.skip(start_step * local_batch)  # resume: skip consumed records before decoding them
-  seed_of = _example_seed(config.seed, epoch, process_index)
+  ds = ds.skip(start_step * shard_batch)  # resume: skip consumed records before decoding them
+  seed_of = _example_seed(config.seed, epoch, shard)
   method = config.interpolation
   randaug = _randaugment_fn(config)
 
@@ -181,10 +192,27 @@ def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epo
     return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.batch(shard_batch, drop_remainder=True)
+
+
+def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, process_index: int,
+                  process_count: int) -> tf.data.Dataset:
+  """This process's part of the global batches ``start_step ..`` of ``epoch``.
+
+  The global batch of a step is the concatenation, in shard order, of one batch from each of
+  ``data_shards`` shards; a process reads the consecutive shards that feed its devices. The global
+  stream is thus the same for any process count that divides ``data_shards``.
+  """
+  shards = data_shards(config, process_count)
+  per_process = shards // process_count
+  shard_batch = config.batch_size // shards
+  parts = [shard_dataset(config, builder, epoch=epoch, start_step=start_step, steps_per_epoch=steps_per_epoch,
+                         shard_batch=shard_batch, shard=process_index * per_process + i, shard_count=shards)
+           for i in range(per_process)]
+  ds = parts[0] if per_process == 1 else tf.data.Dataset.zip(tuple(parts)).map(
+      lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = 0
   options.experimental_optimization.map_parallelization = True
   ds = ds.with_options(options)
   return ds.prefetch(tf.data.AUTOTUNE)
