@@ -243,6 +243,7 @@ class LocalGlobalBlock(nn.Module):
   pad: int
   inter_region: str = 'ap'  # 'ap' | 'msa' | 'none'
   propagate: bool = True
+  agr_position_bias: bool = True  # a learnable per-head scalar on every logit involving the AGR token
   mlp_ratio: float = 4.0
   drop_rate: float = 0.0
   drop_path: float = 0.0
@@ -270,10 +271,12 @@ class LocalGlobalBlock(nn.Module):
     if agr is not None:
       tokens = jnp.concatenate([qkv[:, h * w:, None], tokens], axis=2)  # AGR token first
       keys = jnp.concatenate([jnp.ones((b, k, 1), bool), member], axis=2)
-      agr_bias = self.param('agr_bias', layers.normal_002, (heads,))
-      border = np.zeros((1 + area, 1 + area), bool)
-      border[0, :] = border[:, 0] = True
-      bias = jnp.pad(bias, ((0, 0), (1, 0), (1, 0))) + agr_bias[:, None, None] * jnp.asarray(border)
+      bias = jnp.pad(bias, ((0, 0), (1, 0), (1, 0)))
+      if self.agr_position_bias:
+        agr_bias = self.param('agr_bias', layers.normal_002, (heads,))
+        border = np.zeros((1 + area, 1 + area), bool)
+        border[0, :] = border[:, 0] = True
+        bias = bias + agr_bias[:, None, None] * jnp.asarray(border)
     n = tokens.shape[2]
     q, kk, v = jnp.moveaxis(tokens.reshape(b, k, n, 3, heads, c // heads), (3, 4), (0, 3))  # (B,K,heads,n,hd)
     # Masked keys get a large negative bias (an add is cheaper than a select in the backward pass).
@@ -322,6 +325,7 @@ class SALGStage(nn.Module):
   inter_region: str = 'ap'
   agr_tokens: bool = True
   agr_init: str = 'token_plus_mean'
+  agr_position_bias: bool = True
   mlp_ratio: float = 4.0
   drop_rate: float = 0.0
   dtype: Optional[Any] = None
@@ -341,7 +345,8 @@ class SALGStage(nn.Module):
     depth = len(self.drop_paths)
     for i, rate in enumerate(self.drop_paths):
       x, agr = LocalGlobalBlock(self.num_heads, self.region_size, self.pad, self.inter_region,
-                                propagate=i < depth - 1, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                                propagate=i < depth - 1, agr_position_bias=self.agr_position_bias,
+                                mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
                                 drop_path=rate, dtype=self.dtype, precision=self.precision,
                                 name=f'block{i}')(x, agr, regions, train=train)
     return x
@@ -412,6 +417,7 @@ class SALG(nn.Module):
   segmentation: bool = True
   agr_tokens: bool = True
   agr_init: str = 'token_plus_mean'  # 'token_plus_mean' | 'token'
+  agr_position_bias: bool = True  # per-head scalar bias between the AGR token and every token
   stem_kernel: int = 3
   stem_width: Optional[int] = None  # channels after the first stem conv; None: embed_dim // 2
   stem_norm: str = 'batch'  # 'batch' | 'none' (conv bias instead)
@@ -460,8 +466,8 @@ class SALG(nn.Module):
       if s < last:
         pad = self.coverage_pad[s] if self.segmentation else 0
         x = SALGStage(heads, self.region_size, pad, tuple(dpr[s]), self.inter_region, self.agr_tokens,
-                      self.agr_init, self.mlp_ratio, self.drop_rate, dtype=self.dtype, precision=self.precision,
-                      name=f'stage{s + 1}')(x, train=train)
+                      self.agr_init, self.agr_position_bias, self.mlp_ratio, self.drop_rate, dtype=self.dtype,
+                      precision=self.precision, name=f'stage{s + 1}')(x, train=train)
       else:
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
