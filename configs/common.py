@@ -40,6 +40,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   c.random_erase_mode = 'pixel'
   c.shuffle_buffer = 16_384
   c.cache_train = False  # cache the encoded split in memory (small datasets)
+  c.data_shards = 0  # input shards (0: one per process). Fix it to keep the data stream across host counts.
 
   # Batch and length (global batch over every device of every host).
   c.batch_size = 256
@@ -123,6 +124,24 @@ def deit_style(c: ml_collections.ConfigDict, *, drop_path: float = 0.1, epochs: 
   c.random_erase_prob, c.random_erase_mode = 0.25, 'pixel'
   c.interpolation, c.crop_pct = 'bicubic', 0.875
   c.model_kwargs.drop_path_rate = drop_path
+  return c
+
+
+def finetune_style(c: ml_collections.ConfigDict, *, init_from: str, image_size: int = 384, epochs: float = 30.0,
+                   batch: int = 512, lr: float = 1e-5, weight_decay: float = 1e-8,
+                   warmup_epochs: float = 5.0) -> ml_collections.ConfigDict:
+  """Swin-style fine-tuning at a higher resolution, applied on top of the pre-training recipe.
+
+  Defaults are NomMer's 384 fine-tune (paper: 30 epochs, batch 512, lr 1e-5, wd 1e-8). Where the paper
+  is silent Swin's fine-tune config fills in: 5 warm-up epochs, warm-up/min LR at 1e-3/1e-2 of the LR,
+  no crop margin (crop_pct 1.0); augmentation and drop-path stay as in pre-training.
+  """
+  c.image_size, c.crop_pct = image_size, 1.0
+  c.num_epochs, c.batch_size, c.warmup_epochs = epochs, batch, warmup_epochs
+  c.lr, c.lr_base_batch = lr, batch
+  c.warmup_lr, c.min_lr = lr * 1e-3, lr * 1e-2
+  c.weight_decay = weight_decay
+  c.init_from = init_from
   return c
 
 

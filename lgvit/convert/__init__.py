@@ -23,6 +23,23 @@ class ConversionError(ValueError):
   """The state_dict does not fit the model; the message lists every offending name."""
 
 
+class _MissingKey(KeyError):
+  pass
+
+
+def _tolerant(method):
+  """Layer helpers record a missing PyTorch key and go on, so one error can list all of them."""
+
+  def wrapper(self, *args, **kwargs):
+    try:
+      return method(self, *args, **kwargs)
+    except _MissingKey:
+      return None
+
+  wrapper.__doc__ = method.__doc__
+  return wrapper
+
+
 Path = tuple[str, ...]
 
 
@@ -33,6 +50,7 @@ class StateDictConverter:
     self.sd = {strip_prefix(k): to_numpy(v) for k, v in state_dict.items()}
     self.used: set[str] = set()
     self.out: dict[Path, np.ndarray] = {}
+    self.missing: list[str] = []
 
   # -- low level -------------------------------------------------------------------------------
   def has(self, key: str) -> bool:
@@ -40,7 +58,8 @@ class StateDictConverter:
 
   def take(self, key: str) -> np.ndarray:
     if key not in self.sd:
-      raise ConversionError(f'missing PyTorch key {key!r}')
+      self.missing.append(key)
+      raise _MissingKey(key)
     self.used.add(key)
     return self.sd[key]
 
@@ -54,6 +73,7 @@ class StateDictConverter:
         self.used.add(k)
 
   # -- common layers ---------------------------------------------------------------------------
+  @_tolerant
   def conv(self, key: str, path: Iterable[str]):
     """Conv2d ``key.weight`` (O, I/g, kh, kw) [+ ``key.bias``] -> ``path/kernel`` (kh, kw, I/g, O)."""
     path = tuple(path)
@@ -64,6 +84,7 @@ class StateDictConverter:
     if self.has(f'{key}.bias'):
       self.put(path + ('bias',), self.take(f'{key}.bias'))
 
+  @_tolerant
   def dense(self, key: str, path: Iterable[str]):
     """Linear ``key.weight`` (O, I) [+ bias] -> Dense ``path/kernel`` (I, O)."""
     path = tuple(path)
@@ -76,6 +97,7 @@ class StateDictConverter:
     if self.has(f'{key}.bias'):
       self.put(path + ('bias',), self.take(f'{key}.bias'))
 
+  @_tolerant
   def bn(self, key: str, path: Iterable[str]):
     path = tuple(path)
     self.put(path + ('scale',), self.take(f'{key}.weight'))
@@ -85,12 +107,14 @@ class StateDictConverter:
     if self.has(f'{key}.num_batches_tracked'):
       self.take(f'{key}.num_batches_tracked')
 
+  @_tolerant
   def norm(self, key: str, path: Iterable[str]):
     """LayerNorm / GroupNorm affine -> ``scale``/``bias``."""
     path = tuple(path)
     self.put(path + ('scale',), self.take(f'{key}.weight'))
     self.put(path + ('bias',), self.take(f'{key}.bias'))
 
+  @_tolerant
   def conv_bn(self, conv_key: str, bn_key: str, path: Iterable[str]):
     """An lgvit ``ConvBN`` (submodules ``conv`` and ``bn``)."""
     path = tuple(path)
@@ -166,7 +190,10 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *, image_size: Op
     image_size = _IMAGE_SIZE_HINTS[info.family](conv.sd)
   image_size = image_size or info.input_size
   model = create_model(model_name, **model_overrides)
-  _RULES[info.family](conv, model_name, model)
+  try:
+    _RULES[info.family](conv, model_name, model)
+  except _MissingKey:
+    pass  # reported below with everything else
   expected = target_shapes(model, image_size)
   missing = sorted('/'.join(k) for k in expected if k not in conv.out)
   unexpected_out = sorted('/'.join(k) for k in conv.out if k not in expected)
@@ -174,6 +201,8 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *, image_size: Op
                      for k in expected if k in conv.out and conv.out[k].shape != expected[k])
   unused = sorted(k for k in conv.sd if k not in conv.used)
   problems = []
+  if conv.missing:
+    problems.append(f'missing PyTorch keys ({len(conv.missing)}): ' + ', '.join(sorted(set(conv.missing))))
   if missing:
     problems.append(f'missing ({len(missing)}): ' + ', '.join(missing))
   if unused:

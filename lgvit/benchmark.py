@@ -1,0 +1,186 @@
+"""Throughput benchmark for registered models.
+
+    python -m lgvit.benchmark --models nommer_t,cotnet50 --batch 8 --size 224 --mode infer
+    python -m lgvit.benchmark --models all --mode train --dtype bfloat16 --out benchmarks/gpu_train
+
+For each model: compile time, steady-state images/s (median of ``--repeats`` timed runs after
+warm-up, each synchronised with ``block_until_ready``), achieved GFLOP/s from XLA's cost analysis,
+its ratio to a float32 matmul peak measured in the same run, XLA's memory estimate (arguments +
+temporaries + outputs) and, on CPU, the peak resident memory of the model's own process. Every model
+runs in a fresh subprocess so that memory and caches do not leak between rows. A train step is
+forward + cross-entropy + backward + SGD(momentum 0.9), in train mode (batch statistics, drop-path,
+Gumbel noise), as in ``shared/specs/cpu_baselines.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+FIELDS = ['model', 'mode', 'dtype', 'batch', 'size', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_step',
+          'gflop_per_s', 'peak_fraction', 'xla_mem_mb', 'rss_peak_mb', 'params_m']
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """float32 GFLOP/s of an n^3 matmul on the default device."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / min(times) / 1e9
+
+
+def _cost(compiled) -> tuple[float, float]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  mem_mb = float('nan')
+  if mem is not None:
+    mem_mb = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2**20
+  return float(cost.get('flops', float('nan'))), mem_mb
+
+
+def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
+              peak_gflops: float) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from lgvit.models import create_model
+  from lgvit.models.layers import count_params
+  compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
+  model = create_model(name, num_classes=1000, dtype=compute)
+  x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3)), compute)
+  labels = jnp.arange(batch) % 1000
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  rngs = {s: jax.random.PRNGKey(i) for i, s in enumerate(('dropout', 'drop_path', 'gumbel'))}
+  if mode == 'infer':
+    fn = jax.jit(lambda p, s, x: model.apply({'params': p, **s}, x, train=False))
+    args = (params, state, x)
+  else:
+    tx = optax.sgd(0.01, momentum=0.9)
+
+    def step(p, s, opt, x):
+      def loss_fn(p):
+        logits, new_s = model.apply({'params': p, **s}, x, train=True, rngs=rngs, mutable=list(s.keys()))
+        onehot = jax.nn.one_hot(labels, logits.shape[-1])
+        return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)), new_s
+
+      (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+      updates, opt = tx.update(g, opt, p)
+      return optax.apply_updates(p, updates), new_s, opt, loss
+
+    fn = jax.jit(step, donate_argnums=(0, 1, 2))
+    args = (params, state, tx.init(params), x)
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  flops, mem_mb = _cost(compiled)
+
+  def run(args):
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    return out
+
+  times = []
+  for i in range(warmup + repeats):
+    t = time.perf_counter()
+    out = run(args)
+    dt = time.perf_counter() - t
+    if mode == 'train':
+      args = (*out[:3], x)
+    if i >= warmup:
+      times.append(dt)
+  step_s = statistics.median(times)
+  rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return {
+      'model': name, 'mode': mode, 'dtype': dtype, 'batch': batch, 'size': size, 'compile_s': round(compile_s, 2),
+      'images_per_s': round(batch / step_s, 2), 'step_ms': round(step_s * 1e3, 1),
+      'gflop_per_step': round(flops / 1e9, 2), 'gflop_per_s': round(flops / step_s / 1e9, 1),
+      'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 3) if peak_gflops else float('nan'),
+      'xla_mem_mb': round(mem_mb, 1), 'rss_peak_mb': round(rss_mb, 1),
+      'params_m': round(count_params(params) / 1e6, 2),
+  }
+
+
+def print_table(rows: list[dict], peak: float, header: str = ''):
+  cols = ['model', 'mode', 'dtype', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_s', 'peak_fraction',
+          'xla_mem_mb', 'rss_peak_mb', 'params_m']
+  if header:
+    print(header)
+  print(f'matmul peak (float32, measured): {peak:.1f} GFLOP/s')
+  print('| ' + ' | '.join(cols) + ' |')
+  print('|' + '---|' * len(cols))
+  for r in rows:
+    print('| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m lgvit.benchmark', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--models', default='all', help="comma-separated names, or 'all'")
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--size', type=int, default=0, help='input size (0: each model\'s registered size)')
+  parser.add_argument('--mode', choices=['infer', 'train'], default='infer')
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--out', default='', help='write OUT.csv and OUT.json')
+  parser.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
+  parser.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+
+  if args.single:  # child process: one model, JSON on the last line
+    import jax
+    row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, args.peak)
+    row['device'] = jax.devices()[0].device_kind
+    print(json.dumps(row))
+    return 0
+
+  from lgvit.models import list_models, model_info
+  names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
+  for n in names:
+    model_info(n)  # unknown names fail here, before any work
+  peak = measure_matmul_peak()
+  rows = []
+  for name in names:
+    size = args.size or model_info(name).input_size
+    cmd = [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(args.batch), '--size',
+           str(size), '--mode', args.mode, '--dtype', args.dtype, '--warmup', str(args.warmup), '--repeats',
+           str(args.repeats), '--peak', str(peak)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    if proc.returncode != 0:
+      err = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ['?']
+      print(f'{name}: failed: {err[0]}', file=sys.stderr)
+      rows.append({'model': name, 'mode': args.mode, 'dtype': args.dtype, 'images_per_s': 'failed'})
+      continue
+    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"{name}: {rows[-1]['images_per_s']} img/s ({rows[-1]['step_ms']} ms/step, compile {rows[-1]['compile_s']} s)",
+          flush=True)
+  print()
+  print_table(rows, peak, f"batch {args.batch}, {args.mode}, {args.dtype}, device: {rows[0].get('device', '?') if rows else '?'}")
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+    with open(args.out + '.csv', 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=FIELDS + ['device'], extrasaction='ignore')
+      w.writeheader()
+      w.writerows(rows)
+    with open(args.out + '.json', 'w') as f:
+      json.dump({'peak_gflops': peak, 'args': vars(args), 'rows': rows}, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

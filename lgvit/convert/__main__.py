@@ -1,0 +1,47 @@
+"""Convert an official PyTorch checkpoint into an orbax checkpoint that lgvit loads.
+
+    python -m lgvit.convert --model nommer_t --checkpoint nommer_t.pth --out /ckpt/nommer_t
+    python main.py --config=configs/nommer_t.py --workdir=... --config.init_from=/ckpt/nommer_t
+
+`.pth` needs PyTorch installed; `.npz` and `.safetensors` do not.
+"""
+import argparse
+import json
+import sys
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m lgvit.convert', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', required=True, help='registered lgvit model name')
+  parser.add_argument('--checkpoint', required=True, help='.pth/.pt, .npz or .safetensors state_dict')
+  parser.add_argument('--out', required=True, help='output directory (orbax)')
+  parser.add_argument('--num_classes', type=int, default=None)
+  parser.add_argument('--image_size', type=int, default=None, help='input size of the target model')
+  parser.add_argument('--model_kwargs', default='{}', help='JSON dict of create_model overrides')
+  parser.add_argument('--ema', action='store_true', help='take the EMA weights of a training checkpoint')
+  args = parser.parse_args(argv)
+
+  from lgvit import checkpoint
+  from lgvit.convert import ConversionError, from_torch, load_state_dict_file, strip_prefix
+  from lgvit.models import UnknownModelError
+  overrides = json.loads(args.model_kwargs)
+  try:
+    state_dict = load_state_dict_file(args.checkpoint, prefer_ema=args.ema)
+    if args.num_classes is None:
+      heads = [v.shape[0] for k, v in state_dict.items()
+               if strip_prefix(k) in ('fc.bias', 'mlp_head.1.bias', 'head.bias', 'head.fc.bias')]
+      args.num_classes = heads[0] if heads else 1000
+    variables = from_torch(args.model, state_dict, image_size=args.image_size, num_classes=args.num_classes,
+                           **overrides)
+  except (ConversionError, UnknownModelError, FileNotFoundError, ImportError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  checkpoint.save_variables(args.out, variables, {'model': args.model, 'num_classes': args.num_classes,
+                                                  'source': args.checkpoint, 'model_kwargs': overrides})
+  print(f'wrote {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,258 @@
+"""TFDS + tf.data input pipelines.
+
+Design (what makes exact resume cheap): the training stream of epoch ``e`` is a pure function of
+``(seed, e, process)``. File order, shuffle order and every augmentation draw use seeds derived from
+those numbers and from the example's position in the epoch (stateless random ops), so the stream
+never needs an iterator state in the checkpoint: resuming at step ``s`` rebuilds epoch
+``s // steps_per_epoch`` and skips the already-consumed records *before* they are decoded.
+
+Images leave the host as uint8 (4x less to transfer than float32); normalisation, Mixup/CutMix and
+random erasing run on the accelerator inside the train step.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders.
+# ---------------------------------------------------------------------------------------------
+
+
+def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``name``, prepared. The embedded digits are built on first use."""
+  tfds.disable_progress_bar()
+  if name == 'lgvit_digits':
+    from lgvit.data.digits import LgvitDigits
+    builder = LgvitDigits(data_dir=data_dir)
+    if not builder.is_prepared():
+      import jax
+      if jax.process_index() == 0:  # one writer; the others wait for it
+        builder.download_and_prepare()
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('lgvit_digits prepared')
+        builder = LgvitDigits(data_dir=data_dir)
+    return builder
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetNotFoundError(f'unknown TFDS dataset {name!r}; use imagenet2012, lgvit_digits or another '
+                               'TFDS image classification dataset') from None
+  if not builder.is_prepared():
+    where = data_dir or os.path.expanduser('~/tensorflow_datasets')
+    hint = ''
+    if name.startswith('imagenet2012'):
+      hint = (f' Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into MANUAL_DIR, then run '
+              f'`tfds build {name} --manual_dir=MANUAL_DIR --data_dir={where}`.')
+    raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data_dir).{hint}')
+  return builder
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:
+    raise DatasetNotFoundError(f'split {split!r} not found in {builder.name}; '
+                               f'available: {", ".join(builder.info.splits)}') from None
+
+
+def num_classes(builder: tfds.core.DatasetBuilder) -> int:
+  return builder.info.features['label'].num_classes
+
+
+def process_split(split: str, index: int, count: int) -> str:
+  """Contiguous part ``index`` of ``count`` of ``split`` (sizes differ by at most one)."""
+  if count == 1:
+    return split
+  return tfds.even_splits(split, n=count, drop_remainder=False)[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Image ops.
+# ---------------------------------------------------------------------------------------------
+
+
+def _resize(image, size_hw, method: str):
+  image = tf.image.resize(image, size_hw, method=method, antialias=method != 'nearest')
+  return image
+
+
+def _decode_and_random_crop(image_bytes, seed, image_size: int, scale, ratio, method: str):
+  """Inception-style random-resized-crop; JPEGs are only decoded inside the crop window."""
+  is_jpeg = tf.io.is_jpeg(image_bytes)
+  shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes),
+                  lambda: tf.shape(tf.io.decode_image(image_bytes, channels=3, expand_animations=False)))
+  bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=bbox, seed=seed, min_object_covered=0.0, aspect_ratio_range=ratio,
+      area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
+  oy, ox, _ = tf.unstack(begin)
+  h, w, _ = tf.unstack(size)
+  window = tf.stack([oy, ox, h, w])
+  image = tf.cond(
+      is_jpeg, lambda: tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3),
+      lambda: tf.image.crop_to_bounding_box(
+          tf.io.decode_image(image_bytes, channels=3, expand_animations=False), oy, ox, h, w))
+  return _resize(image, (image_size, image_size), method)
+
+
+def _decode_and_center_crop(image_bytes, image_size: int, crop_pct: float, method: str):
+  """Resize the shorter side to image_size / crop_pct, then center-crop image_size (timm eval)."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  short = tf.floor(image_size / crop_pct)
+  scale = short / tf.minimum(h, w)
+  new_h = tf.cast(tf.round(h * scale), tf.int32)
+  new_w = tf.cast(tf.round(w * scale), tf.int32)
+  new_h = tf.maximum(new_h, image_size)
+  new_w = tf.maximum(new_w, image_size)
+  image = _resize(image, (new_h, new_w), method)
+  top = (new_h - image_size) // 2
+  left = (new_w - image_size) // 2
+  return image[top:top + image_size, left:left + image_size]
+
+
+def _to_uint8(image):
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines.
+# ---------------------------------------------------------------------------------------------
+
+
+def _example_seed(seed: int, epoch: int, shard: int):
+  base = tf.constant([seed, 0], tf.int64)
+
+  def make(pos):
+    # A distinct 2-int64 stateless seed for every (epoch, shard, position).
+    return tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base, epoch), shard), pos)
+
+  return make
+
+
+def data_shards(config, process_count: int) -> int:
+  """Number of input shards; fixed by config so the stream does not depend on the host count."""
+  shards = config.data_shards or process_count
+  if shards % process_count:
+    raise ValueError(f'data_shards={shards} must be a multiple of the {process_count} processes')
+  return shards
+
+
+def steps_per_epoch(config, n_examples: int, process_count: int) -> int:
+  shards = data_shards(config, process_count)
+  if config.batch_size % shards:
+    raise ValueError(f'batch_size {config.batch_size} must be divisible by data_shards={shards}')
+  return (n_examples // shards) // (config.batch_size // shards)
+
+
+def shard_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, shard_batch: int,
+                  shard: int, shard_count: int) -> tf.data.Dataset:
+  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC."""
+  split = process_split(config.train_split, shard, shard_count)
+  epoch_seed = (config.seed * 1_000_003 + epoch * 1_009 + shard) % (2**31 - 1)
+  read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, try_autocache=False)
+  ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  if config.cache_train:
+    ds = ds.cache()
+  ds = ds.shuffle(config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.take(steps_per_epoch * shard_batch)
+  ds = ds.enumerate()
+  ds = ds.skip(start_step * shard_batch)  # resume: skip consumed records before decoding them
+  seed_of = _example_seed(config.seed, epoch, shard)
+  method = config.interpolation
+  randaug = _randaugment_fn(config)
+
+  def preprocess(pos, example):
+    seeds = tf.random.experimental.stateless_split(seed_of(pos), 3)
+    image = _decode_and_random_crop(example['image'], seeds[0], config.image_size, tuple(config.crop_scale),
+                                    tuple(config.crop_ratio), method)
+    if config.hflip:
+      flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
+      image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    image = _to_uint8(image)
+    if randaug is not None:
+      image = randaug(image, seeds[2])
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(shard_batch, drop_remainder=True)
+
+
+def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, process_index: int,
+                  process_count: int) -> tf.data.Dataset:
+  """This process's part of the global batches ``start_step ..`` of ``epoch``.
+
+  The global batch of a step is the concatenation, in shard order, of one batch from each of
+  ``data_shards`` shards; a process reads the consecutive shards that feed its devices. The global
+  stream is thus the same for any process count that divides ``data_shards``.
+  """
+  shards = data_shards(config, process_count)
+  per_process = shards // process_count
+  shard_batch = config.batch_size // shards
+  parts = [shard_dataset(config, builder, epoch=epoch, start_step=start_step, steps_per_epoch=steps_per_epoch,
+                         shard_batch=shard_batch, shard=process_index * per_process + i, shard_count=shards)
+           for i in range(per_process)]
+  ds = parts[0] if per_process == 1 else tf.data.Dataset.zip(tuple(parts)).map(
+      lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  ds = ds.with_options(options)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _randaugment_fn(config):
+  if not config.randaugment:
+    return None
+  from lgvit.data import augment  # recipes issue: timm-compatible RandAugment
+  return augment.randaugment_from_policy(config.randaugment)
+
+
+def eval_dataset(config, builder, *, local_batch: int, process_index: int, process_count: int,
+                 split: Optional[str] = None) -> tuple[tf.data.Dataset, int]:
+  """Every example of this process's shard exactly once, padded to a whole number of batches.
+
+  Returns the dataset and the number of batches, which is the same on every process (shards are
+  padded with ``mask == 0`` examples up to the largest shard).
+  """
+  split = split or config.eval_split
+  total = num_examples(builder, split)
+  shard = process_split(split, process_index, process_count)
+  largest = -(-total // process_count)
+  steps = -(-largest // local_batch)
+  ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+
+  def preprocess(example):
+    image = _decode_and_center_crop(example['image'], config.image_size, config.crop_pct, config.interpolation)
+    return {'image': _to_uint8(image), 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  pad = {
+      'image': tf.zeros((config.image_size, config.image_size, 3), tf.uint8),
+      'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(0, tf.int32)
+  }
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+  ds = ds.batch(local_batch, drop_remainder=True).take(steps)
+  return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  return iter(tfds.as_numpy(ds))

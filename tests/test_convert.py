@@ -1,0 +1,65 @@
+"""The converter framework and CLI on a torchvision-layout ResNet state_dict."""
+import numpy as np
+import pytest
+
+from lgvit import checkpoint
+from lgvit.convert import ConversionError, __main__ as cli, from_torch
+
+TINY = dict(stage_depths=(1, 1, 1, 1), stage_planes=(4, 8, 8, 8), stem_width=8, num_classes=3)
+
+
+def torchvision_state_dict(rng):
+  """A torchvision-named state_dict for the TINY ResNet (OIHW weights)."""
+  sd = {}
+
+  def conv(name, o, i, k):
+    sd[f'{name}.weight'] = rng.normal(size=(o, i, k, k)).astype(np.float32)
+
+  def bn(name, c):
+    for p in ('weight', 'bias', 'running_mean'):
+      sd[f'{name}.{p}'] = rng.normal(size=c).astype(np.float32)
+    sd[f'{name}.running_var'] = rng.uniform(0.5, 2, size=c).astype(np.float32)
+    sd[f'{name}.num_batches_tracked'] = np.array(3)
+
+  conv('conv1', 8, 3, 7)
+  bn('bn1', 8)
+  cin = 8
+  for s, planes in enumerate((4, 8, 8, 8)):
+    p = f'layer{s + 1}.0'
+    conv(f'{p}.conv1', planes, cin, 1), bn(f'{p}.bn1', planes)
+    conv(f'{p}.conv2', planes, planes, 3), bn(f'{p}.bn2', planes)
+    conv(f'{p}.conv3', planes * 4, planes, 1), bn(f'{p}.bn3', planes * 4)
+    conv(f'{p}.downsample.0', planes * 4, cin, 1), bn(f'{p}.downsample.1', planes * 4)
+    cin = planes * 4
+  sd['fc.weight'] = rng.normal(size=(3, 32)).astype(np.float32)
+  sd['fc.bias'] = rng.normal(size=3).astype(np.float32)
+  return {f'module.{k}': v for k, v in sd.items()}
+
+
+def test_from_torch_places_every_tensor():
+  sd = torchvision_state_dict(np.random.default_rng(0))
+  v = from_torch('resnet50', sd, image_size=64, **TINY)
+  np.testing.assert_array_equal(v['params']['stem']['conv']['kernel'], sd['module.conv1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(v['params']['fc']['kernel'], sd['module.fc.weight'].T)
+  np.testing.assert_array_equal(v['batch_stats']['layer2_0']['conv2']['bn']['var'], sd['module.layer2.0.bn2.running_var'])
+
+
+def test_from_torch_reports_all_problems_at_once():
+  sd = torchvision_state_dict(np.random.default_rng(0))
+  del sd['module.layer1.0.conv2.weight']
+  sd['module.extra.weight'] = np.zeros(3, np.float32)
+  sd['module.fc.bias'] = np.zeros(4, np.float32)
+  with pytest.raises(ConversionError) as e:
+    from_torch('resnet50', sd, image_size=64, **TINY)
+  msg = str(e.value)
+  assert 'layer1.0.conv2.weight' in msg and 'layer1_0/conv2/conv/kernel' in msg and 'extra.weight' in msg and 'fc/bias' in msg
+
+
+def test_cli_writes_a_checkpoint_that_loads(tmp_path):
+  sd = torchvision_state_dict(np.random.default_rng(1))
+  np.savez(tmp_path / 'r.npz', **{f'sd/{k}': v for k, v in sd.items()})
+  kwargs = '{"stage_depths": [1, 1, 1, 1], "stage_planes": [4, 8, 8, 8], "stem_width": 8}'
+  assert cli.main(['--model', 'resnet50', '--checkpoint', str(tmp_path / 'r.npz'), '--out', str(tmp_path / 'out'),
+                   '--image_size', '64', '--model_kwargs', kwargs]) == 0
+  loaded = checkpoint.load_variables(str(tmp_path / 'out'))
+  np.testing.assert_array_equal(loaded['params']['fc']['bias'], sd['module.fc.bias'])

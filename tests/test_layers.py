@@ -1,0 +1,112 @@
+"""Shared layers against independent references (numpy brute force, lax's own grouped convs)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lgvit.models import layers
+
+
+def _lax_grouped(x, k, strides, padding, groups):
+  return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=groups, precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize('k,cin,cout,groups,stride,pad', [
+    (3, 8, 8, 4, 1, 1), (3, 8, 16, 2, 2, 1), (1, 16, 8, 8, 1, 0), (1, 16, 16, 4, 2, 0), (3, 6, 6, 6, 1, 1),
+    (5, 4, 4, 4, 1, 2), (3, 6, 12, 3, 2, 1)])
+def test_grouped_conv_matches_feature_group_count(k, cin, cout, groups, stride, pad):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, cin)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)), jnp.float32)
+  padding = ((pad, pad), (pad, pad))
+  ours = layers.grouped_conv(x, w, (stride, stride), padding, groups, lax.Precision.HIGHEST)
+  ref = _lax_grouped(x, w, (stride, stride), padding, groups)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  # Gradients too: the point of the rewrite is the backward pass.
+  g1 = jax.grad(lambda w: jnp.sum(jnp.sin(layers.grouped_conv(x, w, (stride, stride), padding, groups))))(w)
+  g2 = jax.grad(lambda w: jnp.sum(jnp.sin(_lax_grouped(x, w, (stride, stride), padding, groups))))(w)
+  np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_matches_torch_semantics():
+  rng = np.random.default_rng(1)
+  x = rng.normal(2.0, 3.0, size=(4, 5, 6, 3)).astype(np.float32)
+  bn = layers.BatchNorm()
+  v = bn.init(jax.random.PRNGKey(0), x, train=False)
+  y, upd = bn.apply(v, x, train=True, mutable=['batch_stats'])
+  flat = x.reshape(-1, 3).astype(np.float64)
+  np.testing.assert_allclose(y, (x - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(upd['batch_stats']['mean'], 0.1 * flat.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(upd['batch_stats']['var'], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+  y_eval = bn.apply({**v, **upd}, x, train=False)
+  m, s = upd['batch_stats']['mean'], upd['batch_stats']['var']
+  np.testing.assert_allclose(y_eval, (x - m) / np.sqrt(s + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def _torch_avg_pool_ref(x, k, s, p, ceil_mode, count_include_pad):
+  """Direct transcription of PyTorch's AvgPool2d index rules."""
+  n, h, w, c = x.shape
+
+  def out_size(size):
+    num = size + 2 * p - k
+    o = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (o - 1) * s >= size + p:
+      o -= 1
+    return o
+
+  oh, ow = out_size(h), out_size(w)
+  out = np.zeros((n, oh, ow, c))
+  for i in range(oh):
+    for j in range(ow):
+      hs, ws = i * s - p, j * s - p
+      he, we = min(hs + k, h + p), min(ws + k, w + p)
+      pool = (he - hs) * (we - ws)
+      hs2, ws2, he2, we2 = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
+      div = pool if count_include_pad else (he2 - hs2) * (we2 - ws2)
+      out[:, i, j] = x[:, hs2:he2, ws2:we2].sum(axis=(1, 2)) / div
+  return out
+
+
+@pytest.mark.parametrize('size', [(7, 5), (8, 8), (5, 6)])
+@pytest.mark.parametrize('k,s,p,ceil,incl', [(3, 2, 1, False, True), (2, 2, 0, True, False), (3, 2, 1, True, True),
+                                              (2, 2, 0, False, True), (3, 2, 1, True, False)])
+def test_avg_pool_matches_pytorch_rules(size, k, s, p, ceil, incl):
+  x = np.random.default_rng(2).normal(size=(1,) + size + (2,)).astype(np.float32)
+  ours = layers.avg_pool(jnp.asarray(x), k, s, p, ceil_mode=ceil, count_include_pad=incl)
+  np.testing.assert_allclose(ours, _torch_avg_pool_ref(x, k, s, p, ceil, incl), rtol=1e-5, atol=1e-6)
+
+
+def test_window_partition_roundtrip_and_order():
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  win = layers.window_partition(x, 2)
+  assert win.shape == (2, 6, 4, 3)
+  np.testing.assert_array_equal(win[0, 1, :, 0], np.asarray(x)[0, 0:2, 2:4, 0].reshape(-1))
+  np.testing.assert_array_equal(layers.window_reverse(win, 2, 4, 6), x)
+
+
+def test_relative_position_index_formula():
+  idx = layers.relative_position_index(3)
+  coords = [(i, j) for i in range(3) for j in range(3)]
+  for a, (yi, xi) in enumerate(coords):
+    for b, (yj, xj) in enumerate(coords):
+      assert idx[a, b] == (yi - yj + 2) * 5 + (xi - xj + 2)
+
+
+def test_relative_table_resize_identity_and_shape():
+  table = np.random.default_rng(3).normal(size=(13 * 13, 3)).astype(np.float32)
+  np.testing.assert_array_equal(layers.resize_relative_position_table(table, 7), table)
+  assert layers.resize_relative_position_table(table, 12).shape == (23 * 23, 3)
+
+
+def test_shifted_window_mask_blocks_wrapped_regions():
+  mask = layers.shifted_window_mask(4, 4, 2, 1)
+  assert mask.shape == (4, 4, 4)
+  assert mask[0].all()  # the top-left window never wraps
+  assert not mask[-1].all()  # the bottom-right one mixes wrapped regions
+
+
+def test_drop_path_rates_linear():
+  rates = layers.drop_path_rates(0.3, [1, 2, 1])
+  np.testing.assert_allclose(sum(rates, []), np.linspace(0, 0.3, 4))

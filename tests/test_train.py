@@ -1,0 +1,210 @@
+"""End-to-end runs of main.py: ImageNet via TFDS's own builder, multi-device equality, kill + resume, bad inputs."""
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO = 'configs/resnet50.py:demo'
+
+
+def _env(**extra):
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', **extra)
+  env.pop('XLA_FLAGS', None)
+  env.update(extra)
+  return env
+
+
+def run_main(*args, workdir, check=True, timeout=600, **env):
+  cmd = [sys.executable, 'main.py', f'--workdir={workdir}', *args]
+  proc = subprocess.run(cmd, cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+  return proc
+
+
+def _jpeg(rng, h, w):
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format='JPEG')
+  return buf.getvalue()
+
+
+def _add(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope='module')
+def tiny_imagenet(tmp_path_factory):
+  """imagenet2012 prepared by TFDS's own builder from a synthetic manual_dir (3 synsets, 7 val images)."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+  root = tmp_path_factory.mktemp('imagenet')
+  manual, data_dir = root / 'manual', root / 'tfds'
+  manual.mkdir()
+  rng = np.random.default_rng(0)
+  synsets = pathlib.Path(imagenet_common.label_names_file()).read_text().split()[:3]
+  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as outer:
+    for syn in synsets:
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode='w') as t:
+        for i in range(6):
+          _add(t, f'{syn}_{i}.JPEG', _jpeg(rng, 40 + 3 * i, 50))
+      _add(outer, f'{syn}.tar', inner.getvalue())
+  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as t:
+    for i in range(1, 8):
+      _add(t, f'ILSVRC2012_val_{i:08d}.JPEG', _jpeg(rng, 48, 36 + i))
+  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  assert builder.info.splits['validation'].num_examples == 7
+  return str(data_dir)
+
+
+def test_main_trains_and_evaluates_on_tfds_imagenet(tiny_imagenet, tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_main(f'--config={DEMO}', '--config.dataset=imagenet2012', '--config.num_classes=1000',
+                  f'--config.data_dir={tiny_imagenet}', '--config.batch_size=6', '--config.eval_batch_size=4',
+                  '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
+                  workdir=workdir)
+  assert 'step 4/4' in proc.stdout
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  evals = [r for r in rows if 'eval_count' in r]
+  assert evals and evals[-1]['eval_count'] == 7  # every validation image exactly once (7 = 2 batches of 4, padded)
+  assert (workdir / 'checkpoints' / '4').is_dir()
+
+
+def test_train_step_on_8_devices_equals_1_device():
+  proc = subprocess.run([sys.executable, 'tests/helpers/train_step_devices.py'], cwd=REPO, capture_output=True,
+                        text=True, timeout=600,
+                        env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['devices'] == 8
+  np.testing.assert_allclose(out['loss_1'], out['loss_8'], rtol=1e-5)
+  assert out['max_state_diff'] < 1e-4
+
+
+def _final_params(workdir):
+  from lgvit import checkpoint
+  return checkpoint.load_variables(str(workdir), prefer_ema=False)
+
+
+def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
+  args = [f'--config={DEMO}', '--config.num_train_steps=30', '--config.checkpoint_every_steps=10',
+          '--config.log_every_steps=5', f'--config.data_dir={tmp_path / "tfds"}']
+  reference = tmp_path / 'reference'
+  run_main(*args, workdir=reference)
+
+  workdir = tmp_path / 'killed'
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / 'checkpoints' / '10').is_dir() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert (workdir / 'checkpoints' / '10').is_dir()
+  assert not (workdir / 'checkpoints' / '30').exists()
+  resumed = run_main(*args, workdir=workdir)
+  assert 'Resuming' in resumed.stdout and ('from step 10' in resumed.stdout or 'from step 20' in resumed.stdout)
+  assert 'step 30/30' in resumed.stdout
+
+  import jax
+  ref, got = _final_params(reference), _final_params(workdir)
+  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text()
+
+
+@pytest.mark.parametrize('overrides,expect', [
+    (['--config.model=resnet5'], "Unknown model 'resnet5'. Did you mean 'resnet50'"),
+    (['--config.batch_sizee=8'], 'Did you mean "batch_size"'),
+    (['--config.image_size=16'], 'at least 32x32'),
+    (['--config.dataset=imagenet2012', '--config.num_classes=1000'], 'tfds build imagenet2012 --manual_dir'),
+    (['--config.batch_size=7'], None),  # checked below with 2 devices
+])
+def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
+  env = {}
+  if expect is None:
+    env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+    expect = 'not divisible by the 2 devices'
+  proc = run_main(f'--config={DEMO}', f'--config.data_dir={tmp_path / "tfds"}', *overrides,
+                  workdir=tmp_path / 'w', check=False, **env)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 4 CPU devices (jax.distributed on localhost) == 1 process x 8 devices."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  args = [f'--config={DEMO}', '--config.num_train_steps=4', '--config.log_every_steps=1',
+          '--config.checkpoint_every_steps=4', '--config.batch_size=32', '--config.eval_batch_size=64',
+          '--config.data_shards=2', '--config.eval_every_epochs=100', f'--config.data_dir={tmp_path / "tfds"}']
+  multi = tmp_path / 'multi'
+  procs = [subprocess.Popen([sys.executable, 'main.py', f'--workdir={multi}', *args, f'--coordinator_address=localhost:{port}',
+                             '--num_processes=2', f'--process_id={i}'], cwd=REPO,
+                            env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert '8 devices on 2 process(es)' in outs[0][0]
+  assert not [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'eval @', 'done'))]  # only process 0 logs
+  single = tmp_path / 'single'
+  run_main(*args, workdir=single, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+
+  def losses(w):
+    return [r['loss'] for r in map(json.loads, (w / 'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+
+  np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
+  import jax
+  for a, b in zip(jax.tree_util.tree_leaves(_final_params(multi)), jax.tree_util.tree_leaves(_final_params(single))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
+  args = [f'--config={DEMO}', '--config.num_train_steps=400', '--config.checkpoint_every_steps=1000',
+          '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:  # wait until training is under way
+    if line.startswith('step 5/'):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 75, out[-2000:]
+  stopped = int(out.split('Preempted: saved step ')[1].split(';')[0])
+  assert 5 <= stopped < 400
+  assert (workdir / 'checkpoints' / str(stopped)).is_dir()
+  resumed = run_main(*args, workdir=workdir)
+  assert f'from step {stopped}' in resumed.stdout and 'step 400/400' in resumed.stdout
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
+          f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  run_main(*args, '--config.num_train_steps=10', workdir=workdir)
+  for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  proc = run_main(*args, '--config.num_train_steps=15', workdir=workdir)
+  assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'falling back to step 5' in proc.stdout
+  assert 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
+  assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1  # kept, not deleted
