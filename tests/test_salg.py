@@ -330,3 +330,36 @@ def test_param_counts(name, c, depths, heads, msa):
 
 def test_registered_variants():
   assert set(list_models('salg')) == {'salg_st', 'salg_st_msa', 'salg_t', 'salg_t_msa', 'salg_s'}
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: full-size forward and the demo run (run by hand: pytest -m slow tests/test_salg.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('size', [224, 200])
+def test_full_size_forward(size):
+  model = create_model('salg_t')
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
+
+  @jax.jit
+  def forward(key):
+    variables = model.init(key, x, train=False)
+    return model.apply(variables, x, mutable=['intermediates'])
+
+  logits, state = forward(jax.random.PRNGKey(1))
+  assert logits.shape == (1, 1000) and np.isfinite(np.asarray(logits)).all()
+  for s, side in (('stage1', size // 4), ('stage2', size // 8), ('stage3', size // 16)):
+    regions = state['intermediates'][s]['regions'][0]
+    assert regions.shape == (1, side, side)
+    assert int(regions.max()) < (-(-side // 7))**2
+
+
+@pytest.mark.slow
+def test_demo_reaches_95_percent(tmp_path):
+  import importlib
+
+  from lgvit import train
+  result = train.train_and_evaluate(importlib.import_module('configs.salg_st').get_config('demo'), str(tmp_path))
+  assert result['eval_top1'] >= 0.95

@@ -51,8 +51,6 @@ TABLE3_ABLATIONS = {
 # A token can only be covered by its own window's region or by one of the 8 neighbouring ones
 # (the coverage pad p never exceeds the window size). Candidates are listed row-major, so for any
 # token they are in increasing region index.
-MASKED_LOGIT = -1e9
-
 NEIGHBOUR_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
@@ -279,9 +277,8 @@ class LocalGlobalBlock(nn.Module):
         bias = bias + agr_bias[:, None, None] * jnp.asarray(border)
     n = tokens.shape[2]
     q, kk, v = jnp.moveaxis(tokens.reshape(b, k, n, 3, heads, c // heads), (3, 4), (0, 3))  # (B,K,heads,n,hd)
-    # Masked keys get a large negative bias (an add is cheaper than a select in the backward pass).
-    key_bias = jnp.where(keys, 0.0, MASKED_LOGIT).astype(q.dtype)[:, :, None, None, :]
-    out = layers.dot_product_attention(q * (c // heads)**-0.5, kk, v, bias + key_bias, precision=self.precision)
+    out = layers.dot_product_attention(q * (c // heads)**-0.5, kk, v, bias, keys[:, :, None, None, :],
+                                       self.precision)
     out = jnp.swapaxes(out, 2, 3).reshape(b, k, n, c)
     coverage_out = out[:, :, n - area:] * member[..., None].astype(out.dtype)
     attended = fold_coverage(coverage_out, self.region_size, self.pad, grid.nh, grid.nw)[:, :h, :w]
