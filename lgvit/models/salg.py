@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -35,8 +34,8 @@ from lgvit.models.swin import PatchMerging
 
 Array = Any
 
-# The inter-region step of each variant of the paper's Table III. The table's "SALG" rows equal the
-# MSA rows of Table IV, so the ablations were run with inter-region MSA.
+# Model overrides for the rows of the paper's Table III. The table's "SALG" rows equal the MSA rows
+# of Table IV, so the ablations were run with inter-region MSA.
 TABLE3_ABLATIONS = {
     'base': dict(segmentation=False, agr_tokens=False, inter_region='none'),
     'base_local_global': dict(segmentation=False, agr_tokens=True, inter_region='msa'),
