@@ -78,6 +78,19 @@ def test_avg_pool_matches_pytorch_rules(size, k, s, p, ceil, incl):
   np.testing.assert_allclose(ours, _torch_avg_pool_ref(x, k, s, p, ceil, incl), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('bias_shape', [(4, 5, 5), (1, 4, 5, 5), (4, 1, 5), (2, 3, 4, 5, 5), (5,)])
+def test_add_broadcast_bias_gradients_equal_plain_add(bias_shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 5, 5))
+  b = jax.random.normal(jax.random.PRNGKey(1), bias_shape)
+  w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  ours = jax.grad(lambda x, b: jnp.sum(jnp.sin(layers.add_broadcast_bias(x, b)) * w), (0, 1))(x, b)
+  plain = jax.grad(lambda x, b: jnp.sum(jnp.sin(x + b) * w), (0, 1))(x, b)
+  for a, c in zip(ours, plain):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+  tangent = jax.jvp(layers.add_broadcast_bias, (x, b), (w, b))[1]
+  np.testing.assert_allclose(tangent, w + b, rtol=1e-6)
+
+
 def test_window_partition_roundtrip_and_order():
   x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
   win = layers.window_partition(x, 2)

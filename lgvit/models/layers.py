@@ -324,6 +324,34 @@ def resize_relative_position_table(table: np.ndarray, new_window: int | Sequence
   return np.asarray(out).reshape(nh * nw, -1)
 
 
+@jax.custom_jvp
+def add_broadcast_bias(x: Array, bias: Array) -> Array:
+  """``x + bias`` for a bias that broadcasts over leading axes of x, with a fast bias gradient.
+
+  The gradient of a broadcast add is a sum over the broadcast axes, and XLA:CPU sums large tensors
+  over their leading axes very slowly (a (128, 6*122*122) column sum runs at ~0.2 GB/s, ~80x slower
+  than the equivalent matvec). That sum is the gradient of every relative position bias shared by all
+  windows and images. Here the broadcast is written as an outer product with ones, whose transpose
+  is a matvec.
+  """
+  return x + bias
+
+
+@add_broadcast_bias.defjvp
+def _add_broadcast_bias_jvp(primals, tangents):
+  x, bias = primals
+  dx, dbias = tangents
+  core = bias.shape
+  while core and core[0] == 1:
+    core = core[1:]
+  lead = x.ndim - len(core)
+  if x.shape[lead:] != core:  # broadcasting inside the trailing axes too: plain add
+    return x + bias, dx + dbias
+  rows = int(np.prod(x.shape[:lead]))
+  spread = jnp.einsum('r,c->rc', jnp.ones((rows,), dbias.dtype), dbias.reshape(-1), precision=lax.Precision.HIGHEST)
+  return x + bias, dx + spread.reshape(x.shape)
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,
                           mask: Optional[Array] = None, precision: Any = None) -> Array:
   """softmax(q k^T + bias) v over (..., heads, tokens, dim) tensors; q must already be scaled.
@@ -332,7 +360,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = 
   """
   logits = jnp.einsum('...hqd,...hkd->...hqk', q, k, precision=precision)
   if bias is not None:
-    logits = logits + bias.astype(logits.dtype)
+    logits = add_broadcast_bias(logits, bias.astype(logits.dtype))
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)

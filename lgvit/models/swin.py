@@ -1,0 +1,170 @@
+"""Swin Transformer (Liu et al., ICCV 2021): the window-attention baseline SALG is measured against.
+
+Layout and initialisation follow the official code / timm (28,288,354 parameters for Swin-T at 1000
+classes): a 4x4/4 linear patch embedding with LayerNorm, four stages of pre-norm blocks that alternate
+regular and cyclically shifted 7x7 windows (shared ``layers.WindowAttention``), Swin patch merging
+between stages, then LayerNorm, global average pool and a linear head.
+
+Swin-ST is the SALG paper's "super-tiny" baseline: C=48 and two blocks per stage. The paper sets the
+feature dimension per head to 32; 48 is not a multiple of 32, so stage 1 gets the head count whose
+head width is closest to 32 (two heads of 24); the other stages have exactly 32 per head.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lgvit.models import layers
+from lgvit.models.layers import InvalidInputSizeError
+from lgvit.models.registry import register_model
+
+Array = Any
+
+
+def stage_window(h: int, w: int, window: int) -> tuple[int, int]:
+  """Swin's rule: a map no larger than the window is one window and is never shifted.
+
+  Returns (window, shift) for the stage's blocks with odd index.
+  """
+  if min(h, w) <= window:
+    return min(h, w), 0
+  return window, window // 2
+
+
+def _size_is_valid(size: int, patch: int, window: int, num_stages: int) -> bool:
+  if size % (patch * 2**(num_stages - 1)):
+    return False
+  for s in range(num_stages):
+    res = size // (patch * 2**s)
+    win, _ = stage_window(res, res, window)
+    if res % win:
+      return False
+  return True
+
+
+def nearest_valid_sizes(size: int, patch: int = 4, window: int = 7, num_stages: int = 4) -> list[int]:
+  """The closest image sides below and above ``size`` that Swin can run without padding."""
+  step = patch * 2**(num_stages - 1)
+  below = next((s for s in range(size - size % step, 0, -step) if _size_is_valid(s, patch, window, num_stages)),
+               None)
+  above = next(s for s in range(size + step - size % step, size + 64 * step * window, step)
+               if _size_is_valid(s, patch, window, num_stages))
+  return [s for s in (below, above) if s is not None]
+
+
+class PatchMerging(nn.Module):
+  """Swin patch merging: concat each 2x2 neighbourhood (x00, x10, x01, x11) -> LayerNorm -> Linear 4C->out.
+
+  An odd side is zero-padded at the bottom/right first (the detection variant's rule); the Swin
+  classifier never meets one because its input sizes are validated.
+  """
+  out_features: int
+  dtype: Optional[Any] = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    _, h, w, _ = x.shape
+    if h % 2 or w % 2:
+      x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    x = layers.layer_norm('norm', dtype=self.dtype)(x)
+    return nn.Dense(self.out_features, use_bias=False, kernel_init=layers.normal_002, dtype=self.dtype,
+                    name='reduction')(x)
+
+
+class SwinBlock(nn.Module):
+  """x + DropPath(W-MSA/SW-MSA(LN(x))), then x + DropPath(MLP(LN(x))), on (B, H, W, C)."""
+  num_heads: int
+  window: int
+  shift: int = 0
+  mlp_ratio: float = 4.0
+  drop_rate: float = 0.0
+  drop_path: float = 0.0
+  dtype: Optional[Any] = None
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    c = x.shape[-1]
+    y = layers.layer_norm('norm1', dtype=self.dtype)(x)
+    y = layers.WindowAttention(self.num_heads, self.window, self.shift, dtype=self.dtype, precision=self.precision,
+                               name='attn')(y, train=train)
+    y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
+    x = x + layers.DropPath(self.drop_path)(y, train=train)
+    y = layers.layer_norm('norm2', dtype=self.dtype)(x)
+    y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.drop_rate, dtype=self.dtype, name='mlp')(y, train=train)
+    return x + layers.DropPath(self.drop_path)(y, train=train)
+
+
+class SwinTransformer(nn.Module):
+  """Swin Transformer; the defaults give Swin-T."""
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 6, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window: int = 7
+  patch_size: int = 4
+  mlp_ratio: float = 4.0
+  num_classes: int = 1000
+  drop_rate: float = 0.0
+  drop_path_rate: float = 0.1
+  features_only: bool = False
+  dtype: Any = jnp.float32
+  precision: Any = None
+  name_for_errors: str = 'Swin'
+
+  def check_input(self, x: Array):
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise InvalidInputSizeError(f'{self.name_for_errors}: expected NHWC images (B, H, W, 3), got {x.shape}.')
+    for side in x.shape[1:3]:
+      if not _size_is_valid(side, self.patch_size, self.window, len(self.depths)):
+        sizes = nearest_valid_sizes(side, self.patch_size, self.window, len(self.depths))
+        raise InvalidInputSizeError(
+            f'{self.name_for_errors}: image side {side} does not split into {self.window}x{self.window} windows '
+            f'at every stage (patch {self.patch_size}, {len(self.depths) - 1} merges); nearest valid sides: '
+            f'{sizes}. Resize/crop to one of them, or change window=.')
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False):
+    self.check_input(x)
+    x = x.astype(self.dtype)
+    x = layers.Conv2d(self.embed_dim, self.patch_size, self.patch_size, use_bias=True, dtype=self.dtype,
+                      name='patch_embed')(x)
+    x = layers.layer_norm('patch_norm', dtype=self.dtype)(x)
+    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+    dpr = layers.drop_path_rates(self.drop_path_rate, self.depths)
+    features = []
+    for s, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
+      if s > 0:
+        x = PatchMerging(2 * x.shape[-1], dtype=self.dtype, name=f'merge{s}')(x)
+      window, shift = stage_window(x.shape[1], x.shape[2], self.window)
+      for b in range(depth):
+        x = SwinBlock(heads, window, shift if b % 2 else 0, self.mlp_ratio, self.drop_rate, dpr[s][b],
+                      dtype=self.dtype, precision=self.precision, name=f'stage{s + 1}_{b}')(x, train=train)
+      features.append(x)
+    if self.features_only:
+      return features
+    x = layers.layer_norm('norm', dtype=self.dtype)(x)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if not self.num_classes:
+      return x
+    return nn.Dense(self.num_classes, kernel_init=layers.normal_002, name='head')(x)
+
+
+@register_model('swin_t', 'swin', interpolation='bicubic',
+                paper={'params': 28_288_354, 'gmacs': 4.5, 'top1': 81.3})
+def swin_t(**kw):
+  return SwinTransformer(**{'name_for_errors': 'swin_t', 'drop_path_rate': 0.2, **kw})
+
+
+@register_model('swin_st', 'swin', interpolation='bicubic', paper={'params': 5.6e6, 'top1': 73.6})
+def swin_st(**kw):
+  return SwinTransformer(**{'embed_dim': 48, 'depths': (2, 2, 2, 2), 'num_heads': (2, 3, 6, 12),
+                            'name_for_errors': 'swin_st', 'drop_path_rate': 0.1, **kw})
+
+
+@register_model('swin_s', 'swin', interpolation='bicubic',
+                paper={'params': 49_606_258, 'gmacs': 8.7, 'top1': 83.0})
+def swin_s(**kw):
+  return SwinTransformer(**{'depths': (2, 2, 18, 2), 'name_for_errors': 'swin_s', 'drop_path_rate': 0.3, **kw})
