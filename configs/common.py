@@ -35,7 +35,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   c.crop_scale = (0.08, 1.0)  # random-resized-crop area range
   c.crop_ratio = (3 / 4, 4 / 3)
   c.hflip = True
-  c.randaugment = ''  # timm policy string, e.g. 'rand-m9-mstd0.5-inc1'; '' = off
+  c.randaugment = ''  # 'rand-m9-mstd0.5-inc1' (timm) | 'cotrand-m15-mstd0.5-n2' (CoTNet's variant) | '' = off
   c.random_erase_prob = 0.0
   c.random_erase_mode = 'pixel'
   c.shuffle_buffer = 16_384
@@ -155,7 +155,7 @@ def cotnet_style(c: ml_collections.ConfigDict, *, batch: int, lr: float, weight_
   c.schedule, c.schedule_unit, c.warmup_prefix = 'cosine', 'epoch', False
   c.label_smoothing = 0.1
   c.mixup_alpha, c.cutmix_alpha, c.mixup_prob, c.mixup_switch_prob = 0.8, 1.0, 1.0, 0.5
-  c.randaugment = 'rand-m15-mstd0.5-n2'
+  c.randaugment = 'cotrand-m15-mstd0.5-n2'  # CoTNet's 'rand-m15-mstd0.5-n2', its own RandAugment
   c.interpolation, c.crop_pct = 'bicubic', 0.875
   c.ema_decay, c.best_metric = 0.9999, 'ema_top1'
   c.model_kwargs.drop_path_rate = drop_path

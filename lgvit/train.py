@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lgvit import checkpoint as ckpt
 from lgvit import optim
+from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
 from lgvit.models import create_model
@@ -151,16 +152,14 @@ def make_train_step(model, tx, config, schedule):
 
   def train_step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
-    k_mix, *k_streams = jax.random.split(key, 1 + len(RNG_STREAMS))
+    k_mix, k_erase, *k_streams = jax.random.split(key, 2 + len(RNG_STREAMS))
     images = normalize(batch['image'])
+    if config.random_erase_prob > 0:  # per image, before mixing, as timm does
+      images = augment.random_erasing(k_erase, images, config.random_erase_prob, config.random_erase_mode)
     images, targets = mixup_lib.mixup_cutmix(
         k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob, switch_prob=config.mixup_switch_prob,
         smoothing=config.label_smoothing)
-    if config.random_erase_prob > 0:
-      from lgvit.data import augment
-      images = augment.random_erasing(jax.random.fold_in(k_mix, 1), images, config.random_erase_prob,
-                                      config.random_erase_mode)
     rngs = dict(zip(RNG_STREAMS, k_streams))
 
     def loss_fn(params):

@@ -6,19 +6,20 @@ import pytest
 
 from configs import resnet50
 from lgvit import checkpoint, export, train
-from lgvit.models import create_model, list_models
+from lgvit.models import create_model
 
-# One small model per family (its demo-sized kwargs); families absent from the registry are skipped.
-FAMILY_MODELS = {
-    'resnet50': dict(stage_depths=(1, 1, 1, 1), stage_planes=(4, 8, 8, 8), stem_width=8),
-}
+# One model per family, at its demo size; a family without a config yet is skipped.
+FAMILY_CONFIGS = ['resnet50', 'nommer_t', 'cotnet50', 'lesa_resnet50', 'salg_st']
 
 
-@pytest.mark.parametrize('name', sorted(FAMILY_MODELS))
+@pytest.mark.parametrize('name', FAMILY_CONFIGS)
 def test_serialized_inference_matches_apply(name):
-  if name not in list_models():
-    pytest.skip(f'{name} not registered')
-  model = create_model(name, num_classes=7, **FAMILY_MODELS[name])
+  import importlib
+  try:
+    config = importlib.import_module(f'configs.{name}').get_config('demo')
+  except ModuleNotFoundError:
+    pytest.skip(f'configs/{name}.py does not exist yet')
+  model = create_model(config.model, num_classes=7, **config.model_kwargs)
   variables = train.init_variables(model, 32, 0)
   images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.float32)
   expected = model.apply(variables, train.normalize(images), train=False)

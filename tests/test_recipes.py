@@ -1,0 +1,75 @@
+"""Every config builds, and its optimiser/schedule are the paper's (LR at 0, end of warm-up, midpoint, end; decay)."""
+import importlib
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import common
+from lgvit import optim
+from lgvit.models import create_model
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
+                 if p.stem not in ('__init__', 'common'))
+
+# name prefix -> (global batch, peak LR, warm-up start LR, final/min LR, warm-up epochs, epochs, unit,
+#                 warm-up prefix, optimizer, weight decay, decay on 1-D params?)
+NOMMER = (1024, 1e-3, 1e-6, 1e-5, 20, 300, 'step', False, 'adamw', 0.05, False)
+PAPER = {
+    'resnet50': (256, 0.1, 0.0, 0.0, 0, 90, 'step', False, 'sgd', 1e-4, True),
+    'nommer_t': NOMMER, 'nommer_s': NOMMER, 'nommer_b': NOMMER,
+    'cotnet50': (640, 0.25, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
+    'cotnet101': (448, 0.175, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 6e-5, False),
+    'cotnext50_2x48d': (512, 0.2, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
+    'cotnext101_2x48d': (512, 0.2, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 6e-5, False),
+    'se_cotnetd50': (640, 0.25, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
+    'se_cotnetd101': (512, 0.2, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
+    'se_cotnetd152': (512, 0.2, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
+    'lesa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
+    'lesa_wrn50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
+    'sa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
+    'static_lesa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
+}
+
+
+def expected_lr(step, spe, batch, peak, warm, low, warm_ep, epochs, unit, prefix):
+  """timm CosineLRScheduler (warm-up overriding the cosine) or LESA's warm-up-then-cosine, written out."""
+  t, t_warm, t_total = (step // spe, warm_ep, epochs) if unit == 'epoch' else (step, warm_ep * spe, epochs * spe)
+  if t < t_warm:
+    return warm + t * (peak - warm) / t_warm
+  frac = (t - t_warm) / (t_total - t_warm) if prefix else t / t_total
+  return low + 0.5 * (peak - low) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_and_demo_is_small(name):
+  module = importlib.import_module(f'configs.{name}')
+  full, demo = module.get_config(), module.get_config('demo')
+  assert full.dataset == 'imagenet2012' and full.num_classes == 1000
+  assert demo.dataset == 'lgvit_digits' and demo.num_classes == 10 and demo.image_size <= 64
+  with pytest.raises(Exception):
+    full.no_such_field = 1  # locked: unknown override keys are errors
+  create_model(full.model, **full.model_kwargs)  # full-config kwargs are accepted by the model
+
+
+@pytest.mark.parametrize('name', sorted(n for n in PAPER if n in CONFIGS))
+def test_schedule_and_decay_match_the_paper(name):
+  batch, peak, warm, low, warm_ep, epochs, unit, prefix, opt, wd, decay_1d = PAPER[name]
+  c = importlib.import_module(f'configs.{name}').get_config()
+  assert (c.batch_size, c.optimizer, c.num_epochs, c.weight_decay) == (batch, opt, epochs, wd)
+  spe = common.IMAGENET_TRAIN_EXAMPLES // batch
+  total = int(epochs * spe)
+  sched = optim.lr_schedule(c, spe, total)
+  points = [0, int(warm_ep * spe), total // 2, total - 1]
+  for step in points:
+    want = expected_lr(step, spe, batch, peak, warm, low, warm_ep, epochs, unit, prefix)
+    assert math.isclose(float(sched(step)), want, rel_tol=2e-4, abs_tol=1e-9), (name, step)
+  assert math.isclose(optim.scaled_lrs(c)[0], peak, rel_tol=1e-6)
+  model = create_model(c.model, **c.model_kwargs)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, c.image_size, c.image_size, 3)), train=False))['params']
+  flat = jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params, c.wd_exclude))
+  one_d = [m for p, m in flat if jax.tree_util.keystr(p).endswith("['bias']") or "['scale']" in jax.tree_util.keystr(p)]
+  kernels = [m for p, m in flat if jax.tree_util.keystr(p).endswith("['kernel']")]
+  assert all(kernels) and one_d and all(m == decay_1d for m in one_d)
