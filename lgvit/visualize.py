@@ -246,7 +246,7 @@ def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture]
   # Table 2's weights of one image: 1/(1+w) and w/(1+w) averaged over positions and channels.
   binary = [float(np.mean(g / (1.0 + g))) for _, g in gates]
   unary = [float(np.mean(1.0 / (1.0 + g))) for _, g in gates]
-  fig = _figure(max(6.0, 0.6 * len(layers) + 2), 4.0)
+  fig = _figure(max(6.0, 0.6 * len(layers) + 2), 4.8)
   ax = fig.add_subplot(1, 1, 1)
   x = np.arange(len(layers))
   ax.bar(x, unary, color='tab:blue', label='unary 1/(1+ω)')
@@ -257,19 +257,19 @@ def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture]
   ax.set_ylim(0, 1)
   ax.set_ylabel('weight share')
   ax.set_title('LESA: unary vs binary weight per layer', fontsize=10)
-  ax.legend(fontsize=8, loc='upper right')
-  fig.subplots_adjust(bottom=0.25)
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.22), ncol=2)
+  fig.subplots_adjust(bottom=0.38)
   pictures = [Picture('lesa_unary_binary.png', _to_image(fig), 'unary vs binary weight share of each LESA layer')]
 
   cols = min(len(gates), 4)
   rows = -(-len(gates) // cols)
-  fig = _figure(2.6 * cols, 2.6 * rows + 0.3)
+  fig = _figure(2.6 * cols + 1.6, 2.6 * rows + 0.3)
   for i, (path, g) in enumerate(gates):
     ax = fig.add_subplot(rows, cols, i + 1)
     im = ax.imshow(np.mean(g / (1.0 + g), axis=-1), cmap='viridis', vmin=0, vmax=0.5, interpolation='nearest')
     ax.set_title(path[0], fontsize=9)
     ax.axis('off')
-  fig.colorbar(im, ax=fig.axes, shrink=0.8, label='binary share ω/(1+ω), mean over channels')
+  fig.colorbar(im, ax=fig.axes, shrink=0.8, label='binary share ω/(1+ω)')
   pictures.append(Picture('lesa_binary_maps.png', _to_image(fig), 'where each LESA layer weighs the binary term'))
   summary = {l: {'unary': u, 'binary': b} for l, u, b in zip(layers, unary, binary)}
   return pictures, {'unary_binary': summary, 'mean_unary': float(np.mean(unary)),

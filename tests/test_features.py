@@ -5,29 +5,20 @@ Each family's small (demo-sized) model must return its stage outputs at strides 
 the end of each stage (read independently with ``capture_intermediates``). Families that are not
 registered yet are skipped.
 """
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lgvit.models import create_model, list_models, model_info
+from tiny_models import FAMILY_MODELS, random_variables, small_kwargs
 
-# family -> (model, config module whose DEMO_MODEL gives small kwargs, input (H, W), strides)
+# family -> input (H, W) of the non-square test, stage strides
 CASES = {
-    'resnet': ('resnet50', None, (32, 64), (4, 8, 16, 32)),
-    'nommer': ('nommer_t', 'nommer_t', (32, 64), (4, 8, 16, 32)),
-    'lesa': ('lesa_resnet50', 'lesa_resnet50', (32, 64), (4, 8, 16, 16)),
+    'resnet': ((32, 64), (4, 8, 16, 32)),
+    'nommer': ((32, 64), (4, 8, 16, 32)),
+    'lesa': ((32, 64), (4, 8, 16, 16)),
 }
-RESNET_TINY = dict(stage_depths=(1, 1, 1, 1), stem_width=8, stage_planes=(8, 8, 16, 16))
-
-
-def small_kwargs(family):
-  name, config, _, _ = CASES[family]
-  if config is None:
-    return dict(RESNET_TINY)
-  return dict(importlib.import_module(f'configs.{config}').get_config('demo').model_kwargs)
 
 
 def stage_outputs(family, model, captured):
@@ -46,22 +37,10 @@ def stage_outputs(family, model, captured):
   raise NotImplementedError(family)
 
 
-def random_variables(model, x):
-  """Random values in the shapes of ``model.init`` without compiling it (the test needs no init)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    if path[-1].key == 'var':  # BatchNorm running variance
-      return np.ones(leaf.shape, leaf.dtype)
-    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.mark.parametrize('family', sorted(CASES))
 def test_features_are_the_stage_outputs_at_their_strides(family):
-  name, _, (h, w), strides = CASES[family]
+  name, _ = FAMILY_MODELS[family]
+  (h, w), strides = CASES[family]
   if name not in list_models():
     pytest.skip(f'{family} is not registered yet')
   assert model_info(name).family == family
@@ -88,7 +67,8 @@ def test_features_are_the_stage_outputs_at_their_strides(family):
 @pytest.mark.parametrize('family', sorted(CASES))
 def test_features_of_the_paper_size_model(family):
   """The full-size variant at its registered input size: shapes only (jax.eval_shape, no compute)."""
-  name, _, _, strides = CASES[family]
+  name, _ = FAMILY_MODELS[family]
+  _, strides = CASES[family]
   if name not in list_models():
     pytest.skip(f'{family} is not registered yet')
   size = model_info(name).input_size
