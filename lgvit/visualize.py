@@ -305,15 +305,15 @@ def cotnet_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Pictur
   ax1.set_ylim(0, 1)
   ax1.set_ylabel('fusion weight (mean over channels)')
   ax1.set_title('per stage', fontsize=10)
-  ax1.legend(fontsize=8)
+  ax1.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=2)
   xl = np.arange(len(layers))
   ax2.bar(xl, [l[3] for l in layers], color='tab:green')
   ax2.bar(xl, [l[4] for l in layers], bottom=[l[3] for l in layers], color='tab:purple')
-  ax2.set_xticks(xl, [f'{s}_{b}' for s, b, *_ in layers], rotation=90, fontsize=7)
+  ax2.set_xticks(xl, [f'layer{s}_{b}' for s, b, *_ in layers], rotation=90, fontsize=7)
   ax2.set_ylim(0, 1)
-  ax2.set_title('per CoT layer (stage_block)', fontsize=10)
+  ax2.set_title('per CoT layer', fontsize=10)
   fig.suptitle('CoT: static vs dynamic context weight', fontsize=10)
-  fig.subplots_adjust(bottom=0.2, wspace=0.3)
+  fig.subplots_adjust(bottom=0.25, wspace=0.3)
   summary = {f'stage{s}': {'static': per_stage[s][0], 'dynamic': per_stage[s][1]} for s in stages}
   per_layer = {path: {'static': st, 'dynamic': dy} for _, _, path, st, dy in layers}
   return ([Picture('cotnet_static_dynamic.png', _to_image(fig), 'static vs dynamic fusion weight')],

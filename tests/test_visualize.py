@@ -121,3 +121,16 @@ def test_token_pixel_geometry_round_trips():
   for panel, grid in ((224, 8), (224, 7), (230, 9), (64, 64)):
     np.testing.assert_array_equal(visualize.token_of_pixel(panel, grid)[visualize.pixel_of_token(panel, grid)],
                                   np.arange(grid))
+
+
+def test_cotnet_weights_are_the_sown_fusion_weights(tmp_path, photo):
+  out, _, inter, summary = run_family('cotnet', tmp_path, photo)
+  weights = visualize.sown(inter, 'fusion_weights')  # (C, 2): [..., 0] dynamic K2, [..., 1] static K1
+  assert len(weights) == 4  # one CoT layer per stage in the demo model
+  for path, w in weights:
+    stage = int(path[0][len('layer')])
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(summary['per_layer']['/'.join(path)]['static'], w[:, 1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(summary['per_stage'][f'stage{stage}']['dynamic'], w[:, 0].mean(), rtol=1e-5)
+  w, h = Image.open(out / 'cotnet_static_dynamic.png').size
+  assert w >= 600 and h >= 300

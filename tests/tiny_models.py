@@ -11,6 +11,7 @@ FAMILY_MODELS = {
     'resnet': ('resnet50', None),
     'nommer': ('nommer_t', 'nommer_t'),
     'lesa': ('lesa_resnet50', 'lesa_resnet50'),
+    'cotnet': ('cotnet50', 'cotnet50'),
 }
 RESNET_TINY = dict(stage_depths=(1, 1, 1, 1), stem_width=8, stage_planes=(8, 8, 16, 16))
 
