@@ -9,7 +9,7 @@ writes, from the latest readable checkpoint of the workdir (EMA weights when the
     DIR/variables.npz      the same arrays, flat, named by path ('params/stem/conv/kernel', ...)
     DIR/model.jax          jax.export serialisation of the eval forward, symbolic batch size,
                            input uint8 or float32 NHWC (ImageNet-normalised inside), output logits
-    DIR/export.json        model name, config, input size, which weights were exported
+    DIR/export.json        model name, dataset, config, input size, which weights were exported
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def export(workdir: str, out: str, prefer_ema: bool = True) -> dict[str, Any]:
   variables = jax.tree_util.tree_map(np.asarray, variables)
   model = train_lib.build_model(config)
   os.makedirs(out, exist_ok=True)
-  meta = {'model': config.model, 'num_classes': config.num_classes, 'image_size': config.image_size,
+  meta = {'model': config.model, 'num_classes': config.num_classes, 'dataset': config.dataset,
+          'image_size': config.image_size,
           'crop_pct': config.crop_pct, 'interpolation': config.interpolation,
           'model_kwargs': config.model_kwargs.to_dict(), 'workdir': os.path.abspath(workdir)}
   checkpoint.save_variables(os.path.join(out, 'variables'), variables, meta)

@@ -110,8 +110,12 @@ def _decode_and_random_crop(image_bytes, seed, image_size: int, scale, ratio, me
 
 
 def _decode_and_center_crop(image_bytes, image_size: int, crop_pct: float, method: str):
-  """Resize the shorter side to image_size / crop_pct, then center-crop image_size (timm eval)."""
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  return _center_crop(image, image_size, crop_pct, method)
+
+
+def _center_crop(image, image_size: int, crop_pct: float, method: str):
+  """Resize the shorter side to image_size / crop_pct, then center-crop image_size (timm eval)."""
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
   short = tf.floor(image_size / crop_pct)
@@ -124,6 +128,23 @@ def _decode_and_center_crop(image_bytes, image_size: int, crop_pct: float, metho
   top = (new_h - image_size) // 2
   left = (new_w - image_size) // 2
   return image[top:top + image_size, left:left + image_size]
+
+
+def eval_image(image, image_size: int, crop_pct: float, interpolation: str) -> np.ndarray:
+  """One image through the evaluation transform: encoded bytes (JPEG/PNG/...) or an (H, W[, C])
+  uint8 array in, (image_size, image_size, 3) uint8 out, exactly as :func:`eval_dataset` feeds it."""
+  if isinstance(image, (bytes, bytearray)):
+    decoded = tf.io.decode_image(bytes(image), channels=3, expand_animations=False)
+  else:
+    array = np.asarray(image)
+    if array.ndim == 2:
+      array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+      raise ValueError(f'expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {array.shape}')
+    if array.dtype != np.uint8:
+      raise ValueError(f'expected a uint8 image (0..255), got {array.dtype}')
+    decoded = tf.constant(np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3])
+  return _to_uint8(_center_crop(decoded, image_size, crop_pct, interpolation)).numpy()
 
 
 def _to_uint8(image):

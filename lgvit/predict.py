@@ -1,0 +1,280 @@
+"""Classify images with a trained, exported or converted lgvit model.
+
+    python -m lgvit.predict --workdir W image1.jpg image2.png            # training workdir of main.py
+    python -m lgvit.predict --workdir EXPORT_DIR image.jpg               # written by python -m lgvit.export
+    python -m lgvit.predict --workdir CONVERTED_DIR --model nommer_t x.jpg   # written by python -m lgvit.convert
+
+prints the top-5 classes of each image with their names. Images go through the model's own
+evaluation transform (its config's or registry entry's image size, crop_pct and interpolation,
+``lgvit.data.pipeline.eval_image``). Class names: ImageNet-1k from ``lgvit/data/imagenet_class_names.txt``,
+'0'..'9' for the embedded digits, else the class index.
+
+From Python, :func:`load` returns a :class:`LoadedModel` with ``classify``, ``preprocess`` and
+``intermediates`` (the values a model sows, e.g. NomMer's nomination maps).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import sys
+from typing import Any, Optional, Sequence
+
+IMAGENET_CLASS_NAMES = pathlib.Path(__file__).parent / 'data' / 'imagenet_class_names.txt'
+
+
+class LoadError(ValueError):
+  pass
+
+
+class ImageError(ValueError):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names.
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_synsets_and_lemmas() -> tuple[tuple[str, str], ...]:
+  """(synset, 'lemma, lemma, ...') for the 1000 ImageNet labels in TFDS order."""
+  rows = []
+  for line in IMAGENET_CLASS_NAMES.read_text().splitlines():
+    if line.strip() and not line.startswith('#'):
+      synset, lemmas = line.split('\t', 1)
+      rows.append((synset, lemmas))
+  if len(rows) != 1000:
+    raise RuntimeError(f'{IMAGENET_CLASS_NAMES} holds {len(rows)} classes, expected 1000')
+  return tuple(rows)
+
+
+def imagenet_class_names() -> list[str]:
+  """Short ImageNet names (the first WordNet lemma of each label), e.g. 'tabby' for label 281."""
+  return [lemmas.split(', ')[0] for _, lemmas in imagenet_synsets_and_lemmas()]
+
+
+def class_names(dataset: Optional[str], num_classes: int) -> list[str]:
+  """Human-readable names of the labels of ``dataset`` (the class index where none are known)."""
+  if dataset == 'lgvit_digits' and num_classes == 10:
+    return [str(i) for i in range(10)]
+  if num_classes == 1000 and (dataset is None or dataset.startswith('imagenet2012')):
+    return imagenet_class_names()
+  return [f'class {i}' for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prediction:
+  label: int
+  name: str
+  probability: float
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model with its variables and the way its authors fed it images."""
+  name: str
+  family: str
+  model: Any  # flax.linen.Module
+  variables: dict[str, Any]
+  image_size: int
+  crop_pct: float
+  interpolation: str
+  class_names: list[str]
+  source: str
+
+  def preprocess(self, image) -> 'np.ndarray':
+    """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
+    import tensorflow as tf
+    from lgvit.data import pipeline
+    what = 'image'
+    if isinstance(image, (str, os.PathLike)):
+      what = str(image)
+      with open(image, 'rb') as f:
+        image = f.read()
+    try:
+      return pipeline.eval_image(image, self.image_size, self.crop_pct, self.interpolation)
+    except tf.errors.InvalidArgumentError as e:
+      raise ImageError(f'{what}: cannot decode it as an image (JPEG, PNG, GIF or BMP): '
+                       f'{e.message.splitlines()[0]}') from None
+
+  @functools.cached_property
+  def _forward(self):
+    import jax
+    from lgvit import train
+
+    def forward(variables, images):
+      return self.model.apply(variables, train.normalize(images), train=False)
+
+    return jax.jit(forward)
+
+  @functools.cached_property
+  def _forward_with_intermediates(self):
+    import jax
+    from lgvit import train
+
+    def forward(variables, images):
+      logits, state = self.model.apply(variables, train.normalize(images), train=False,
+                                       mutable=['intermediates'])
+      return logits, state.get('intermediates', {})
+
+    return jax.jit(forward)
+
+  def logits(self, crops) -> 'np.ndarray':
+    """(B, S, S, 3) uint8 crops from :meth:`preprocess` -> (B, num_classes) float32 logits."""
+    import numpy as np
+    return np.asarray(self._forward(self.variables, np.asarray(crops)), np.float32)
+
+  def intermediates(self, crops) -> tuple['np.ndarray', dict[str, Any]]:
+    """Logits and the ``intermediates`` collection (what the model sows) for (B, S, S, 3) uint8 crops."""
+    import jax
+    import numpy as np
+    logits, inter = self._forward_with_intermediates(self.variables, np.asarray(crops))
+    return np.asarray(logits, np.float32), jax.tree_util.tree_map(np.asarray, inter)
+
+  def classify(self, images: Sequence[Any], k: int = 5, batch_size: int = 32) -> list[list[Prediction]]:
+    """Top-``k`` predictions of each image (paths, bytes or arrays; see :meth:`preprocess`)."""
+    import numpy as np
+    out = []
+    for start in range(0, len(images), batch_size):
+      crops = np.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+      logits = self.logits(crops)
+      probs = np.exp(logits - logits.max(-1, keepdims=True))
+      probs /= probs.sum(-1, keepdims=True)
+      for p in probs:
+        top = np.argsort(-p, kind='stable')[:k]
+        out.append([Prediction(int(i), self.class_names[i], float(p[i])) for i in top])
+    return out
+
+
+def _read_orbax_meta(directory: str) -> dict[str, Any]:
+  """The JSON ``meta`` item of the newest step of an orbax variables directory ({} if it has none)."""
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    step = mngr.latest_step()
+    if step is None or not os.path.isdir(os.path.join(directory, str(step), 'meta')):
+      return {}
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+  finally:
+    mngr.close()
+
+
+def load(path: str, model: Optional[str] = None, *, best: bool = False, image_size: Optional[int] = None,
+         prefer_ema: bool = True) -> LoadedModel:
+  """Loads a training workdir, an export dir (``lgvit.export``) or a variables dir (``lgvit.convert``).
+
+  Args:
+    path: the directory.
+    model: registered model name; needed for a variables dir whose meta does not name the model.
+    best: for a training workdir, take ``W/best`` (the best eval) instead of the latest checkpoint.
+    image_size: input size for a variables dir (default: the model's registered input size).
+    prefer_ema: for a training workdir, take the EMA weights when the run kept them (as lgvit.export).
+  """
+  import jax
+  import numpy as np
+  from lgvit import checkpoint
+  from lgvit import export as export_lib
+  from lgvit import train
+  from lgvit.models import create_model, model_info
+
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise LoadError(f'{path} is not a directory: give a training workdir of main.py, an export dir of '
+                    '`python -m lgvit.export` or a checkpoint dir of `python -m lgvit.convert`')
+  if os.path.exists(os.path.join(path, 'config.json')):
+    config = export_lib.load_config(path)
+    if model and model != config.model:
+      raise LoadError(f'--model {model}, but {path} holds a {config.model} run')
+    variables = checkpoint.load_variables(os.path.join(path, 'best') if best else path, prefer_ema=prefer_ema)
+    net, name, dataset = train.build_model(config), config.model, config.dataset
+    num_classes, size, crop_pct, interp = config.num_classes, config.image_size, config.crop_pct, config.interpolation
+  else:
+    if os.path.exists(os.path.join(path, 'export.json')):
+      with open(os.path.join(path, 'export.json')) as f:
+        meta = json.load(f)
+      variables_dir = os.path.join(path, 'variables')
+    else:
+      variables_dir, meta = path, _read_orbax_meta(path)
+    name = model or meta.get('model')
+    if not name:
+      raise LoadError(f'{path} does not name its model: pass --model NAME (a registered lgvit model)')
+    if meta.get('model') and name != meta['model']:
+      raise LoadError(f"--model {name}, but {path} holds {meta['model']} weights")
+    info = model_info(name)
+    variables = checkpoint.load_variables(variables_dir)
+    num_classes = int(meta.get('num_classes') or _head_classes(variables) or 1000)
+    net = create_model(name, num_classes=num_classes, **meta.get('model_kwargs', {}))
+    dataset = meta.get('dataset')
+    size = image_size or meta.get('image_size') or info.input_size
+    crop_pct, interp = meta.get('crop_pct', info.crop_pct), meta.get('interpolation', info.interpolation)
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  return LoadedModel(name=name, family=model_info(name).family, model=net, variables=variables, image_size=int(size),
+                     crop_pct=float(crop_pct), interpolation=interp, class_names=class_names(dataset, num_classes),
+                     source=path)
+
+
+def _head_classes(variables) -> Optional[int]:
+  """The output width of the classifier ('head' or 'fc' Dense) of a variables tree, if it has one."""
+  params = variables.get('params', {})
+  for head in ('head', 'fc'):
+    if head in params and 'bias' in params[head]:
+      return int(params[head]['bias'].shape[0])
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------------
+
+
+def format_predictions(image: str, predictions: list[Prediction]) -> str:
+  lines = [image]
+  for rank, p in enumerate(predictions, 1):
+    lines.append(f'  {rank}. {100 * p.probability:6.2f}%  {p.name}  (label {p.label})')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m lgvit.predict', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='training workdir, export dir or converted checkpoint dir')
+  parser.add_argument('--model', default=None, help='registered model name (for a converted checkpoint dir)')
+  parser.add_argument('--best', action='store_true', help='use the best checkpoint of a training workdir')
+  parser.add_argument('--image_size', type=int, default=None, help='input size for a converted checkpoint dir')
+  parser.add_argument('--top', type=int, default=5, help='how many classes to print per image')
+  parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, GIF, BMP)')
+  args = parser.parse_args(argv)
+  missing = [p for p in args.images if not os.path.isfile(p)]
+  if missing:
+    print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
+    return 2
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  from lgvit.checkpoint import CheckpointError
+  from lgvit.models import UnknownModelError
+  from lgvit.models.layers import InvalidInputSizeError
+  try:
+    loaded = load(args.workdir, args.model, best=args.best, image_size=args.image_size)
+    results = loaded.classify(args.images, k=args.top)
+  except (LoadError, ImageError, CheckpointError, UnknownModelError, InvalidInputSizeError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'{loaded.name} from {loaded.source} ({loaded.image_size}px, crop_pct {loaded.crop_pct}, '
+        f'{loaded.interpolation})')
+  for image, predictions in zip(args.images, results):
+    print(format_predictions(image, predictions))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

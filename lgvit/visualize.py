@@ -1,0 +1,391 @@
+"""Pictures of what a model does with one image, from the values its layers sow.
+
+    python -m lgvit.visualize --workdir W --image photo.jpg --out DIR
+    python -m lgvit.visualize --workdir CONVERTED_DIR --model nommer_t --image photo.jpg --out DIR
+
+``--workdir`` takes what ``python -m lgvit.predict`` takes (training workdir, export dir, or a
+converted checkpoint dir with ``--model``). The image goes through the model's evaluation transform;
+the pictures show that crop. Which pictures depends on the model's family:
+
+* NomMer: the nomination map of every S-NomMer layer ("Layer B_L" = layer L of stage B, as the
+  paper's Fig. 4) over the crop, red = CNN, green = local window MHSA, blue = compressed global
+  context (the paper's colours): ``nommer_nomination_stage{B}_block{L-1}.png`` (crop overlay |
+  flat map) and the grid ``nommer_nominations.png``.
+* SALG: the region segmentation of every SALG stage (the paper's Fig. 4): ``salg_regions_stage{s}.png``.
+* LESA: the unary and binary weights 1/(1+w), w/(1+w) of every LESA layer (the paper's Table 2 per
+  layer) ``lesa_unary_binary.png``, and where the binary term gets its weight, ``lesa_binary_maps.png``.
+* CoTNet: the static (K1) vs dynamic (K2) fusion weight of every CoT layer and stage,
+  ``cotnet_static_dynamic.png``.
+
+Every run also writes ``summary.json`` with the numbers behind the pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+#: Paper Fig. 4 colours, indexed by the sown nomination (0 = CNN, 1 = local, 2 = global).
+NOMINATION_COLORS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255)], np.uint8)
+NOMINATION_NAMES = ('CNN', 'local', 'global')
+#: Pictures are drawn at least this many pixels wide per panel (small crops are upscaled).
+MIN_PANEL = 224
+#: White pixels between the overlay and the flat map of a two-panel picture.
+PANEL_GAP = 8
+#: How much of the overlay colour is the map (the rest is the crop in grey).
+OVERLAY_ALPHA = 0.5
+#: SALG region colours: region (r, c) of the window grid gets REGION_COLORS[(r % 3) * 3 + c % 3], so
+#: a token's nine candidate regions (its window and the eight neighbours) never share a colour.
+REGION_COLORS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                          (145, 30, 180), (70, 240, 240), (240, 50, 230), (128, 128, 0)], np.uint8)
+REGION_BOUNDARY = np.array((255, 255, 255), np.uint8)
+FIGURE_DPI = 100
+
+
+class NothingToDrawError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class Picture:
+  filename: str
+  image: Image.Image
+  title: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry shared by the map pictures.
+# ---------------------------------------------------------------------------------------------
+
+
+def panel_size(crop_size: int) -> int:
+  """Side of a picture panel: the crop upscaled by the smallest integer factor reaching MIN_PANEL."""
+  return crop_size * max(1, math.ceil(MIN_PANEL / crop_size))
+
+
+def token_of_pixel(panel: int, grid: int) -> np.ndarray:
+  """Index of the token (of a ``grid``-long side) under each of the ``panel`` pixels (nearest)."""
+  return (np.arange(panel) * grid) // panel
+
+
+def pixel_of_token(panel: int, grid: int) -> np.ndarray:
+  """The panel pixel at the centre of each token, the inverse of :func:`token_of_pixel`."""
+  return ((np.arange(grid) + 0.5) * panel / grid).astype(int)
+
+
+def upsample(labels: np.ndarray, panel: int) -> np.ndarray:
+  """(h, w) token labels -> (panel, panel) pixel labels (nearest)."""
+  h, w = labels.shape
+  return labels[token_of_pixel(panel, h)][:, token_of_pixel(panel, w)]
+
+
+def grey_crop(crop: np.ndarray, panel: int) -> np.ndarray:
+  """The crop, upscaled to the panel and in grey (so that only the map gives the overlay its hue)."""
+  img = Image.fromarray(crop).resize((panel, panel), Image.BILINEAR).convert('L').convert('RGB')
+  return np.asarray(img, np.float32)
+
+
+def overlay(crop: np.ndarray, colors: np.ndarray) -> np.ndarray:
+  panel = colors.shape[0]
+  mixed = (1 - OVERLAY_ALPHA) * grey_crop(crop, panel) + OVERLAY_ALPHA * colors.astype(np.float32)
+  return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> Image.Image:
+  h = left.shape[0]
+  gap = np.full((h, PANEL_GAP, 3), 255, np.uint8)
+  return Image.fromarray(np.concatenate([left, gap, right], axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the intermediates.
+# ---------------------------------------------------------------------------------------------
+
+
+def sown(intermediates: dict[str, Any], name: str) -> list[tuple[tuple[str, ...], np.ndarray]]:
+  """Every value sown under ``name`` as (module path, array of the first image), in path order."""
+  import flax
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(intermediates))
+  found = []
+  for path, value in flat.items():
+    if path[-1] == name:
+      array = np.asarray(value[0] if isinstance(value, tuple) else value)
+      found.append((path[:-1], array[0] if array.ndim else array))
+  return sorted(found, key=lambda kv: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', '/'.join(kv[0]))])
+
+
+def _index(pattern: str, path: tuple[str, ...]) -> tuple[int, ...]:
+  for part in path:
+    m = re.fullmatch(pattern, part)
+    if m:
+      return tuple(int(g) for g in m.groups())
+  raise ValueError(f'no module matching {pattern!r} in {"/".join(path)}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib's object API: no pyplot state, any backend).
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure(width_in: float, height_in: float):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(width_in, height_in), dpi=FIGURE_DPI)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _to_image(fig) -> Image.Image:
+  fig.canvas.draw()
+  return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+
+
+def _legend_patches(colors, names):
+  from matplotlib.patches import Patch
+  return [Patch(facecolor=np.asarray(c) / 255.0, edgecolor='black', label=n) for c, n in zip(colors, names)]
+
+
+# ---------------------------------------------------------------------------------------------
+# NomMer: nomination maps.
+# ---------------------------------------------------------------------------------------------
+
+
+def nommer_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
+  del model
+  maps = sown(intermediates, 'nomination')
+  if not maps:
+    raise NothingToDrawError('this NomMer sows no nominations: it runs without the nominator '
+                             "(fusion='sum' or a single candidate, see nommer.ABLATIONS)")
+  panel = panel_size(crop.shape[0])
+  pictures, summary, overlays = [], {}, []
+  for path, nomination in maps:
+    stage, block = _index(r'stage(\d+)_block(\d+)', path)
+    label = f'Layer {stage}_{block + 1}'
+    colors = NOMINATION_COLORS[upsample(nomination, panel)]
+    over = overlay(crop, colors)
+    overlays.append((label, over))
+    pictures.append(Picture(f'nommer_nomination_stage{stage}_block{block}.png', side_by_side(over, colors),
+                            f'{label}: nominated context per token (red CNN, green local, blue global)'))
+    counts = np.bincount(nomination.ravel(), minlength=3) / nomination.size
+    summary[label] = {'module': '/'.join(path), 'grid': list(nomination.shape),
+                      **{n: float(c) for n, c in zip(NOMINATION_NAMES, counts)}}
+  stages = sorted({label.split()[1].split('_')[0] for label, _ in overlays})
+  cols = max(sum(label.startswith(f'Layer {s}_') for label, _ in overlays) for s in stages)
+  fig = _figure(max(2.2 * cols, 4.5), 2.4 * len(stages) + 0.6)
+  for r, s in enumerate(stages):
+    row = [(label, img) for label, img in overlays if label.startswith(f'Layer {s}_')]
+    for c, (label, img) in enumerate(row):
+      ax = fig.add_subplot(len(stages), cols, r * cols + c + 1)
+      ax.imshow(img)
+      ax.set_title(label, fontsize=9)
+      ax.axis('off')
+  fig.legend(handles=_legend_patches(NOMINATION_COLORS, NOMINATION_NAMES), loc='lower center', ncol=3, fontsize=9)
+  fig.suptitle('NomMer nomination maps', fontsize=10)
+  pictures.append(Picture('nommer_nominations.png', _to_image(fig), 'every S-NomMer layer (paper Fig. 4 colours)'))
+  return pictures, {'nomination_shares': summary}
+
+
+# ---------------------------------------------------------------------------------------------
+# SALG: region segmentation.
+# ---------------------------------------------------------------------------------------------
+
+
+def region_colors(regions: np.ndarray, grid_width: int) -> np.ndarray:
+  """Colour of every region index (row-major over a window grid ``grid_width`` windows wide)."""
+  row, col = np.divmod(regions, grid_width)
+  return REGION_COLORS[(row % 3) * 3 + col % 3]
+
+
+def region_boundaries(pixel_regions: np.ndarray) -> np.ndarray:
+  """True on pixels whose right or lower neighbour lies in another region."""
+  edge = np.zeros(pixel_regions.shape, bool)
+  edge[:, :-1] |= pixel_regions[:, :-1] != pixel_regions[:, 1:]
+  edge[:-1, :] |= pixel_regions[:-1, :] != pixel_regions[1:, :]
+  return edge
+
+
+def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
+  maps = sown(intermediates, 'regions')
+  if not maps:
+    raise NothingToDrawError('this SALG sows no region maps')
+  panel = panel_size(crop.shape[0])
+  pictures, summary = [], {}
+  for path, regions in maps:
+    (stage,) = _index(r'stage(\d+)', path)
+    grid_width = -(-regions.shape[1] // model.region_size)
+    pixel_regions = upsample(regions, panel)
+    colors = region_colors(pixel_regions, grid_width)
+    colors[region_boundaries(pixel_regions)] = REGION_BOUNDARY
+    pictures.append(Picture(f'salg_regions_stage{stage}.png', side_by_side(overlay(crop, colors), colors),
+                            f'stage {stage}: semantic regions ({len(np.unique(regions))} regions)'))
+    summary[f'stage{stage}'] = {'module': '/'.join(path), 'grid': list(regions.shape),
+                                'regions': int(len(np.unique(regions))), 'window_grid_width': grid_width}
+  return pictures, {'regions': summary}
+
+
+# ---------------------------------------------------------------------------------------------
+# LESA: unary vs binary weights.
+# ---------------------------------------------------------------------------------------------
+
+
+def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
+  del model
+  gates = sown(intermediates, 'gate')
+  if not gates:
+    raise NothingToDrawError('this LESA model has no dynamic fusion (static_lesa: unary + binary with equal '
+                             'weights; sa: binary only), so there are no weights to draw')
+  layers = ['/'.join(path) for path, _ in gates]
+  # Table 2's weights of one image: 1/(1+w) and w/(1+w) averaged over positions and channels.
+  binary = [float(np.mean(g / (1.0 + g))) for _, g in gates]
+  unary = [float(np.mean(1.0 / (1.0 + g))) for _, g in gates]
+  fig = _figure(max(6.0, 0.6 * len(layers) + 2), 4.8)
+  ax = fig.add_subplot(1, 1, 1)
+  x = np.arange(len(layers))
+  ax.bar(x, unary, color='tab:blue', label='unary 1/(1+ω)')
+  ax.bar(x, binary, bottom=unary, color='tab:orange', label='binary ω/(1+ω)')
+  ax.axhline(float(np.mean(unary)), color='black', linestyle='--', linewidth=1,
+             label=f'mean unary {np.mean(unary):.1%} (paper, trained LESA-R50: 67.0%)')
+  ax.set_xticks(x, [l.split('/')[0] for l in layers], rotation=45, ha='right', fontsize=8)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('weight share')
+  ax.set_title('LESA: unary vs binary weight per layer', fontsize=10)
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.22), ncol=2)
+  fig.subplots_adjust(bottom=0.38)
+  pictures = [Picture('lesa_unary_binary.png', _to_image(fig), 'unary vs binary weight share of each LESA layer')]
+
+  cols = min(len(gates), 4)
+  rows = -(-len(gates) // cols)
+  fig = _figure(2.6 * cols + 1.6, 2.6 * rows + 0.3)
+  for i, (path, g) in enumerate(gates):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    im = ax.imshow(np.mean(g / (1.0 + g), axis=-1), cmap='viridis', vmin=0, vmax=0.5, interpolation='nearest')
+    ax.set_title(path[0], fontsize=9)
+    ax.axis('off')
+  fig.colorbar(im, ax=fig.axes, shrink=0.8, label='binary share ω/(1+ω)')
+  pictures.append(Picture('lesa_binary_maps.png', _to_image(fig), 'where each LESA layer weighs the binary term'))
+  summary = {l: {'unary': u, 'binary': b} for l, u, b in zip(layers, unary, binary)}
+  return pictures, {'unary_binary': summary, 'mean_unary': float(np.mean(unary)),
+                    'mean_binary': float(np.mean(binary))}
+
+
+# ---------------------------------------------------------------------------------------------
+# CoTNet: static vs dynamic fusion weights.
+# ---------------------------------------------------------------------------------------------
+
+
+def cotnet_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
+  del model
+  weights = sown(intermediates, 'fusion_weights')
+  if not weights:
+    raise NothingToDrawError("this CoTNet fuses without attention (context='static'|'dynamic'|'linear'), so "
+                             'there are no fusion weights to draw')
+  # fusion_weights (C, 2): [..., 0] weighs the dynamic context K2, [..., 1] the static K1.
+  layers = []
+  for path, w in weights:
+    stage, block = _index(r'layer(\d+)_(\d+)', path)
+    layers.append((stage, block, '/'.join(path), float(np.mean(w[..., 1])), float(np.mean(w[..., 0]))))
+  stages = sorted({s for s, *_ in layers})
+  per_stage = {s: (float(np.mean([l[3] for l in layers if l[0] == s])),
+                   float(np.mean([l[4] for l in layers if l[0] == s]))) for s in stages}
+  fig = _figure(max(7.0, 0.45 * len(layers) + 4), 4.0)
+  ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+  x = np.arange(len(stages))
+  ax1.bar(x, [per_stage[s][0] for s in stages], color='tab:green', label='static K1')
+  ax1.bar(x, [per_stage[s][1] for s in stages], bottom=[per_stage[s][0] for s in stages], color='tab:purple',
+          label='dynamic K2')
+  ax1.set_xticks(x, [f'stage {s}' for s in stages])
+  ax1.set_ylim(0, 1)
+  ax1.set_ylabel('fusion weight (mean over channels)')
+  ax1.set_title('per stage', fontsize=10)
+  ax1.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=2)
+  xl = np.arange(len(layers))
+  ax2.bar(xl, [l[3] for l in layers], color='tab:green')
+  ax2.bar(xl, [l[4] for l in layers], bottom=[l[3] for l in layers], color='tab:purple')
+  ax2.set_xticks(xl, [f'layer{s}_{b}' for s, b, *_ in layers], rotation=90, fontsize=7)
+  ax2.set_ylim(0, 1)
+  ax2.set_title('per CoT layer', fontsize=10)
+  fig.suptitle('CoT: static vs dynamic context weight', fontsize=10)
+  fig.subplots_adjust(bottom=0.25, wspace=0.3)
+  summary = {f'stage{s}': {'static': per_stage[s][0], 'dynamic': per_stage[s][1]} for s in stages}
+  per_layer = {path: {'static': st, 'dynamic': dy} for _, _, path, st, dy in layers}
+  return ([Picture('cotnet_static_dynamic.png', _to_image(fig), 'static vs dynamic fusion weight')],
+          {'per_stage': summary, 'per_layer': per_layer})
+
+
+RENDERERS: dict[str, Callable[..., tuple[list[Picture], dict[str, Any]]]] = {
+    'nommer': nommer_pictures,
+    'salg': salg_pictures,
+    'lesa': lesa_pictures,
+    'cotnet': cotnet_pictures,
+}
+
+
+def pictures(loaded, image) -> tuple[list[Picture], dict[str, Any]]:
+  """The pictures of ``image`` (path, bytes or uint8 array) for a :class:`lgvit.predict.LoadedModel`."""
+  if loaded.family not in RENDERERS:
+    raise NothingToDrawError(f'{loaded.name} ({loaded.family}) sows nothing to draw; pictures exist for the '
+                             f"families {', '.join(sorted(RENDERERS))}")
+  crop = loaded.preprocess(image)
+  logits, intermediates = loaded.intermediates(crop[None])
+  pics, summary = RENDERERS[loaded.family](crop, intermediates, loaded.model)
+  top = np.argsort(-logits[0], kind='stable')[:5]
+  summary = {'model': loaded.name, 'family': loaded.family, 'crop_size': int(crop.shape[0]),
+             'top5': [loaded.class_names[i] for i in top], **summary}
+  return [Picture('input_crop.png', Image.fromarray(crop), 'the crop the model sees'), *pics], summary
+
+
+def save(pics: list[Picture], summary: dict[str, Any], out: str) -> list[str]:
+  os.makedirs(out, exist_ok=True)
+  paths = []
+  for pic in pics:
+    path = os.path.join(out, pic.filename)
+    pic.image.save(path)
+    paths.append(path)
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return paths
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m lgvit.visualize', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='training workdir, export dir or converted checkpoint dir')
+  parser.add_argument('--model', default=None, help='registered model name (for a converted checkpoint dir)')
+  parser.add_argument('--best', action='store_true', help='use the best checkpoint of a training workdir')
+  parser.add_argument('--image_size', type=int, default=None, help='input size for a converted checkpoint dir')
+  parser.add_argument('--image', required=True, help='image file (JPEG, PNG, GIF, BMP)')
+  parser.add_argument('--out', required=True, help='directory for the PNG files and summary.json')
+  args = parser.parse_args(argv)
+  if not os.path.isfile(args.image):
+    print(f'error: no such image file: {args.image}', file=sys.stderr)
+    return 2
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  from lgvit import predict
+  from lgvit.checkpoint import CheckpointError
+  from lgvit.models import UnknownModelError
+  from lgvit.models.layers import InvalidInputSizeError
+  try:
+    loaded = predict.load(args.workdir, args.model, best=args.best, image_size=args.image_size)
+    pics, summary = pictures(loaded, args.image)
+  except (predict.LoadError, predict.ImageError, NothingToDrawError, CheckpointError, UnknownModelError,
+          InvalidInputSizeError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  for path, pic in zip(save(pics, summary, args.out), pics):
+    print(f'{path}  {pic.image.width}x{pic.image.height}  {pic.title}')
+  print(f"{os.path.join(args.out, 'summary.json')}  top-5: {', '.join(summary['top5'])}")
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

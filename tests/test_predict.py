@@ -1,0 +1,150 @@
+"""`python -m lgvit.predict`: top-5 with class names from a training workdir, an export and a variables dir."""
+import io
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import resnet50
+from lgvit import checkpoint, export, predict, train
+from lgvit.data import pipeline
+from lgvit.data.digits import to_rgb32
+from lgvit.models import create_model
+from tiny_models import RESNET_TINY, random_variables, save_variables_dir
+
+LINE = re.compile(r'^\s+(\d)\.\s+([\d.]+)%\s+(.+?)\s+\(label (\d+)\)$')
+
+
+def parse(stdout):
+  """{image: [(label, name, percent), ...]} from the CLI output."""
+  result, current = {}, None
+  for line in stdout.splitlines():
+    m = LINE.match(line)
+    if m:
+      result[current].append((int(m.group(4)), m.group(3), float(m.group(2))))
+    elif line and not line.startswith(' ') and ' from ' not in line:
+      current = line
+      result[current] = []
+  return result
+
+
+def top5(logits):
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  order = np.argsort(-p, kind='stable')[:5]
+  return [(int(i), round(100 * float(p[i]), 2)) for i in order]
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+  """A 1-step training workdir of a tiny ResNet on the digits, and three digit images as PNG files."""
+  root = tmp_path_factory.mktemp('predict')
+  c = resnet50.get_config('demo')
+  c.unlock()
+  c.data_dir = str(root / 'tfds')
+  c.model_kwargs.update(RESNET_TINY)
+  c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 1, 1, 1
+  workdir = str(root / 'run')
+  train.train_and_evaluate(c, workdir, async_checkpoints=False)
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  images = []
+  for i in range(3):
+    path = str(root / f'digit{i}.png')
+    Image.fromarray(to_rgb32(digits.images[i])).save(path)
+    images.append(path)
+  return c, workdir, images
+
+
+def expected_top5(config, variables, image_path):
+  model = train.build_model(config)
+  with open(image_path, 'rb') as f:
+    crop = pipeline.eval_image(f.read(), config.image_size, config.crop_pct, config.interpolation)
+  logits = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False))(variables, crop[None])
+  return top5(np.asarray(logits[0]))
+
+
+def test_workdir_and_export_print_the_models_top5_with_digit_names(digits_run, tmp_path, capsys):
+  config, workdir, images = digits_run
+  assert predict.main(['--workdir', workdir, *images]) == 0
+  from_workdir = parse(capsys.readouterr().out)
+  assert list(from_workdir) == images
+  variables = checkpoint.load_variables(workdir)
+  for image in images:
+    rows = from_workdir[image]
+    assert all(name == str(label) for label, name, _ in rows)  # '0'..'9'
+    assert [(label, pct) for label, _, pct in rows] == pytest.approx(expected_top5(config, variables, image),
+                                                                     abs=0.006)
+  out = str(tmp_path / 'export')
+  assert export.main(['--workdir', workdir, '--out', out]) == 0
+  capsys.readouterr()
+  assert predict.main(['--workdir', out, *images]) == 0
+  assert parse(capsys.readouterr().out) == from_workdir
+
+
+def test_eval_image_is_the_eval_pipelines_transform(digits_run):
+  """One image through eval_image == the same record through eval_dataset (crop 24 of 27, bicubic)."""
+  config, _, _ = digits_run
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  c.image_size, c.crop_pct, c.interpolation = 24, 0.875, 'bicubic'
+  builder = pipeline.get_builder(c.dataset, c.data_dir)
+  ds, _ = pipeline.eval_dataset(c, builder, local_batch=4, process_index=0, process_count=1)
+  batch = next(pipeline.as_numpy(ds))
+  import tensorflow_datasets as tfds
+  raw = builder.as_dataset(split=c.eval_split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+  for i, example in enumerate(tfds.as_numpy(raw.take(4))):
+    crop = pipeline.eval_image(example['image'], 24, 0.875, 'bicubic')
+    np.testing.assert_array_equal(crop, batch['image'][i])
+    decoded = np.asarray(Image.open(io.BytesIO(example['image'])).convert('RGB'))
+    np.testing.assert_array_equal(pipeline.eval_image(decoded, 24, 0.875, 'bicubic'), crop)  # array input
+
+
+def test_variables_dir_with_imagenet_head_prints_imagenet_names(tmp_path, capsys):
+  model = create_model('resnet50', num_classes=1000, **RESNET_TINY)
+  variables = random_variables(model, np.zeros((1, 64, 64, 3), np.float32), scale=0.5)
+  source = save_variables_dir(tmp_path / 'v', 'resnet50', RESNET_TINY, variables, num_classes=1000, image_size=64,
+                              dataset=None)
+  photo = str(tmp_path / 'cat.jpg')
+  import skimage.data
+  Image.fromarray(skimage.data.chelsea()).save(photo)
+  assert predict.main(['--workdir', source, '--model', 'resnet50', photo]) == 0
+  rows = parse(capsys.readouterr().out)[photo]
+  names = predict.imagenet_class_names()
+  assert len(rows) == 5 and all(name == names[label] for label, name, _ in rows)
+  assert predict.main(['--workdir', source, '--model', 'nommer_t', photo]) == 2
+  assert 'holds resnet50 weights' in capsys.readouterr().err
+  not_an_image = tmp_path / 'notes.jpg'
+  not_an_image.write_text('hello')
+  assert predict.main(['--workdir', source, str(not_an_image)]) == 2
+  assert 'notes.jpg: cannot decode it as an image' in capsys.readouterr().err
+
+
+def test_imagenet_class_names_are_in_tfds_label_order():
+  rows = predict.imagenet_synsets_and_lemmas()
+  synsets = [s for s, _ in rows]
+  assert len(rows) == 1000 and synsets == sorted(synsets) and len(set(synsets)) == 1000
+  import tensorflow_datasets as tfds
+  labels = os.path.join(os.path.dirname(tfds.__file__), 'datasets', 'imagenet2012', 'labels.txt')
+  if os.path.exists(labels):
+    with open(labels) as f:
+      assert synsets == f.read().split()
+  names = predict.imagenet_class_names()
+  assert (names[0], names[207], names[281], names[999]) == ('tench', 'golden retriever', 'tabby', 'toilet tissue')
+  assert predict.class_names('lgvit_digits', 10) == [str(i) for i in range(10)]
+  assert predict.class_names('cifar10', 10)[3] == 'class 3'
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+  assert predict.main(['--workdir', str(tmp_path), str(tmp_path / 'missing.jpg')]) == 2
+  assert 'no such image file' in capsys.readouterr().err
+  not_an_image = tmp_path / 'notes.jpg'
+  not_an_image.write_text('hello')
+  assert predict.main(['--workdir', str(tmp_path / 'nowhere'), str(not_an_image)]) == 2
+  assert 'is not a directory' in capsys.readouterr().err
+  checkpoint.save_variables(str(tmp_path / 'anonymous'), {'params': {'w': np.zeros(2)}, 'batch_stats': {}})
+  assert predict.main(['--workdir', str(tmp_path / 'anonymous'), str(not_an_image)]) == 2
+  assert 'pass --model NAME' in capsys.readouterr().err

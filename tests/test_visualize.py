@@ -1,0 +1,136 @@
+"""`python -m lgvit.visualize`: the PNGs of each family, their sizes, and that they show what was sown.
+
+Small random-weight models of each registered family are saved as a variables directory (what
+`python -m lgvit.export` / `lgvit.convert` write); the CLI draws an image through them. The test reads
+the sown values itself, with a separate forward of the model on the same crop, and checks them against
+the pictures' pixels and summary.json. Families that are not registered yet are skipped.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from lgvit import train, visualize
+from lgvit.data import pipeline
+from lgvit.models import create_model, list_models, model_info
+from tiny_models import FAMILY_MODELS, random_variables, save_variables_dir, small_kwargs
+
+SIZE = 32
+
+
+@pytest.fixture(scope='module')
+def photo(tmp_path_factory):
+  """A non-square photo (scikit-image's sample cat), so the centre crop has something to do."""
+  import skimage.data
+  path = tmp_path_factory.mktemp('photo') / 'chelsea.jpg'
+  Image.fromarray(skimage.data.chelsea()).save(path, quality=95)
+  return str(path)
+
+
+def run_family(family, tmp_path, photo, seed=0):
+  name, _ = FAMILY_MODELS[family]
+  if name not in list_models():
+    pytest.skip(f'{family} is not registered yet')
+  kwargs = small_kwargs(family)
+  model = create_model(name, num_classes=10, **kwargs)
+  variables = random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32), seed=seed, scale=0.5)
+  source = save_variables_dir(tmp_path / 'variables', name, kwargs, variables)
+  out = tmp_path / 'pictures'
+  assert visualize.main(['--workdir', source, '--image', photo, '--out', str(out)]) == 0
+  # The sown values, read independently of lgvit.visualize / lgvit.predict. The dir's meta names no
+  # crop_pct/interpolation, so the registry's apply.
+  info = model_info(name)
+  with open(photo, 'rb') as f:
+    crop = pipeline.eval_image(f.read(), SIZE, info.crop_pct, info.interpolation)
+  forward = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False, mutable=['intermediates'])[1])
+  state = forward(variables, crop[None])
+  with open(out / 'summary.json') as f:
+    summary = json.load(f)
+  return out, crop, state['intermediates'], summary
+
+
+def png(path):
+  return np.asarray(Image.open(path).convert('RGB'))
+
+
+def test_nommer_maps_show_the_sown_nominations(tmp_path, photo):
+  out, crop, inter, summary = run_family('nommer', tmp_path, photo)
+  np.testing.assert_array_equal(png(out / 'input_crop.png'), crop)
+  panel = visualize.panel_size(SIZE)
+  assert panel >= visualize.MIN_PANEL and panel % SIZE == 0
+  nominations = {k: np.asarray(v['context']['nomination'][0][0]) for k, v in inter.items() if 'context' in v}
+  assert sorted(nominations) == ['stage1_block0', 'stage2_block0']
+  seen = set()
+  for block, nom in nominations.items():
+    stage, index = block[len('stage')], int(block.split('_block')[1])
+    picture = png(out / f'nommer_nomination_stage{stage}_block{index}.png')
+    assert picture.shape == (panel, 2 * panel + visualize.PANEL_GAP, 3)
+    flat_map = picture[:, panel + visualize.PANEL_GAP:]
+    over = picture[:, :panel]
+    rows, cols = visualize.pixel_of_token(panel, nom.shape[0]), visualize.pixel_of_token(panel, nom.shape[1])
+    for i, y in enumerate(rows):
+      for j, x in enumerate(cols):
+        # Red = CNN (0), green = local (1), blue = global (2): the paper's Fig. 4 colours.
+        assert tuple(flat_map[y, x]) == ((255, 0, 0), (0, 255, 0), (0, 0, 255))[nom[i, j]], (block, i, j)
+        assert np.argmax(over[y, x]) == nom[i, j], (block, i, j)  # grey crop + map: the hue is the map's
+    seen |= set(np.unique(nom).tolist())
+    label = f'Layer {stage}_{index + 1}'
+    shares = np.bincount(nom.ravel(), minlength=3) / nom.size
+    np.testing.assert_allclose([summary['nomination_shares'][label][n] for n in ('CNN', 'local', 'global')], shares)
+  assert len(seen) >= 2, 'the random model nominated a single branch everywhere; the colour check would be weak'
+  grid = Image.open(out / 'nommer_nominations.png')
+  assert grid.width >= 300 and grid.height >= 400
+
+
+def test_lesa_weights_are_the_sown_gates(tmp_path, photo):
+  out, _, inter, summary = run_family('lesa', tmp_path, photo)
+  shares = visualize.sown(inter, 'unary_share')
+  assert len(shares) >= 2
+  for path, value in shares:
+    layer = '/'.join(path)
+    np.testing.assert_allclose(summary['unary_binary'][layer]['unary'], float(value), rtol=1e-5)
+    binary = dict(visualize.sown(inter, 'binary_share'))[path]
+    np.testing.assert_allclose(summary['unary_binary'][layer]['binary'], float(binary), rtol=1e-5)
+  for name in ('lesa_unary_binary.png', 'lesa_binary_maps.png'):
+    w, h = Image.open(out / name).size
+    assert w >= 400 and h >= 250
+
+
+def test_family_without_pictures_is_a_clear_error(tmp_path, photo, capsys):
+  name, _ = FAMILY_MODELS['resnet']
+  kwargs = small_kwargs('resnet')
+  model = create_model(name, num_classes=10, **kwargs)
+  source = save_variables_dir(tmp_path / 'v', name, kwargs,
+                              random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32)))
+  assert visualize.main(['--workdir', source, '--image', photo, '--out', str(tmp_path / 'o')]) == 2
+  err = capsys.readouterr().err
+  assert 'resnet50 (resnet) sows nothing to draw' in err and 'nommer' in err
+  assert not os.path.exists(tmp_path / 'o')
+
+
+def test_missing_image_is_a_clear_error(tmp_path, capsys):
+  assert visualize.main(['--workdir', str(tmp_path), '--image', str(tmp_path / 'no.jpg'), '--out',
+                         str(tmp_path / 'o')]) == 2
+  assert 'no such image file' in capsys.readouterr().err
+
+
+def test_token_pixel_geometry_round_trips():
+  for panel, grid in ((224, 8), (224, 7), (230, 9), (64, 64)):
+    np.testing.assert_array_equal(visualize.token_of_pixel(panel, grid)[visualize.pixel_of_token(panel, grid)],
+                                  np.arange(grid))
+
+
+def test_cotnet_weights_are_the_sown_fusion_weights(tmp_path, photo):
+  out, _, inter, summary = run_family('cotnet', tmp_path, photo)
+  weights = visualize.sown(inter, 'fusion_weights')  # (C, 2): [..., 0] dynamic K2, [..., 1] static K1
+  assert len(weights) == 4  # one CoT layer per stage in the demo model
+  for path, w in weights:
+    stage = int(path[0][len('layer')])
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(summary['per_layer']['/'.join(path)]['static'], w[:, 1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(summary['per_stage'][f'stage{stage}']['dynamic'], w[:, 0].mean(), rtol=1e-5)
+  w, h = Image.open(out / 'cotnet_static_dynamic.png').size
+  assert w >= 600 and h >= 300
