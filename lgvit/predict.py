@@ -222,6 +222,22 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
                      source=path)
 
 
+def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
+  """The model of a training config (e.g. ``configs/nommer_t.py:demo``) with ``variables``, or freshly
+  initialised ones (``model.init`` with ``seed``) when none are given."""
+  import jax
+  import numpy as np
+  from lgvit import train
+  from lgvit.models import model_info
+  model = train.build_model(config)
+  if variables is None:
+    variables = jax.jit(lambda: train.init_variables(model, config.image_size, seed))()
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
+                     image_size=config.image_size, crop_pct=config.crop_pct, interpolation=config.interpolation,
+                     class_names=class_names(config.dataset, config.num_classes), source='config')
+
+
 def _head_classes(variables) -> Optional[int]:
   """The output width of the classifier ('head' or 'fc' Dense) of a variables tree, if it has one."""
   params = variables.get('params', {})
