@@ -19,6 +19,8 @@ CASES = {
     'nommer': ((32, 64), (4, 8, 16, 32)),
     'lesa': ((32, 64), (4, 8, 16, 16)),
     'cotnet': ((32, 64), (4, 8, 16, 32)),
+    'salg': ((32, 64), (4, 8, 16, 32)),
+    'swin': ((32, 64), (4, 8, 16, 32)),
 }
 
 
@@ -35,6 +37,13 @@ def stage_outputs(family, model, captured):
     s3, s4 = out(f'stage3_block{d[2] - 1}'), out(f'stage4_block{d[3] - 1}')[:, 1:]  # drop the class token
     b, h, w = s2.shape[:3]
     return [s1, s2, s3.reshape(b, h // 2, w // 2, -1), s4.reshape(b, h // 4, w // 4, -1)]
+  if family == 'salg':
+    d = model.depths
+    s4 = out(f'stage4_block{d[3] - 1}')
+    s3 = out('stage3')
+    return [out('stage1'), out('stage2'), s3, s4.reshape(s3.shape[0], s3.shape[1] // 2, s3.shape[2] // 2, -1)]
+  if family == 'swin':
+    return [out(f'stage{s + 1}_{d - 1}') for s, d in enumerate(model.depths)]
   raise NotImplementedError(family)
 
 

@@ -134,3 +134,40 @@ def test_cotnet_weights_are_the_sown_fusion_weights(tmp_path, photo):
     np.testing.assert_allclose(summary['per_stage'][f'stage{stage}']['dynamic'], w[:, 0].mean(), rtol=1e-5)
   w, h = Image.open(out / 'cotnet_static_dynamic.png').size
   assert w >= 600 and h >= 300
+
+
+def test_salg_maps_show_the_sown_regions(tmp_path, photo):
+  out, crop, inter, summary = run_family('salg', tmp_path, photo)
+  np.testing.assert_array_equal(png(out / 'input_crop.png'), crop)
+  panel = visualize.panel_size(SIZE)
+  region_size = small_kwargs('salg')['region_size']
+  maps = visualize.sown(inter, 'regions')
+  assert [path for path, _ in maps] == [('stage1',), ('stage2',), ('stage3',)]
+  for (stage,), regions in maps:
+    picture = png(out / f'salg_regions_{stage}.png')
+    assert picture.shape == (panel, 2 * panel + visualize.PANEL_GAP, 3)
+    flat_map = picture[:, panel + visualize.PANEL_GAP:]
+    h, w = regions.shape
+    grid_width = -(-w // region_size)
+    rows, cols = visualize.pixel_of_token(panel, h), visualize.pixel_of_token(panel, w)
+    for i, y in enumerate(rows):
+      for j, x in enumerate(cols):
+        r, c = divmod(int(regions[i, j]), grid_width)
+        assert tuple(flat_map[y, x]) == tuple(visualize.REGION_COLORS[(r % 3) * 3 + c % 3]), (stage, i, j)
+        if j + 1 < w:  # the token's last pixel column is a white border iff the right neighbour differs
+          last = np.flatnonzero(visualize.token_of_pixel(panel, w) == j)[-1]
+          is_border = tuple(flat_map[y, last]) == (255, 255, 255)
+          assert is_border == (regions[i, j] != regions[i, j + 1]), (stage, i, j)
+    assert summary['regions'][stage]['regions'] == len(np.unique(regions))
+  assert len(np.unique(maps[0][1])) > 1, 'a single region in stage 1: the colour check would be weak'
+
+
+def test_neighbouring_regions_never_share_a_colour():
+  grid_width = 7
+  regions = np.arange(5 * grid_width)
+  colors = visualize.region_colors(regions, grid_width)
+  for a in regions:
+    for b in regions:
+      (ra, ca), (rb, cb) = divmod(a, grid_width), divmod(b, grid_width)
+      if a != b and abs(ra - rb) <= 1 and abs(ca - cb) <= 1:
+        assert tuple(colors[a]) != tuple(colors[b])

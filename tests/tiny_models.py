@@ -12,6 +12,8 @@ FAMILY_MODELS = {
     'nommer': ('nommer_t', 'nommer_t'),
     'lesa': ('lesa_resnet50', 'lesa_resnet50'),
     'cotnet': ('cotnet50', 'cotnet50'),
+    'salg': ('salg_st', 'salg_st'),
+    'swin': ('swin_st', 'swin_st'),
 }
 RESNET_TINY = dict(stage_depths=(1, 1, 1, 1), stem_width=8, stage_planes=(8, 8, 16, 16))
 
