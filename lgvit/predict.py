@@ -23,6 +23,8 @@ import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 IMAGENET_CLASS_NAMES = pathlib.Path(__file__).parent / 'data' / 'imagenet_class_names.txt'
 
 
@@ -91,7 +93,7 @@ class LoadedModel:
   class_names: list[str]
   source: str
 
-  def preprocess(self, image) -> 'np.ndarray':
+  def preprocess(self, image) -> np.ndarray:
     """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
     import tensorflow as tf
     from lgvit.data import pipeline
@@ -128,21 +130,18 @@ class LoadedModel:
 
     return jax.jit(forward)
 
-  def logits(self, crops) -> 'np.ndarray':
+  def logits(self, crops) -> np.ndarray:
     """(B, S, S, 3) uint8 crops from :meth:`preprocess` -> (B, num_classes) float32 logits."""
-    import numpy as np
     return np.asarray(self._forward(self.variables, np.asarray(crops)), np.float32)
 
-  def intermediates(self, crops) -> tuple['np.ndarray', dict[str, Any]]:
+  def intermediates(self, crops) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits and the ``intermediates`` collection (what the model sows) for (B, S, S, 3) uint8 crops."""
     import jax
-    import numpy as np
     logits, inter = self._forward_with_intermediates(self.variables, np.asarray(crops))
     return np.asarray(logits, np.float32), jax.tree_util.tree_map(np.asarray, inter)
 
   def classify(self, images: Sequence[Any], k: int = 5, batch_size: int = 32) -> list[list[Prediction]]:
     """Top-``k`` predictions of each image (paths, bytes or arrays; see :meth:`preprocess`)."""
-    import numpy as np
     out = []
     for start in range(0, len(images), batch_size):
       crops = np.stack([self.preprocess(im) for im in images[start:start + batch_size]])
@@ -180,7 +179,6 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     prefer_ema: for a training workdir, take the EMA weights when the run kept them (as lgvit.export).
   """
   import jax
-  import numpy as np
   from lgvit import checkpoint
   from lgvit import export as export_lib
   from lgvit import train
@@ -226,7 +224,6 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   """The model of a training config (e.g. ``configs/nommer_t.py:demo``) with ``variables``, or freshly
   initialised ones (``model.init`` with ``seed``) when none are given."""
   import jax
-  import numpy as np
   from lgvit import train
   from lgvit.models import model_info
   model = train.build_model(config)
