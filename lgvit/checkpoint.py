@@ -166,15 +166,10 @@ def restore_on_this_host(item_dir: str) -> dict[str, Any]:
 
 
 # Leaves that can be resampled when a checkpoint was trained at another size (Swin/timm rules).
-def _resize_pos_embedding(arr: np.ndarray, shape) -> np.ndarray:
-  import jax.numpy as jnp
-  return np.asarray(jax.image.resize(jnp.asarray(arr, jnp.float32), shape, 'bicubic'))
-
-
 RESIZERS = {
     'relative_position_bias_table': lambda arr, shape: layers.resize_relative_position_table(
         arr, int(round(np.sqrt(shape[0]))) // 2 + 1),
-    'pos_embedding': _resize_pos_embedding,
+    'pos_embedding': lambda arr, shape: layers.resize_pos_embedding(arr, shape[1:3]),
 }
 
 

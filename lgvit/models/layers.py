@@ -352,6 +352,16 @@ def _add_broadcast_bias_jvp(primals, tangents):
   return x + bias, dx + spread.reshape(x.shape)
 
 
+def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
+  """Bicubically resamples a (1, H, W, C) position embedding to (1, *new_hw, C) (Swin/timm rule)."""
+  pos = np.asarray(pos)
+  if pos.ndim != 4 or pos.shape[0] != 1:
+    raise ValueError(f'pos_embedding must be (1, H, W, C), got {pos.shape}')
+  nh, nw = new_hw
+  out = jax.image.resize(jnp.asarray(pos, jnp.float32), (1, nh, nw, pos.shape[-1]), 'bicubic')
+  return np.asarray(out, pos.dtype)
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,
                           mask: Optional[Array] = None, precision: Any = None) -> Array:
   """softmax(q k^T + bias) v over (..., heads, tokens, dim) tensors; q must already be scaled.

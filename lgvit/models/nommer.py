@@ -47,6 +47,7 @@ import numpy as np
 from jax import lax
 
 from lgvit.models import layers
+from lgvit.models.layers import resize_pos_embedding  # noqa: F401  (re-exported for users of nommer)
 from lgvit.models.layers import InvalidInputSizeError
 from lgvit.models.registry import register_model
 
@@ -394,16 +395,6 @@ class NomMer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning at a new size.
 # ---------------------------------------------------------------------------------------------
-
-
-def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
-  """Bicubically resamples a (1, H, W, C) position embedding to (1, *new_hw, C) (Swin/timm rule)."""
-  pos = np.asarray(pos)
-  if pos.ndim != 4 or pos.shape[0] != 1:
-    raise ValueError(f'pos_embedding must be (1, H, W, C), got {pos.shape}')
-  nh, nw = new_hw
-  out = jax.image.resize(jnp.asarray(pos, jnp.float32), (1, nh, nw, pos.shape[-1]), 'bicubic')
-  return np.asarray(out, pos.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
