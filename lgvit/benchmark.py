@@ -137,6 +137,9 @@ def main(argv=None):
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--threads', type=int, default=0,
+                      help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
+                      'shared/specs/cpu_baselines.md); 0 leaves XLA its defaults (all cores)')
   parser.add_argument('--out', default='', help='write OUT.csv and OUT.json')
   parser.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
   parser.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
@@ -144,7 +147,10 @@ def main(argv=None):
 
   if args.single:  # child process: one model, JSON on the last line
     import jax
-    row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, args.peak)
+    peak = args.peak or measure_matmul_peak()
+    row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, peak)
+    row['peak_gflops'] = round(peak, 1)
+    row['threads'] = args.threads
     row['device'] = jax.devices()[0].device_kind
     print(json.dumps(row))
     return 0
@@ -153,14 +159,25 @@ def main(argv=None):
   names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
   for n in names:
     model_info(n)  # unknown names fail here, before any work
-  peak = measure_matmul_peak()
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  prefix = []
+  if args.threads == 1:
+    # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                        ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1').strip()
+    prefix = ['taskset', '-c', '0']
+  elif args.threads not in (0,):
+    parser.error('--threads takes 0 (XLA defaults) or 1')
+  peak = float(json.loads(subprocess.run(
+      prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
+      capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]))
   rows = []
   for name in names:
     size = args.size or model_info(name).input_size
-    cmd = [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(args.batch), '--size',
+    cmd = prefix + [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(args.batch), '--size',
            str(size), '--mode', args.mode, '--dtype', args.dtype, '--warmup', str(args.warmup), '--repeats',
            str(args.repeats), '--peak', str(peak)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
       err = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ['?']
       print(f'{name}: failed: {err[0]}', file=sys.stderr)
@@ -170,7 +187,9 @@ def main(argv=None):
     print(f"{name}: {rows[-1]['images_per_s']} img/s ({rows[-1]['step_ms']} ms/step, compile {rows[-1]['compile_s']} s)",
           flush=True)
   print()
-  print_table(rows, peak, f"batch {args.batch}, {args.mode}, {args.dtype}, device: {rows[0].get('device', '?') if rows else '?'}")
+  threads = '1 core' if args.threads == 1 else 'default threads'
+  print_table(rows, peak, f"batch {args.batch}, {args.mode}, {args.dtype}, {threads}, "
+              f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r}, device: {rows[0].get('device', '?') if rows else '?'}")
   if args.out:
     os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
     with open(args.out + '.csv', 'w', newline='') as f:
@@ -178,7 +197,8 @@ def main(argv=None):
       w.writeheader()
       w.writerows(rows)
     with open(args.out + '.json', 'w') as f:
-      json.dump({'peak_gflops': peak, 'args': vars(args), 'rows': rows}, f, indent=2)
+      json.dump({'peak_gflops': peak, 'args': vars(args), 'xla_flags': env.get('XLA_FLAGS', ''), 'rows': rows}, f,
+                indent=2)
   return 0
 
 
