@@ -161,11 +161,15 @@ def make_train_step(model, tx, config, schedule):
         cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob, switch_prob=config.mixup_switch_prob,
         smoothing=config.label_smoothing)
     rngs = dict(zip(RNG_STREAMS, k_streams))
+    # Unreadable images keep their slot (see lgvit.data.pipeline) but stay out of the loss, and so do
+    # the images that Mixup/CutMix blended with them.
+    valid = batch['valid'].astype(jnp.float32) if 'valid' in batch else jnp.ones(batch['label'].shape, jnp.float32)
+    weight = valid * valid[::-1] if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) else valid
 
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats}, images.astype(dtype),
                                      train=True, rngs=rngs, mutable=['batch_stats'])
-      loss = jnp.mean(cross_entropy(logits, targets))
+      loss = jnp.sum(weight * cross_entropy(logits, targets)) / jnp.maximum(jnp.sum(weight), 1.0)
       return loss, (logits, new_vars.get('batch_stats', {}))
 
     (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -179,7 +183,8 @@ def make_train_step(model, tx, config, schedule):
         'loss': loss,
         'grad_norm': optax.global_norm(grads),
         'lr': schedule(state.step),
-        'train_top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'train_top1': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * valid) / jnp.maximum(jnp.sum(valid), 1.0),
+        'skipped_images': jnp.sum(1.0 - valid),
     }
     return new_state, metrics
 
@@ -199,6 +204,7 @@ def make_eval_step(model, config):
         'loss': jnp.sum(loss * mask),
         'top1': jnp.sum((top5[:, 0] == labels) * mask),
         'top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        'skipped': jnp.sum(batch['unreadable']),
     }
 
   return eval_step
@@ -291,7 +297,7 @@ def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optiona
   totals = jax.device_get(totals)
   n = max(float(totals['count']), 1.0)
   return {'count': int(totals['count']), 'loss': float(totals['loss']) / n, 'top1': float(totals['top1']) / n,
-          'top5': float(totals['top5']) / n}
+          'top5': float(totals['top5']) / n, 'skipped': int(totals['skipped'])}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force_config: bool = False,
@@ -380,13 +386,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
     if config.ema_decay:
       ema = evaluate(eval_step, {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}, config, builder,
                      batch_sharding)
-      row.update({f'eval_ema_{k}': v for k, v in ema.items() if k != 'count'})
+      row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
     row['epoch'] = step / steps_per_epoch
     log.write(step, row)
     if is_main:
       ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
       print(f"eval @ step {step}: top-1 {row['eval_top1']:.4f} | top-5 {row['eval_top5']:.4f} | "
             f"loss {row['eval_loss']:.4f} | {row['eval_count']} images{ema_txt}", flush=True)
+      if row['eval_skipped']:
+        print(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).", flush=True)
     return row
 
   def save(step, force=False):
@@ -422,7 +430,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
             now = time.time()
             ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
             eta = (total_steps - step) * config.batch_size / max(ips, 1e-9)
-            row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != 'skipped_images'}
+            skipped = int(sum(r['skipped_images'] for r in rows))
+            if skipped:
+              row['skipped_images'] = skipped  # summed over the logging interval
+              if is_main:
+                print(f'WARNING: skipped {skipped} unreadable image(s) in steps {step - len(rows) + 1}..{step}.',
+                      flush=True)
             row['epoch'] = step / steps_per_epoch
             log.write(step, row, {'images_per_sec': ips})
             if is_main:

@@ -60,27 +60,38 @@ def tiny_imagenet(tmp_path_factory):
       with tarfile.open(fileobj=inner, mode='w') as t:
         for i in range(6):
           _add(t, f'{syn}_{i}.JPEG', _jpeg(rng, 40 + 3 * i, 50))
+        if syn == synsets[0]:  # unreadable files that real crawls contain: truncated and not an image at all
+          _add(t, f'{syn}_truncated.JPEG', _jpeg(rng, 40, 50)[:200])
+          _add(t, f'{syn}_garbage.JPEG', b'<html>404 not found</html>')
       _add(outer, f'{syn}.tar', inner.getvalue())
   with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as t:
     for i in range(1, 8):
       _add(t, f'ILSVRC2012_val_{i:08d}.JPEG', _jpeg(rng, 48, 36 + i))
+    _add(t, 'ILSVRC2012_val_00000008.JPEG', _jpeg(rng, 48, 40)[:150])
   builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-  assert builder.info.splits['validation'].num_examples == 7
+  assert builder.info.splits['validation'].num_examples == 8
+  assert builder.info.splits['train'].num_examples == 20
   return str(data_dir)
 
 
 def test_main_trains_and_evaluates_on_tfds_imagenet(tiny_imagenet, tmp_path):
+  """Also: unreadable images (2 of 20 train, 1 of 8 validation) are skipped and counted, not a crash."""
   workdir = tmp_path / 'run'
   proc = run_main(f'--config={DEMO}', '--config.dataset=imagenet2012', '--config.num_classes=1000',
-                  f'--config.data_dir={tiny_imagenet}', '--config.batch_size=6', '--config.eval_batch_size=4',
-                  '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
+                  f'--config.data_dir={tiny_imagenet}', '--config.batch_size=5', '--config.eval_batch_size=4',
+                  '--config.num_train_steps=8', '--config.log_every_steps=2', '--config.checkpoint_every_steps=8',
                   workdir=workdir)
-  assert 'step 4/4' in proc.stdout
+  assert 'step 8/8' in proc.stdout
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [r for r in rows if 'eval_count' in r]
-  assert evals and evals[-1]['eval_count'] == 7  # every validation image exactly once (7 = 2 batches of 4, padded)
-  assert (workdir / 'checkpoints' / '4').is_dir()
+  # Every readable validation image exactly once (2 batches of 4), the unreadable one counted apart.
+  assert evals and evals[-1]['eval_count'] == 7 and evals[-1]['eval_skipped'] == 1
+  # 8 steps x 5 = 2 epochs of the 20 train images: each unreadable one was met twice.
+  assert sum(r.get('skipped_images', 0) for r in rows if 'loss' in r) == 4
+  assert 'WARNING: skipped' in proc.stdout and 'unreadable image' in proc.stdout
+  assert all(np.isfinite(r['loss']) for r in rows if 'loss' in r)
+  assert (workdir / 'checkpoints' / '8').is_dir()
 
 
 def test_train_step_on_8_devices_equals_1_device():
@@ -208,3 +219,32 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'falling back to step 5' in proc.stdout
   assert 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
   assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1  # kept, not deleted
+
+
+def _tree_snapshot(root: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def test_other_architecture_is_refused_and_init_from_names_mismatches(tmp_path):
+  """A workdir of another architecture is refused untouched; init_from with other shapes names them."""
+  common = [f'--config={DEMO}', '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
+            '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+  workdir = tmp_path / 'run'
+  run_main(*common, workdir=workdir)
+  before = _tree_snapshot(workdir)
+  assert any(k.startswith('checkpoints/2/state/') for k in before)
+
+  wider = '--config.model_kwargs.stem_width=32'
+  proc = run_main(*common, wider, workdir=workdir, check=False)
+  assert proc.returncode != 0
+  err = proc.stderr.strip().splitlines()[-1]
+  assert 'holds a run of another architecture' in err and 'model_kwargs' in err and '--force_config' in err, err
+  assert _tree_snapshot(workdir) == before  # nothing written, moved or deleted
+
+  proc = run_main(*common, wider, f'--config.init_from={workdir}', workdir=tmp_path / 'finetune', check=False)
+  assert proc.returncode != 0
+  err = proc.stderr.strip().splitlines()[-1]
+  assert 'init_from does not fit the model' in err and '--config.init_skip' in err, err
+  assert 'stem/conv/kernel: checkpoint (7, 7, 3, 16) vs model (7, 7, 3, 32)' in err, err
+  assert 'layer1_0/conv1/conv/kernel: checkpoint (1, 1, 16, 16) vs model (1, 1, 32, 16)' in err, err
+  assert _tree_snapshot(workdir) == before

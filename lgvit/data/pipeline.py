@@ -8,6 +8,11 @@ never needs an iterator state in the checkpoint: resuming at step ``s`` rebuilds
 
 Images leave the host as uint8 (4x less to transfer than float32); normalisation, Mixup/CutMix and
 random erasing run on the accelerator inside the train step.
+
+An image that cannot be decoded (truncated file, garbage bytes) does not stop the run: its slot in
+the batch is kept, so batch boundaries and resume positions stay exactly as they are, but it is
+filled with the mean colour and flagged ``valid == 0``; the train step leaves it out of the loss and
+the eval out of the metrics, and both count it (``skipped_images`` / ``eval_skipped``).
 """
 from __future__ import annotations
 
@@ -147,6 +152,27 @@ def eval_image(image, image_size: int, crop_pct: float, interpolation: str) -> n
   return _to_uint8(_center_crop(decoded, image_size, crop_pct, interpolation)).numpy()
 
 
+def _map_or_flag(ds: tf.data.Dataset, preprocess, fallback) -> tf.data.Dataset:
+  """``ds.map(preprocess)``, where an element that raises (an undecodable image) becomes ``fallback``.
+
+  Each element is mapped inside its own one-element dataset whose errors are dropped, followed by the
+  fallback; taking the first of the two keeps the element's slot. The interleave keeps the order.
+  """
+
+  def one(*element):
+    mapped = tf.data.Dataset.from_tensors(element).map(lambda *e: preprocess(*e)).ignore_errors()
+    flagged = tf.data.Dataset.from_tensors(element).map(lambda *e: fallback(*e))
+    return mapped.concatenate(flagged).take(1)
+
+  return ds.interleave(one, cycle_length=max(os.cpu_count() or 1, 2), block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _placeholder_image(image_size: int):
+  """The mean colour: it normalises to ~0, so a skipped slot barely touches BatchNorm statistics."""
+  return tf.cast(tf.round(tf.broadcast_to(tf.constant(MEAN_RGB), (image_size, image_size, 3))), tf.uint8)
+
+
 def _to_uint8(image):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
@@ -210,9 +236,14 @@ def shard_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epo
     image = _to_uint8(image)
     if randaug is not None:
       image = randaug(image, seeds[2])
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'valid': tf.constant(1, tf.int32)}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  def unreadable(pos, example):
+    del pos
+    return {'image': _placeholder_image(config.image_size), 'label': tf.cast(example['label'], tf.int32),
+            'valid': tf.constant(0, tf.int32)}
+
+  ds = _map_or_flag(ds, preprocess, unreadable)
   return ds.batch(shard_batch, drop_remainder=True)
 
 
@@ -262,13 +293,19 @@ def eval_dataset(config, builder, *, local_batch: int, process_index: int, proce
 
   def preprocess(example):
     image = _decode_and_center_crop(example['image'], config.image_size, config.crop_pct, config.interpolation)
-    return {'image': _to_uint8(image), 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32)}
+    return {'image': _to_uint8(image), 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32),
+            'unreadable': tf.constant(0, tf.int32)}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  def unreadable(example):
+    return {'image': _placeholder_image(config.image_size), 'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(0, tf.int32), 'unreadable': tf.constant(1, tf.int32)}
+
+  ds = _map_or_flag(ds, preprocess, unreadable)
   pad = {
       'image': tf.zeros((config.image_size, config.image_size, 3), tf.uint8),
       'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(0, tf.int32)
+      'mask': tf.constant(0, tf.int32),
+      'unreadable': tf.constant(0, tf.int32),
   }
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.batch(local_batch, drop_remainder=True).take(steps)
