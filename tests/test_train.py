@@ -3,10 +3,13 @@ import io
 import json
 import os
 import pathlib
+import queue
+import random
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import numpy as np
@@ -110,31 +113,54 @@ def _final_params(workdir):
   return checkpoint.load_variables(str(workdir), prefer_ema=False)
 
 
-def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
-  args = [f'--config={DEMO}', '--config.num_train_steps=30', '--config.checkpoint_every_steps=10',
+def _kill_at_random_moment(args, workdir, rng, max_delay_s):
+  """Starts main.py, waits until it trains, then SIGKILLs it after a random delay; returns the delay."""
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  lines: queue.Queue = queue.Queue()
+  threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    try:
+      if lines.get(timeout=0.05).startswith(('step ', 'eval @')):
+        break
+    except queue.Empty:
+      pass
+  delay = rng.uniform(0.0, max_delay_s)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return delay
+
+
+def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
+  """SIGKILL in the middle of a checkpoint save, then twice at random moments; the final params and
+  metrics.jsonl equal an uninterrupted run's bit for bit."""
+  args = [f'--config={DEMO}', '--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
           '--config.log_every_steps=5', f'--config.data_dir={tmp_path / "tfds"}']
   reference = tmp_path / 'reference'
   run_main(*args, workdir=reference)
 
   workdir = tmp_path / 'killed'
-  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / 'checkpoints' / '10').is_dir() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert (workdir / 'checkpoints' / '10').is_dir()
-  assert not (workdir / 'checkpoints' / '30').exists()
+  proc = subprocess.run([sys.executable, 'tests/helpers/kill_during_save.py', '10', f'--workdir={workdir}', *args],
+                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  checkpoints = workdir / 'checkpoints'
+  assert any(p.name.startswith('10.orbax-checkpoint-tmp') for p in checkpoints.iterdir())  # killed mid-save
+  assert not (checkpoints / '10').exists() and (checkpoints / '5').is_dir()
+
+  seed = int(os.environ.get('LGVIT_KILL_SEED', time.time_ns() % 2**31))
+  rng = random.Random(seed)
+  delays = [_kill_at_random_moment(args, workdir, rng, max_delay_s=3.0) for _ in range(2)]
+
   resumed = run_main(*args, workdir=workdir)
-  assert 'Resuming' in resumed.stdout and ('from step 10' in resumed.stdout or 'from step 20' in resumed.stdout)
-  assert 'step 30/30' in resumed.stdout
+  assert 'Resuming' in resumed.stdout and 'step 40/40' in resumed.stdout, (seed, delays, resumed.stdout[-2000:])
 
   import jax
   ref, got = _final_params(reference), _final_params(workdir)
   for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text()
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'LGVIT_KILL_SEED={seed} delays={delays}')
+  assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text(), (seed, delays)
 
 
 @pytest.mark.parametrize('overrides,expect', [
