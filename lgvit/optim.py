@@ -27,6 +27,8 @@ def lr_schedule(config, steps_per_epoch: int, total_steps: int) -> Callable[[jax
     [0, T]. ``True`` (LESA): the cosine starts after the warm-up and spans T - T_w.
   """
   base, warm_lr, min_lr = scaled_lrs(config)
+  if config.get('warmup_lr_is_lr_per_epoch_step', False):
+    warm_lr = base / steps_per_epoch
   per_epoch = config.schedule_unit == 'epoch'
   if config.schedule_unit not in ('step', 'epoch'):
     raise ValueError(f"schedule_unit must be 'step' or 'epoch', got {config.schedule_unit!r}")

@@ -17,6 +17,8 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs')
 # name prefix -> (global batch, peak LR, warm-up start LR, final/min LR, warm-up epochs, epochs, unit,
 #                 warm-up prefix, optimizer, weight decay, decay on 1-D params?)
 NOMMER = (1024, 1e-3, 1e-6, 1e-5, 20, 300, 'step', False, 'adamw', 0.05, False)
+# LESA: the warm-up starts at lr / iters_per_epoch ('per_iter').
+LESA = (128, 0.05, 'per_iter', 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True)
 SWIN = NOMMER  # Swin's recipe (SALG follows it): AdamW 5e-4 per 512, 20 warm-up of 300 epochs, per step
 PAPER = {
     'resnet50': (256, 0.1, 0.0, 0.0, 0, 90, 'step', False, 'sgd', 1e-4, True),
@@ -30,15 +32,13 @@ PAPER = {
     'se_cotnetd152': (512, 0.2, 1e-4, 1e-5, 5, 350, 'epoch', False, 'sgd', 4e-5, False),
     'salg_st': SWIN, 'salg_st_msa': SWIN, 'salg_t': SWIN, 'salg_t_msa': SWIN, 'salg_s': SWIN,
     'swin_st': SWIN, 'swin_t': SWIN, 'swin_s': SWIN,
-    'lesa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
-    'lesa_wrn50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
-    'sa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
-    'static_lesa_resnet50': (128, 0.05, 0.0, 0.0, 5, 95, 'step', True, 'sgd', 8e-5, True),
+    'lesa_resnet50': LESA, 'lesa_wrn50': LESA, 'sa_resnet50': LESA, 'static_lesa_resnet50': LESA,
 }
 
 
 def expected_lr(step, spe, batch, peak, warm, low, warm_ep, epochs, unit, prefix):
   """timm CosineLRScheduler (warm-up overriding the cosine) or LESA's warm-up-then-cosine, written out."""
+  warm = peak / spe if warm == 'per_iter' else warm
   t, t_warm, t_total = (step // spe, warm_ep, epochs) if unit == 'epoch' else (step, warm_ep * spe, epochs * spe)
   if t < t_warm:
     return warm + t * (peak - warm) / t_warm
