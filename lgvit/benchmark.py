@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 FIELDS = ['model', 'mode', 'dtype', 'batch', 'size', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_step',
           'gflop_per_s', 'peak_fraction', 'xla_mem_mb', 'rss_peak_mb', 'params_m']
@@ -53,14 +54,14 @@ def _cost(compiled) -> tuple[float, float]:
 
 
 def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
-              peak_gflops: float) -> dict:
+              peak_gflops: float, model_kwargs: Optional[dict] = None) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
   from lgvit.models import create_model
   from lgvit.models.layers import count_params
   compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
-  model = create_model(name, num_classes=1000, dtype=compute)
+  model = create_model(name, **{'num_classes': 1000, **(model_kwargs or {})}, dtype=compute)
   x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3)), compute)
   labels = jnp.arange(batch) % 1000
   variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
@@ -137,6 +138,9 @@ def main(argv=None):
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--kwargs', default='',
+                      help='JSON dict of model overrides, e.g. a configs/X.py demo model: '
+                      '\'{"embed_dim": 32, "depths": [1, 1, 1, 1]}\'')
   parser.add_argument('--threads', type=int, default=0,
                       help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
                       'shared/specs/cpu_baselines.md); 0 leaves XLA its defaults (all cores)')
@@ -148,7 +152,8 @@ def main(argv=None):
   if args.single:  # child process: one model, JSON on the last line
     import jax
     peak = args.peak or measure_matmul_peak()
-    row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, peak)
+    row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, peak,
+                    json.loads(args.kwargs) if args.kwargs else None)
     row['peak_gflops'] = round(peak, 1)
     row['threads'] = args.threads
     row['device'] = jax.devices()[0].device_kind
@@ -176,7 +181,7 @@ def main(argv=None):
     size = args.size or model_info(name).input_size
     cmd = prefix + [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(args.batch), '--size',
            str(size), '--mode', args.mode, '--dtype', args.dtype, '--warmup', str(args.warmup), '--repeats',
-           str(args.repeats), '--peak', str(peak)]
+           str(args.repeats), '--peak', str(peak), '--kwargs', args.kwargs]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
       err = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ['?']
