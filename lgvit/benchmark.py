@@ -144,6 +144,8 @@ def main(argv=None):
   parser.add_argument('--threads', type=int, default=0,
                       help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
                       'shared/specs/cpu_baselines.md); 0 leaves XLA its defaults (all cores)')
+  parser.add_argument('--xla-cpu-eigen', action='store_true',
+                      help='CPU: Eigen instead of YNNPACK for dots/convs (lgvit.use_eigen_cpu_kernels)')
   parser.add_argument('--out', default='', help='write OUT.csv and OUT.json')
   parser.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
   parser.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
@@ -165,6 +167,11 @@ def main(argv=None):
   for n in names:
     model_info(n)  # unknown names fail here, before any work
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  if args.xla_cpu_eigen:
+    env['LGVIT_XLA_CPU_EIGEN'] = '1'
+    import lgvit
+    if 'xla_cpu_experimental_ynn_fusion_type' not in env.get('XLA_FLAGS', ''):
+      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + lgvit.EIGEN_CPU_FLAG).strip()
   prefix = []
   if args.threads == 1:
     # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
