@@ -15,7 +15,7 @@ def _lax_grouped(x, k, strides, padding, groups):
 
 @pytest.mark.parametrize('k,cin,cout,groups,stride,pad', [
     (3, 8, 8, 4, 1, 1), (3, 8, 16, 2, 2, 1), (1, 16, 8, 8, 1, 0), (1, 16, 16, 4, 2, 0), (3, 6, 6, 6, 1, 1),
-    (5, 4, 4, 4, 1, 2), (3, 6, 12, 3, 2, 1)])
+    (5, 4, 4, 4, 1, 2), (3, 6, 12, 3, 2, 1), (1, 8, 12, 1, 1, 0), (1, 8, 12, 1, 2, 0), (3, 4, 8, 1, 2, 1)])
 def test_grouped_conv_matches_feature_group_count(k, cin, cout, groups, stride, pad):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 9, 7, cin)), jnp.float32)
@@ -43,6 +43,29 @@ def test_batchnorm_matches_torch_semantics():
   y_eval = bn.apply({**v, **upd}, x, train=False)
   m, s = upd['batch_stats']['mean'], upd['batch_stats']['var']
   np.testing.assert_allclose(y_eval, (x - m) / np.sqrt(s + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def _batchnorm_autodiff_reference(x, scale, bias, eps=1e-5):
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * lax.rsqrt(var + eps) * scale + bias, mean, var
+
+
+def test_batchnorm_custom_gradient_matches_autodiff():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(1.0, 2.0, size=(3, 4, 5, 6)), jnp.float32)
+  scale = jnp.asarray(rng.normal(size=6), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=6), jnp.float32)
+  probe = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x.shape, (6,), (6,))]
+
+  def loss(fn):
+    # Weighs all three outputs, so the mean/var cotangents are checked too.
+    return lambda x, s, b: sum(jnp.sum(jnp.sin(o) * p) for o, p in zip(fn(x, s, b), probe))
+
+  ours = jax.grad(loss(lambda x, s, b: layers._batch_norm_train(x, s, b, 1e-5, jnp.float32)), (0, 1, 2))
+  ref = jax.grad(loss(_batchnorm_autodiff_reference), (0, 1, 2))
+  for a, b in zip(ours(x, scale, bias), ref(x, scale, bias)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _torch_avg_pool_ref(x, k, s, p, ceil_mode, count_include_pad):

@@ -79,23 +79,25 @@ def _taps(kernel_size: int):
     yield t, dy - pad, dx - pad
 
 
-def _shift(x: Array, dy: int, dx: int) -> Array:
-  """``x[:, y + dy, x + dx]`` with zeros outside the map.
-
-  A pad of a slice, which XLA fuses into its consumer: no padded copy of ``x`` is kept.
-  """
-  h, w = x.shape[1:3]
-  window = x[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-  widths = ((0, 0), (max(-dy, 0), max(dy, 0)), (max(-dx, 0), max(dx, 0))) + ((0, 0),) * (x.ndim - 3)
-  return jnp.pad(window, widths)
+def _pad_hw(x: Array, pad: int, hw_axes=(1, 2)) -> Array:
+  widths = [(0, 0)] * x.ndim
+  for a in hw_axes:
+    widths[a] = (pad, pad)
+  return jnp.pad(x, widths)
 
 
+# Every tap reads a window of ONE zero-padded copy (pads of per-tap slices would each be
+# materialised by XLA:CPU), and the maps come tap-major, (k*k, B, H, W, G, 1, heads), so a tap is a
+# contiguous block instead of a stride-k*k gather from the minor axis.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _aggregate(value: Array, attn: Array, kernel_size: int) -> Array:
-  """value (B, H, W, G, 8, heads), attn (B, H, W, G, 1, heads, k*k) -> (B, H, W, G, 8, heads)."""
+  """value (B, H, W, G, 8, heads), attn (k*k, B, H, W, G, 1, heads) -> (B, H, W, G, 8, heads)."""
+  h, w = value.shape[1:3]
+  pad = (kernel_size - 1) // 2
+  padded = _pad_hw(value, pad)
   out = None
   for t, dy, dx in _taps(kernel_size):
-    term = _shift(value, dy, dx) * attn[..., t]
+    term = padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w] * attn[t]
     out = term if out is None else out + term
   return out
 
@@ -110,19 +112,21 @@ def _aggregate_bwd(kernel_size, residuals, grad):
   value, attn = residuals
   h, w = value.shape[1:3]
   pad = (kernel_size - 1) // 2
-  # Slices of one padded copy: XLA:CPU fuses these separate per-tap reductions far better than
-  # pads of slices.
-  padded = jnp.pad(value, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (value.ndim - 3))
+  padded_value = _pad_hw(value, pad)
+  padded_grad = _pad_hw(grad, pad)
+  padded_attn = _pad_hw(attn, pad, (2, 3))
   d_value, d_attn = None, []
   for t, dy, dx in _taps(kernel_size):
-    term = _shift(grad * attn[..., t], -dy, -dx)
+    # d_value[p] = sum_t grad[p - d_t] * attn[t, p - d_t], zero outside the map.
+    ys, xs = slice(pad - dy, pad - dy + h), slice(pad - dx, pad - dx + w)
+    term = padded_grad[:, ys, xs] * padded_attn[t, :, ys, xs]
     d_value = term if d_value is None else d_value + term
-    prod = grad * padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    prod = grad * padded_value[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
     shared = prod[:, :, :, :, :1]  # summed over the 8 channels that share the head
     for r in range(1, SHARE_PLANES):
       shared = shared + prod[:, :, :, :, r:r + 1]
     d_attn.append(shared)
-  return d_value, jnp.stack(d_attn, axis=-1)
+  return d_value, jnp.stack(d_attn)
 
 
 _aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
@@ -144,7 +148,7 @@ def local_aggregation(value: Array, weights: Array, *, kernel_size: int = 3, gro
   hence exact in any matmul precision. Reverse-mode only (``jax.custom_vjp``).
   """
   attn, vshape = _split_heads(value, weights, kernel_size, groups)
-  return _aggregate(value.reshape(vshape), attn, kernel_size).reshape(value.shape)
+  return _aggregate(value.reshape(vshape), jnp.moveaxis(attn, -1, 0), kernel_size).reshape(value.shape)
 
 
 def local_aggregation_patches(value: Array, weights: Array, *, kernel_size: int = 3, groups: int = 1) -> Array:
