@@ -14,5 +14,5 @@ from configs.nommer_t import DEMO_MODEL
 
 def get_config(arg=None):
   c = common.base_config('nommer_s')
-  common.deit_style(c, drop_path=0.3, epochs=300.0, warmup_epochs=20.0, batch=1024, clip=5.0)
+  common.deit_style(c, drop_path=0.3)
   return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)

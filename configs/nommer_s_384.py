@@ -15,6 +15,6 @@ from configs.nommer_t import DEMO_MODEL
 
 def get_config(arg=None):
   c = common.base_config('nommer_s_384')
-  common.deit_style(c, drop_path=0.3, epochs=300.0, warmup_epochs=20.0, batch=1024, clip=5.0)
+  common.deit_style(c, drop_path=0.3)
   common.finetune_style(c, init_from='' if arg == 'demo' else 'workdirs/nommer_s')
   return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)

@@ -17,5 +17,5 @@ DEMO_MODEL = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4), win
 
 def get_config(arg=None):
   c = common.base_config('nommer_t')
-  common.deit_style(c, drop_path=0.1, epochs=300.0, warmup_epochs=20.0, batch=1024, clip=5.0)
+  common.deit_style(c, drop_path=0.1)
   return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)
