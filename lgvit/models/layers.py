@@ -371,6 +371,19 @@ class Mlp(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+def mlp_residual(x: Array, *, mlp_ratio: float, train: bool, drop_rate: float = 0.0, drop_path: float = 0.0,
+                 dtype: Optional[Dtype] = None, norm_name: str = 'norm2', mlp_name: str = 'mlp',
+                 drop_path_name: Optional[str] = None) -> Array:
+  """The second half of a pre-norm Transformer block: ``x + DropPath(MLP(LayerNorm(x)))``.
+
+  Call it inside a block's compact ``__call__``: the norm, MLP and DropPath it creates are the
+  block's own submodules under the given names, so parameter paths are those of the written-out form.
+  """
+  y = layer_norm(norm_name, dtype=dtype)(x)
+  y = Mlp(int(x.shape[-1] * mlp_ratio), dropout=drop_rate, dtype=dtype, name=mlp_name)(y, train=train)
+  return x + DropPath(drop_path, name=drop_path_name)(y, train=train)
+
+
 def relative_position_index(window: int | Sequence[int]) -> np.ndarray:
   """Swin's (w*w, w*w) index into the ((2w-1)^2, heads) bias table; tokens row-major in a window."""
   wh, ww = _pairs(window)

@@ -249,9 +249,8 @@ class SNomMerBlock(nn.Module):
     y = layers.layer_norm('norm1', dtype=self.dtype)(x)
     y = SynergisticContext(**self.context, dtype=self.dtype, name='context')(y, train=train)
     x = x + layers.DropPath(self.drop_path, name='drop_path1')(y, train=train)
-    y = layers.layer_norm('norm2', dtype=self.dtype)(x)
-    y = layers.Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name='mlp')(y, train=train)
-    return x + layers.DropPath(self.drop_path, name='drop_path2')(y, train=train)
+    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
+                               drop_path_name='drop_path2')
 
 
 class GNomMerBlock(nn.Module):
@@ -266,9 +265,8 @@ class GNomMerBlock(nn.Module):
     y = layers.layer_norm('norm1', dtype=self.dtype)(x)
     y = global_attention(self.num_heads, self.dtype, 'attn')(y, train=train)
     x = x + layers.DropPath(self.drop_path, name='drop_path1')(y, train=train)
-    y = layers.layer_norm('norm2', dtype=self.dtype)(x)
-    y = layers.Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name='mlp')(y, train=train)
-    return x + layers.DropPath(self.drop_path, name='drop_path2')(y, train=train)
+    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
+                               drop_path_name='drop_path2')
 
 
 class MergeBlock(nn.Module):

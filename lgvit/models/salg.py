@@ -287,9 +287,8 @@ class LocalGlobalBlock(nn.Module):
     y = nn.Dense(c, kernel_init=layers.normal_002, dtype=self.dtype, precision=self.precision, name='proj')(attended)
     y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
     seq = seq + layers.DropPath(self.drop_path)(y, train=train)
-    y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.drop_rate, dtype=self.dtype,
-                   name='mlp')(layers.layer_norm('norm2', dtype=self.dtype)(seq), train=train)
-    seq = seq + layers.DropPath(self.drop_path)(y, train=train)
+    seq = layers.mlp_residual(seq, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
+                              dtype=self.dtype, train=train)
 
     x = seq[:, :h * w].reshape(b, h, w, c)
     if agr is None:
@@ -300,9 +299,8 @@ class LocalGlobalBlock(nn.Module):
                                     name='inter_attn')(layers.layer_norm('inter_norm1', dtype=self.dtype)(agr),
                                                        train=train)
       agr = agr + layers.DropPath(self.drop_path)(y, train=train)
-      y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.drop_rate, dtype=self.dtype,
-                     name='inter_mlp')(layers.layer_norm('inter_norm2', dtype=self.dtype)(agr), train=train)
-      agr = agr + layers.DropPath(self.drop_path)(y, train=train)
+      agr = layers.mlp_residual(agr, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
+                                dtype=self.dtype, train=train, norm_name='inter_norm2', mlp_name='inter_mlp')
     elif self.propagate and self.inter_region == 'ap':
       agr = jnp.broadcast_to(jnp.mean(agr, axis=1, keepdims=True), agr.shape)
     return x, agr
@@ -362,9 +360,8 @@ class GlobalBlock(nn.Module):
     y = layers.MultiHeadAttention(self.num_heads, dropout=self.drop_rate, dtype=self.dtype, precision=self.precision,
                                   name='attn')(layers.layer_norm('norm1', dtype=self.dtype)(x), train=train)
     x = x + layers.DropPath(self.drop_path)(y, train=train)
-    y = layers.Mlp(int(x.shape[-1] * self.mlp_ratio), dropout=self.drop_rate, dtype=self.dtype,
-                   name='mlp')(layers.layer_norm('norm2', dtype=self.dtype)(x), train=train)
-    return x + layers.DropPath(self.drop_path)(y, train=train)
+    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
+                               dtype=self.dtype, train=train)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,15 +87,13 @@ class SwinBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    c = x.shape[-1]
     y = layers.layer_norm('norm1', dtype=self.dtype)(x)
     y = layers.WindowAttention(self.num_heads, self.window, self.shift, dtype=self.dtype, precision=self.precision,
                                name='attn')(y, train=train)
     y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
     x = x + layers.DropPath(self.drop_path)(y, train=train)
-    y = layers.layer_norm('norm2', dtype=self.dtype)(x)
-    y = layers.Mlp(int(c * self.mlp_ratio), dropout=self.drop_rate, dtype=self.dtype, name='mlp')(y, train=train)
-    return x + layers.DropPath(self.drop_path)(y, train=train)
+    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
+                               dtype=self.dtype, train=train)
 
 
 class SwinTransformer(nn.Module):
