@@ -68,6 +68,18 @@ def test_batchnorm_custom_gradient_matches_autodiff():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_channel_sums_are_as_accurate_as_a_tree_reduction():
+  # A single matvec over all 100k rows drifts ~1e-5 from the exact sum: enough for a few training
+  # steps to depend on how many devices share the batch (tests/test_train.py::test_two_processes...).
+  x = np.random.default_rng(3).normal(3.0, 1.0, size=(8, 112, 112, 4)).astype(np.float32)
+  exact = x.astype(np.float64).sum((0, 1, 2))
+  ours = np.asarray(jax.jit(layers.channel_sums)(x), np.float64)
+  np.testing.assert_allclose(ours, exact, rtol=1e-6)
+  for shape in [(5, 3, 7, 2), (4, 1, 1, 3), (6, 2)]:  # awkward divisors, 1x1 maps, plain (N, C)
+    y = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(layers.channel_sums(y), y.sum(tuple(range(y.ndim - 1))), rtol=1e-5, atol=1e-5)
+
+
 def _torch_avg_pool_ref(x, k, s, p, ceil_mode, count_include_pad):
   """Direct transcription of PyTorch's AvgPool2d index rules."""
   n, h, w, c = x.shape

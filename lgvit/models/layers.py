@@ -104,15 +104,30 @@ class BatchNorm(nn.Module):
     return update
 
 
-def column_sum(x2d: Array) -> Array:
-  """Sum over the rows of an (M, C) array, as a matvec with ones.
+def _pixel_block(batch: int, pixels: int) -> int:
+  """The divisor of ``pixels`` closest to (not above) sqrt(batch * pixels)."""
+  target = math.isqrt(batch * pixels)
+  return max(d for d in range(1, pixels + 1) if pixels % d == 0 and d <= target)
 
-  XLA:CPU compiles a reduction over a tensor's leading axes into a slow strided loop (0.2-1 GB/s);
-  Eigen's matvec streams the same data 2-10x faster (benchmarks/cpu_layers.py). The accumulation
-  order differs from ``jnp.sum``, so results agree to float32 round-off.
+
+def channel_sums(x: Array) -> Array:
+  """Sum of an (N, ..., C) array over every axis but the last, in float32.
+
+  XLA:CPU compiles a reduction over a tensor's leading axes into a slow strided loop; Eigen's matvec
+  with a ones vector streams the same data 2-10x faster (``benchmarks/batchnorm_cpu.py``). A matvec
+  accumulates its rows one after another, though, and over the ~10^5 rows of an early-stage
+  activation that costs ~100x the round-off of ``jnp.sum`` -- enough for a few training steps to
+  depend on the device count. So each image's pixels are cut into blocks of k: the matvec runs over
+  rows of k*C values (~sqrt(rows) long), and the k partial sums per channel are added at the end.
+  Blocks never straddle images, so a batch-sharded input stays sharded.
   """
-  ones = jnp.ones((x2d.shape[0],), x2d.dtype)
-  return jnp.dot(ones, x2d, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  c, batch = x.shape[-1], x.shape[0]
+  pixels = math.prod(x.shape[1:-1])
+  k = _pixel_block(batch, pixels)
+  rows = x.reshape(batch * (pixels // k), k * c)
+  ones = jnp.ones((rows.shape[0],), rows.dtype)
+  partial = jnp.dot(ones, rows, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  return jnp.sum(partial.reshape(k, c), axis=0)
 
 
 def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, dtype: Dtype,
@@ -123,7 +138,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, dtype:
   return y
 
 
-# Written out (statistics and their gradients as column sums) because autodiff of the jnp.mean
+# Written out (statistics and their gradients as channel_sums) because autodiff of the jnp.mean
 # formulation gives four more leading-axis reductions in the backward pass, BatchNorm's whole cost.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _batch_norm_train(x, scale, bias, epsilon, dtype):
@@ -131,11 +146,10 @@ def _batch_norm_train(x, scale, bias, epsilon, dtype):
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):
-  c = x.shape[-1]
-  xf = x.reshape(-1, c).astype(jnp.float32)
-  n = xf.shape[0]
-  mean = column_sum(xf) / n
-  var = column_sum(jnp.square(xf - mean)) / n
+  xf = x.astype(jnp.float32)
+  n = math.prod(x.shape[:-1])
+  mean = channel_sums(xf) / n
+  var = channel_sums(jnp.square(xf - mean)) / n
   rstd = lax.rsqrt(var + epsilon)
   mul = scale * rstd
   add = bias - mean * mul
@@ -147,17 +161,16 @@ def _batch_norm_train_bwd(epsilon, dtype, residuals, grads):
   del epsilon, dtype
   x, mean, rstd, scale = residuals
   dy, dmean, dvar = grads
-  c = x.shape[-1]
-  g = dy.reshape(-1, c).astype(jnp.float32)
-  xc = x.reshape(-1, c).astype(jnp.float32) - mean
-  n = g.shape[0]
-  dbias = column_sum(g)
-  dscale = column_sum(g * xc) * rstd
+  g = dy.astype(jnp.float32)
+  xc = x.astype(jnp.float32) - mean
+  n = math.prod(x.shape[:-1])
+  dbias = channel_sums(g)
+  dscale = channel_sums(g * xc) * rstd
   mul = scale * rstd
   # d/dx of (x - mean) * rstd * scale + bias with batch statistics, plus the (usually zero)
   # cotangents of the returned mean and biased variance.
   dx = mul * (g - dbias / n - xc * (rstd * dscale / n)) + dmean / n + xc * (2.0 * dvar / n)
-  return dx.astype(x.dtype).reshape(x.shape), dscale, dbias
+  return dx.astype(x.dtype), dscale, dbias
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
