@@ -3,11 +3,13 @@
     python benchmarks/compare_official.py benchmarks/cpu   # reads the files that cpu_results.sh writes
 
 Inputs in DIR: ``{infer,train}_{1,2}t.json`` from ``python -m lgvit.benchmark --out`` and
-``anchor_{1,2}t.json`` from ``benchmarks/torch_anchor.py``. The official figures are the ones in
+``anchor_{1,2}t*.json`` from ``benchmarks/torch_anchor.py`` (timed before and after each block; the
+mean is used and the spread printed). The official figures are the ones in
 shared/specs/cpu_baselines.md (mean of its runs A and B), measured on another 2-core VM. A plain
 PyTorch ResNet-50, timed the same way on both machines, gives this machine's speed relative to that
 one, per mode and thread count; the official figures are scaled by it before the ratio is taken.
 """
+import glob
 import json
 import os
 import sys
@@ -38,13 +40,16 @@ def main(directory):
     if os.path.exists(path):
       for r in _load(path)['rows']:
         rows.setdefault(r['model'], {})[(mode, threads)] = r
-  factors = []
+  factors, notes = [], []
   for i, (mode, threads) in enumerate(COLUMNS):
-    path = os.path.join(directory, f'anchor_{threads}t.json')
-    here = _load(path)[f"{'eval' if mode == 'infer' else 'train'}_images_per_s"] if os.path.exists(path) else None
-    factors.append(here / ANCHOR_THERE[i] if here else None)
-  print('Machine factor (torch ResNet-50 here / on the baseline VM): ' +
-        ', '.join(f'{m} {t}T {f:.2f}' if f else f'{m} {t}T ?' for (m, t), f in zip(COLUMNS, factors)))
+    key = f"{'eval' if mode == 'infer' else 'train'}_images_per_s"
+    paths = sorted(glob.glob(os.path.join(directory, f'anchor_{threads}t*.json')), key=lambda p: 'after' in p)
+    here = [_load(p)[key] for p in paths]
+    factors.append(sum(here) / len(here) / ANCHOR_THERE[i] if here else None)
+    notes.append(f"{mode} {threads}T {factors[-1]:.2f} (anchor {' / '.join(f'{h:.2f}' for h in here)} img/s)"
+                 if here else f'{mode} {threads}T ?')
+  print('Machine factor (torch ResNet-50 here / on the baseline VM; the anchor timings before / after '
+        'the lgvit block): ' + ', '.join(notes))
   print()
   print('| lgvit model | official counterpart | ' +
         ' | '.join(f'{m} {t}c: lgvit / official (scaled) = ratio' for m, t in COLUMNS) + ' |')
