@@ -19,34 +19,8 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from lgvit.models import create_model
-
-
-def build(name, mode, batch, size):
-  model = create_model(name, num_classes=1000)
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
-  labels = jnp.arange(batch) % 1000
-  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
-  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
-  rngs = {s: jax.random.PRNGKey(i) for i, s in enumerate(('dropout', 'drop_path', 'gumbel'))}
-  if mode == 'infer':
-    fn = jax.jit(lambda p, s, x: model.apply({'params': p, **s}, x, train=False))
-    return fn, (params, state, x), None
-  tx = optax.sgd(0.01, momentum=0.9)
-
-  def step(p, s, opt, x):
-    def loss_fn(p):
-      logits, new_s = model.apply({'params': p, **s}, x, train=True, rngs=rngs, mutable=list(s.keys()))
-      return -jnp.mean(jnp.sum(jax.nn.one_hot(labels, 1000) * jax.nn.log_softmax(logits), -1)), new_s
-
-    (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
-    updates, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, updates), new_s, opt, loss
-
-  return jax.jit(step), (params, state, tx.init(params), x), step
+from lgvit.benchmark import benchmark_step
 
 
 def category(name: str) -> str:
@@ -84,7 +58,7 @@ def main():
   ap.add_argument('--top', type=int, default=40)
   ap.add_argument('--hlo', default='', help='write the optimised HLO text here')
   args = ap.parse_args()
-  fn, fargs, _ = build(args.model, args.mode, args.batch, args.size)
+  fn, fargs = benchmark_step(args.model, args.mode, args.batch, args.size, donate=False)
   compiled = fn.lower(*fargs).compile()
   hlo_text = compiled.as_text()
   if args.hlo:

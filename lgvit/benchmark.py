@@ -53,13 +53,14 @@ def _cost(compiled) -> tuple[float, float]:
   return float(cost.get('flops', float('nan'))), mem_mb
 
 
-def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
-              peak_gflops: float, model_kwargs: Optional[dict] = None) -> dict:
+def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'float32',
+                   model_kwargs: Optional[dict] = None, donate: bool = True):
+  """The jitted function that a benchmark times and its arguments: an inference forward pass, or a
+  train step (forward, cross-entropy, backward, SGD with momentum) on random images."""
   import jax
   import jax.numpy as jnp
   import optax
   from lgvit.models import create_model
-  from lgvit.models.layers import count_params
   compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
   model = create_model(name, **{'num_classes': 1000, **(model_kwargs or {})}, dtype=compute)
   x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3)), compute)
@@ -83,8 +84,16 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
       updates, opt = tx.update(g, opt, p)
       return optax.apply_updates(p, updates), new_s, opt, loss
 
-    fn = jax.jit(step, donate_argnums=(0, 1, 2))
+    fn = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
     args = (params, state, tx.init(params), x)
+  return fn, args
+
+
+def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
+              peak_gflops: float, model_kwargs: Optional[dict] = None) -> dict:
+  import jax
+  from lgvit.models.layers import count_params
+  fn, args = benchmark_step(name, mode, batch, size, dtype, model_kwargs)
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -101,7 +110,7 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
     out = run(args)
     dt = time.perf_counter() - t
     if mode == 'train':
-      args = (*out[:3], x)
+      args = (*out[:3], args[3])
     if i >= warmup:
       times.append(dt)
   step_s = statistics.median(times)
@@ -112,7 +121,7 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
       'gflop_per_step': round(flops / 1e9, 2), 'gflop_per_s': round(flops / step_s / 1e9, 1),
       'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 3) if peak_gflops else float('nan'),
       'xla_mem_mb': round(mem_mb, 1), 'rss_peak_mb': round(rss_mb, 1),
-      'params_m': round(count_params(params) / 1e6, 2),
+      'params_m': round(count_params(args[0]) / 1e6, 2),
   }
 
 
