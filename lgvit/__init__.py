@@ -13,8 +13,7 @@ def use_eigen_cpu_kernels():
   2-process demo run departs from the 1-process 8-device run by more than round-off within 4 steps
   (tests/test_train.py::test_two_processes_equal_one_process), which breaks lgvit's "same result on
   any host count". XLA reads XLA_FLAGS only when its CPU client starts, so call this (or set
-  ``LGVIT_XLA_CPU_EIGEN=1``)
-  before the first JAX computation. The flag is experimental, so it is only added for the jaxlib
+  ``LGVIT_XLA_CPU_EIGEN=1``) before the first JAX computation. The flag is experimental, so it is only added for the jaxlib
   versions it was measured on (an unknown flag would abort XLA).
   """
   flags = os.environ.get('XLA_FLAGS', '')

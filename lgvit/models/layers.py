@@ -73,35 +73,27 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', self.bias_init, (features,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
-    if train and axes == tuple(range(x.ndim - 1)):
-      return batch_norm_train(x, scale, bias, self.epsilon, self.dtype or x.dtype, self._update_stats(x, axes))
-    if train:
+    dtype = self.dtype or x.dtype
+    if not train:
+      mean, var = ra_mean.value, ra_var.value
+    elif axes == tuple(range(x.ndim - 1)):
+      y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, dtype)
+      self._update_running_stats(ra_mean, ra_var, mean, var, math.prod(x.shape[:-1]))
+      return y
+    else:
       xf = x.astype(jnp.float32)
       mean = jnp.mean(xf, axis=axes)
       var = jnp.mean(jnp.square(xf - mean.reshape((1,) * (x.ndim - 1) + (-1,))), axis=axes)
-      if not self.is_initializing():
-        n = np.prod([x.shape[a] for a in axes])
-        unbiased = var * (n / max(n - 1, 1))
-        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
-    else:
-      mean, var = ra_mean.value, ra_var.value
+      self._update_running_stats(ra_mean, ra_var, mean, var, math.prod(x.shape[a] for a in axes))
     mul = scale * lax.rsqrt(var + self.epsilon)
     add = bias - mean * mul
-    dtype = self.dtype or x.dtype
     return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
 
-  def _update_stats(self, x: Array, axes) -> Callable[[Array, Array], None]:
-    def update(mean, var):
-      if self.is_initializing():
-        return
-      n = np.prod([x.shape[a] for a in axes])
-      unbiased = var * (n / max(n - 1, 1))
-      ra_mean, ra_var = self.get_variable('batch_stats', 'mean'), self.get_variable('batch_stats', 'var')
-      self.put_variable('batch_stats', 'mean', (1 - self.momentum) * ra_mean + self.momentum * mean)
-      self.put_variable('batch_stats', 'var', (1 - self.momentum) * ra_var + self.momentum * unbiased)
-
-    return update
+  def _update_running_stats(self, ra_mean, ra_var, mean: Array, biased_var: Array, n: int) -> None:
+    if self.is_initializing():
+      return
+    ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+    ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * (biased_var * (n / max(n - 1, 1)))
 
 
 def _pixel_block(batch: int, pixels: int) -> int:
@@ -128,14 +120,6 @@ def channel_sums(x: Array) -> Array:
   ones = jnp.ones((rows.shape[0],), rows.dtype)
   partial = jnp.dot(ones, rows, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
   return jnp.sum(partial.reshape(k, c), axis=0)
-
-
-def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, dtype: Dtype,
-                     update_stats: Callable[[Array, Array], None]) -> Array:
-  """Training-mode BatchNorm over all axes but the last; calls ``update_stats(mean, biased_var)``."""
-  y, mean, var = _batch_norm_train(x, scale, bias, epsilon, dtype)
-  update_stats(mean, var)
-  return y
 
 
 # Written out (statistics and their gradients as channel_sums) because autodiff of the jnp.mean
