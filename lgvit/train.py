@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -37,6 +38,7 @@ from lgvit.models import create_model
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run checkpointed on SIGTERM/preemption; rerun the same command
 RNG_STREAMS = ('dropout', 'drop_path', 'gumbel')
+NOT_AVERAGED = ('skipped_images', 'data_fingerprint')  # per-step metrics that a log row does not average
 MEAN = jnp.asarray(pipeline.MEAN_RGB, jnp.float32)
 STD = jnp.asarray(pipeline.STDDEV_RGB, jnp.float32)
 
@@ -143,6 +145,44 @@ def cross_entropy(logits, targets):
   return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """murmur3's 32-bit finaliser: a bijection that spreads every input bit over the output."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def batch_fingerprint(batch: dict[str, jax.Array]) -> jax.Array:
+  """A uint32 digest of a global batch: every value, at its global position, in every field.
+
+  Each element contributes ``mix(value, field, position)`` to a sum modulo 2**32. Integer addition
+  is exact and associative, so the digest is the same however the batch is sharded over devices and
+  processes, while moving, changing or swapping any element changes it (up to 2**-32 collisions).
+  It is logged as ``data_fingerprint`` so that runs on different topologies, and resumed runs, can
+  prove that they saw the same data stream.
+  """
+  total = jnp.zeros((), jnp.uint32)
+  for field, key in enumerate(sorted(batch)):
+    flat = batch[key].reshape(-1)
+    if flat.dtype.itemsize == 4:
+      flat = lax.bitcast_convert_type(flat, jnp.uint32)
+    else:
+      flat = flat.astype(jnp.uint32)
+    position = lax.iota(jnp.uint32, flat.size) + jnp.uint32(field * 0x9E3779B9 % 2**32)
+    total = total + jnp.sum(_mix32(_mix32(position) ^ flat), dtype=jnp.uint32)
+  return total
+
+
+def combine_fingerprints(fingerprints) -> int:
+  """One order-sensitive digest of several steps' fingerprints (a logging interval)."""
+  digest = 0
+  for f in fingerprints:
+    digest = (digest * 1_000_003 ^ int(f)) % 2**32
+  return digest
+
+
 def ema_update(ema, new, decay):
   return jax.tree_util.tree_map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
@@ -185,6 +225,7 @@ def make_train_step(model, tx, config, schedule):
         'lr': schedule(state.step),
         'train_top1': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * valid) / jnp.maximum(jnp.sum(valid), 1.0),
         'skipped_images': jnp.sum(1.0 - valid),
+        'data_fingerprint': batch_fingerprint(batch),
     }
     return new_state, metrics
 
@@ -245,7 +286,8 @@ class MetricsLog:
       import tensorflow as tf
       with self.tb.as_default(step=step):
         for k, v in {**row, **(extra or {})}.items():
-          tf.summary.scalar(k, v)
+          if k != 'data_fingerprint':
+            tf.summary.scalar(k, v)
       self.tb.flush()
 
 
@@ -430,7 +472,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
             now = time.time()
             ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
             eta = (total_steps - step) * config.batch_size / max(ips, 1e-9)
-            row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != 'skipped_images'}
+            row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in NOT_AVERAGED}
+            row['data_fingerprint'] = combine_fingerprints(r['data_fingerprint'] for r in rows)
             skipped = int(sum(r['skipped_images'] for r in rows))
             if skipped:
               row['skipped_images'] = skipped  # summed over the logging interval

@@ -1,4 +1,4 @@
-"""End-to-end runs of main.py: ImageNet via TFDS's own builder, multi-device equality, kill + resume, bad inputs."""
+"""End-to-end runs of main.py: ImageNet via TFDS's own builder, kill + resume, bad inputs (multi-device: test_distributed.py)."""
 import io
 import json
 import os
@@ -97,17 +97,6 @@ def test_main_trains_and_evaluates_on_tfds_imagenet(tiny_imagenet, tmp_path):
   assert (workdir / 'checkpoints' / '8').is_dir()
 
 
-def test_train_step_on_8_devices_equals_1_device():
-  proc = subprocess.run([sys.executable, 'tests/helpers/train_step_devices.py'], cwd=REPO, capture_output=True,
-                        text=True, timeout=600,
-                        env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out['devices'] == 8
-  np.testing.assert_allclose(out['loss_1'], out['loss_8'], rtol=1e-5)
-  assert out['max_state_diff'] < 1e-4
-
-
 def _final_params(workdir):
   from lgvit import checkpoint
   return checkpoint.load_variables(str(workdir), prefer_ema=False)
@@ -160,6 +149,9 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   ref, got = _final_params(reference), _final_params(workdir)
   for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'LGVIT_KILL_SEED={seed} delays={delays}')
+  # metrics.jsonl holds every step's data_fingerprint: the resumed run saw the same data stream.
+  rows = [json.loads(l) for l in (reference / 'metrics.jsonl').read_text().splitlines()]
+  assert len({r['data_fingerprint'] for r in rows if 'loss' in r}) == 8
   assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text(), (seed, delays)
 
 
@@ -181,37 +173,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
-
-
-def test_two_processes_equal_one_process(tmp_path):
-  """2 processes x 4 CPU devices (jax.distributed on localhost) == 1 process x 8 devices."""
-  import socket
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  args = [f'--config={DEMO}', '--config.num_train_steps=4', '--config.log_every_steps=1',
-          '--config.checkpoint_every_steps=4', '--config.batch_size=32', '--config.eval_batch_size=64',
-          '--config.data_shards=2', '--config.eval_every_epochs=100', f'--config.data_dir={tmp_path / "tfds"}']
-  multi = tmp_path / 'multi'
-  procs = [subprocess.Popen([sys.executable, 'main.py', f'--workdir={multi}', *args, f'--coordinator_address=localhost:{port}',
-                             '--num_processes=2', f'--process_id={i}'], cwd=REPO,
-                            env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  assert '8 devices on 2 process(es)' in outs[0][0]
-  assert not [l for l in outs[1][0].splitlines() if l.startswith(('step ', 'eval @', 'done'))]  # only process 0 logs
-  single = tmp_path / 'single'
-  run_main(*args, workdir=single, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-
-  def losses(w):
-    return [r['loss'] for r in map(json.loads, (w / 'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
-
-  np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
-  import jax
-  for a, b in zip(jax.tree_util.tree_leaves(_final_params(multi)), jax.tree_util.tree_leaves(_final_params(single))):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
