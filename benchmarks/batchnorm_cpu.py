@@ -6,7 +6,7 @@ Rows are ResNet-50's BatchNorm shapes at 224 px. Columns: milliseconds for jax.g
 whose statistics come from
   * ``autodiff``  -- jnp.mean / jnp.var, differentiated by JAX (XLA reduce ops);
   * ``matvec``    -- one ones-vector matvec over all B*H*W rows (fast, but its rows accumulate in sequence);
-  * ``lgvit``     -- :func:`lgvit.models.layers.channel_sums`: the matvec over ~sqrt(rows) blocks.
+  * ``lgvit``     -- :func:`lgvit.models.kernels.channel_sums`: the matvec over ~sqrt(rows) blocks.
 and the worst relative error of each one's channel sums against float64 (inputs with mean 3, std 1).
 """
 import argparse
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lgvit.models import layers
+from lgvit.models import kernels
 
 SHAPES = [(112, 112, 64), (56, 56, 64), (56, 56, 256), (28, 28, 128), (28, 28, 512), (14, 14, 256),
           (14, 14, 1024), (7, 7, 512), (7, 7, 2048)]
@@ -35,14 +35,14 @@ def matvec_sums(x):
 
 
 def custom_bn(sums):
-  original = layers.channel_sums
+  original = kernels.channel_sums
 
   def bn(x, scale, bias):
-    layers.channel_sums = sums  # traced once, under jit, right here
+    kernels.channel_sums = sums  # traced once, under jit, right here
     try:
-      return layers._batch_norm_train(x, scale, bias, 1e-5, jnp.float32)[0]
+      return kernels._batch_norm_train_cpu(x, scale, bias, 1e-5, jnp.float32)[0]
     finally:
-      layers.channel_sums = original
+      kernels.channel_sums = original
 
   return bn
 
@@ -66,7 +66,7 @@ def main():
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   ways = {'autodiff': (autodiff_bn, lambda x: jnp.sum(x, (0, 1, 2))), 'matvec': (custom_bn(matvec_sums), matvec_sums),
-          'lgvit': (custom_bn(layers.channel_sums), layers.channel_sums)}
+          'lgvit': (custom_bn(kernels.channel_sums), kernels.channel_sums)}
   print(f'jax {jax.__version__} | {jax.devices()[0].platform} | batch {args.batch} | fwd+bwd ms (best of {args.repeats}) '
         '| sum rel. error vs float64')
   print(f"| shape (H, W, C) | {' | '.join(f'{w} ms' for w in ways)} | {' | '.join(f'{w} err' for w in ways)} |")

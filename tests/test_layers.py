@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lgvit.models import layers
+from lgvit.models import kernels, layers
 
 
 def _lax_grouped(x, k, strides, padding, groups):
@@ -21,11 +21,12 @@ def test_grouped_conv_matches_feature_group_count(k, cin, cout, groups, stride, 
   x = jnp.asarray(rng.normal(size=(2, 9, 7, cin)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)), jnp.float32)
   padding = ((pad, pad), (pad, pad))
-  ours = layers.grouped_conv(x, w, (stride, stride), padding, groups, lax.Precision.HIGHEST)
+  with kernels.force('cpu'):  # the rewrite; the native path is this very lax call
+    ours = kernels.conv(x, w, (stride, stride), padding, groups, lax.Precision.HIGHEST)
+    # Gradients too: the point of the rewrite is the backward pass.
+    g1 = jax.grad(lambda w: jnp.sum(jnp.sin(kernels.conv(x, w, (stride, stride), padding, groups))))(w)
   ref = _lax_grouped(x, w, (stride, stride), padding, groups)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
-  # Gradients too: the point of the rewrite is the backward pass.
-  g1 = jax.grad(lambda w: jnp.sum(jnp.sin(layers.grouped_conv(x, w, (stride, stride), padding, groups))))(w)
   g2 = jax.grad(lambda w: jnp.sum(jnp.sin(_lax_grouped(x, w, (stride, stride), padding, groups))))(w)
   np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
 
@@ -62,7 +63,7 @@ def test_batchnorm_custom_gradient_matches_autodiff():
     # Weighs all three outputs, so the mean/var cotangents are checked too.
     return lambda x, s, b: sum(jnp.sum(jnp.sin(o) * p) for o, p in zip(fn(x, s, b), probe))
 
-  ours = jax.grad(loss(lambda x, s, b: layers._batch_norm_train(x, s, b, 1e-5, jnp.float32)), (0, 1, 2))
+  ours = jax.grad(loss(lambda x, s, b: kernels._batch_norm_train_cpu(x, s, b, 1e-5, jnp.float32)), (0, 1, 2))
   ref = jax.grad(loss(_batchnorm_autodiff_reference), (0, 1, 2))
   for a, b in zip(ours(x, scale, bias), ref(x, scale, bias)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -73,11 +74,11 @@ def test_channel_sums_are_as_accurate_as_a_tree_reduction():
   # steps to depend on how many devices share the batch (tests/test_train.py::test_two_processes...).
   x = np.random.default_rng(3).normal(3.0, 1.0, size=(8, 112, 112, 4)).astype(np.float32)
   exact = x.astype(np.float64).sum((0, 1, 2))
-  ours = np.asarray(jax.jit(layers.channel_sums)(x), np.float64)
+  ours = np.asarray(jax.jit(kernels.channel_sums)(x), np.float64)
   np.testing.assert_allclose(ours, exact, rtol=1e-6)
   for shape in [(5, 3, 7, 2), (4, 1, 1, 3), (6, 2)]:  # awkward divisors, 1x1 maps, plain (N, C)
     y = np.random.default_rng(4).normal(size=shape).astype(np.float32)
-    np.testing.assert_allclose(layers.channel_sums(y), y.sum(tuple(range(y.ndim - 1))), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.channel_sums(y), y.sum(tuple(range(y.ndim - 1))), rtol=1e-5, atol=1e-5)
 
 
 def _torch_avg_pool_ref(x, k, s, p, ceil_mode, count_include_pad):
@@ -118,11 +119,12 @@ def test_add_broadcast_bias_gradients_equal_plain_add(bias_shape):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 5, 5))
   b = jax.random.normal(jax.random.PRNGKey(1), bias_shape)
   w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
-  ours = jax.grad(lambda x, b: jnp.sum(jnp.sin(layers.add_broadcast_bias(x, b)) * w), (0, 1))(x, b)
+  with kernels.force('cpu'):
+    ours = jax.grad(lambda x, b: jnp.sum(jnp.sin(kernels.add_broadcast_bias(x, b)) * w), (0, 1))(x, b)
+    tangent = jax.jvp(kernels.add_broadcast_bias, (x, b), (w, b))[1]
   plain = jax.grad(lambda x, b: jnp.sum(jnp.sin(x + b) * w), (0, 1))(x, b)
   for a, c in zip(ours, plain):
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
-  tangent = jax.jvp(layers.add_broadcast_bias, (x, b), (w, b))[1]
   np.testing.assert_allclose(tangent, w + b, rtol=1e-6)
 
 

@@ -32,7 +32,6 @@ Introspection: each full CoT layer sows ``intermediates/.../conv2/fusion_weights
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -40,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lgvit.models import layers
+from lgvit.models import kernels, layers
 from lgvit.models.registry import register_model
 from lgvit.models.resnet import ResNet
 
@@ -71,67 +70,6 @@ def _split_heads(value: Array, weights: Array, kernel_size: int, groups: int):
   return weights.reshape(b, h, w, groups, 1, heads, taps), (b, h, w, groups, SHARE_PLANES, heads)
 
 
-def _taps(kernel_size: int):
-  """(t, dy, dx) for the taps t = (dy + p) * k + (dx + p) of a k x k window, offsets in [-p, p]."""
-  pad = (kernel_size - 1) // 2
-  for t in range(kernel_size * kernel_size):
-    dy, dx = divmod(t, kernel_size)
-    yield t, dy - pad, dx - pad
-
-
-def _pad_hw(x: Array, pad: int, hw_axes=(1, 2)) -> Array:
-  widths = [(0, 0)] * x.ndim
-  for a in hw_axes:
-    widths[a] = (pad, pad)
-  return jnp.pad(x, widths)
-
-
-# Every tap reads a window of ONE zero-padded copy (pads of per-tap slices would each be
-# materialised by XLA:CPU), and the maps come tap-major, (k*k, B, H, W, G, 1, heads), so a tap is a
-# contiguous block instead of a stride-k*k gather from the minor axis.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _aggregate(value: Array, attn: Array, kernel_size: int) -> Array:
-  """value (B, H, W, G, 8, heads), attn (k*k, B, H, W, G, 1, heads) -> (B, H, W, G, 8, heads)."""
-  h, w = value.shape[1:3]
-  pad = (kernel_size - 1) // 2
-  padded = _pad_hw(value, pad)
-  out = None
-  for t, dy, dx in _taps(kernel_size):
-    term = padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w] * attn[t]
-    out = term if out is None else out + term
-  return out
-
-
-def _aggregate_fwd(value, attn, kernel_size):
-  return _aggregate(value, attn, kernel_size), (value, attn)
-
-
-def _aggregate_bwd(kernel_size, residuals, grad):
-  # Written out because autodiff's transpose of the head broadcast is a reduction over the
-  # 8-channel axis in the middle of the layout, which XLA:CPU runs ~10x slower than these slice sums.
-  value, attn = residuals
-  h, w = value.shape[1:3]
-  pad = (kernel_size - 1) // 2
-  padded_value = _pad_hw(value, pad)
-  padded_grad = _pad_hw(grad, pad)
-  padded_attn = _pad_hw(attn, pad, (2, 3))
-  d_value, d_attn = None, []
-  for t, dy, dx in _taps(kernel_size):
-    # d_value[p] = sum_t grad[p - d_t] * attn[t, p - d_t], zero outside the map.
-    ys, xs = slice(pad - dy, pad - dy + h), slice(pad - dx, pad - dx + w)
-    term = padded_grad[:, ys, xs] * padded_attn[t, :, ys, xs]
-    d_value = term if d_value is None else d_value + term
-    prod = grad * padded_value[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-    shared = prod[:, :, :, :, :1]  # summed over the 8 channels that share the head
-    for r in range(1, SHARE_PLANES):
-      shared = shared + prod[:, :, :, :, r:r + 1]
-    d_attn.append(shared)
-  return d_value, jnp.stack(d_attn)
-
-
-_aggregate.defvjp(_aggregate_fwd, _aggregate_bwd)
-
-
 def local_aggregation(value: Array, weights: Array, *, kernel_size: int = 3, groups: int = 1) -> Array:
   """``out[b, y, x, c] = sum_t A[b, y, x, head(c), t] * V[b, y + dy_t - p, x + dx_t - p, c]``, zero padded.
 
@@ -143,12 +81,14 @@ def local_aggregation(value: Array, weights: Array, *, kernel_size: int = 3, gro
     groups: 1 for CoT; 2 for CoXt, whose channel halves aggregate separately.
 
   Channel ``c`` of group ``g`` (channels ``g * C/groups ...``) uses head ``c mod heads``: 8 channels
-  share a head, interleaved. Forward and backward are sums over k*k shifted slices of zero-padded
-  maps, so the k*k-times unfolded value is never materialised, and every product is elementwise,
-  hence exact in any matmul precision. Reverse-mode only (``jax.custom_vjp``).
+  share a head, interleaved. Computed as a sum over k*k shifted slices of the zero-padded value
+  (:func:`lgvit.models.kernels.shifted_window_sum`), so the k*k-times unfolded value is never
+  materialised, and every product is elementwise, hence exact in any matmul precision. On the CPU
+  kernel path it is reverse-mode only (``jax.custom_vjp``).
   """
   attn, vshape = _split_heads(value, weights, kernel_size, groups)
-  return _aggregate(value.reshape(vshape), jnp.moveaxis(attn, -1, 0), kernel_size).reshape(value.shape)
+  aggregated = kernels.shifted_window_sum(value.reshape(vshape), jnp.moveaxis(attn, -1, 0), kernel_size)
+  return aggregated.reshape(value.shape)
 
 
 def local_aggregation_patches(value: Array, weights: Array, *, kernel_size: int = 3, groups: int = 1) -> Array:

@@ -3,13 +3,12 @@
 Everything is NHWC and follows the PyTorch semantics of the official code bases (eps, momentum,
 padding, initialisation), because the fixtures and converted checkpoints depend on them.
 
-Convolutions with groups go through :class:`Conv2d`, which keeps the PyTorch/XLA parameter layout
-``(kh, kw, in/groups, out)`` but never calls ``feature_group_count > 1``: on XLA:CPU that path is
-15-40x slower than oneDNN in the backward pass (see ``shared/specs/cpu_baselines.md``).
+The ops whose fast form depends on the backend (grouped and depthwise convolutions, BatchNorm
+statistics, broadcast-bias gradients) go through :mod:`lgvit.models.kernels`, which traces XLA:CPU
+rewrites on CPU and XLA's native ops on TPU/GPU; the parameters are the same either way.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from lgvit.models import kernels
 
 Array = jax.Array
 Dtype = Any
@@ -77,7 +78,7 @@ class BatchNorm(nn.Module):
     if not train:
       mean, var = ra_mean.value, ra_var.value
     elif axes == tuple(range(x.ndim - 1)):
-      y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, dtype)
+      y, mean, var = kernels.batch_norm_train(x, scale, bias, self.epsilon, dtype)
       self._update_running_stats(ra_mean, ra_var, mean, var, math.prod(x.shape[:-1]))
       return y
     else:
@@ -96,70 +97,6 @@ class BatchNorm(nn.Module):
     ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * (biased_var * (n / max(n - 1, 1)))
 
 
-def _pixel_block(batch: int, pixels: int) -> int:
-  """The divisor of ``pixels`` closest to (not above) sqrt(batch * pixels)."""
-  target = math.isqrt(batch * pixels)
-  return max(d for d in range(1, pixels + 1) if pixels % d == 0 and d <= target)
-
-
-def channel_sums(x: Array) -> Array:
-  """Sum of an (N, ..., C) array over every axis but the last, in float32.
-
-  XLA:CPU compiles a reduction over a tensor's leading axes into a slow strided loop; Eigen's matvec
-  with a ones vector streams the same data 2-10x faster (``benchmarks/batchnorm_cpu.py``). A matvec
-  accumulates its rows one after another, though, and over the ~10^5 rows of an early-stage
-  activation that costs ~100x the round-off of ``jnp.sum`` -- enough for a few training steps to
-  depend on the device count. So each image's pixels are cut into blocks of k: the matvec runs over
-  rows of k*C values (~sqrt(rows) long), and the k partial sums per channel are added at the end.
-  Blocks never straddle images, so a batch-sharded input stays sharded.
-  """
-  c, batch = x.shape[-1], x.shape[0]
-  pixels = math.prod(x.shape[1:-1])
-  k = _pixel_block(batch, pixels)
-  rows = x.reshape(batch * (pixels // k), k * c)
-  ones = jnp.ones((rows.shape[0],), rows.dtype)
-  partial = jnp.dot(ones, rows, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-  return jnp.sum(partial.reshape(k, c), axis=0)
-
-
-# Written out (statistics and their gradients as channel_sums) because autodiff of the jnp.mean
-# formulation gives four more leading-axis reductions in the backward pass, BatchNorm's whole cost.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _batch_norm_train(x, scale, bias, epsilon, dtype):
-  return _batch_norm_train_fwd(x, scale, bias, epsilon, dtype)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):
-  xf = x.astype(jnp.float32)
-  n = math.prod(x.shape[:-1])
-  mean = channel_sums(xf) / n
-  var = channel_sums(jnp.square(xf - mean)) / n
-  rstd = lax.rsqrt(var + epsilon)
-  mul = scale * rstd
-  add = bias - mean * mul
-  y = (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
-  return (y, mean, var), (x, mean, rstd, scale)
-
-
-def _batch_norm_train_bwd(epsilon, dtype, residuals, grads):
-  del epsilon, dtype
-  x, mean, rstd, scale = residuals
-  dy, dmean, dvar = grads
-  g = dy.astype(jnp.float32)
-  xc = x.astype(jnp.float32) - mean
-  n = math.prod(x.shape[:-1])
-  dbias = channel_sums(g)
-  dscale = channel_sums(g * xc) * rstd
-  mul = scale * rstd
-  # d/dx of (x - mean) * rstd * scale + bias with batch statistics, plus the (usually zero)
-  # cotangents of the returned mean and biased variance.
-  dx = mul * (g - dbias / n - xc * (rstd * dscale / n)) + dmean / n + xc * (2.0 * dvar / n)
-  return dx.astype(x.dtype), dscale, dbias
-
-
-_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
 def layer_norm(name: Optional[str] = None, eps: float = 1e-5, dtype: Optional[Dtype] = None) -> nn.LayerNorm:
   """PyTorch-default LayerNorm (eps 1e-5; Flax defaults to 1e-6)."""
   return nn.LayerNorm(epsilon=eps, name=name, dtype=dtype)
@@ -175,14 +112,14 @@ def _pairs(v):
 
 
 class Conv2d(nn.Module):
-  """A PyTorch-style ``nn.Conv2d`` in NHWC with CPU-friendly grouped convolutions.
+  """A PyTorch-style ``nn.Conv2d`` in NHWC.
 
   Parameters: ``kernel`` of shape (kh, kw, in/groups, out) (the layout of both PyTorch after a
   (2, 3, 1, 0) transpose and of ``lax.conv`` with ``feature_group_count``), and ``bias``.
   ``padding`` is symmetric zero padding in pixels, as in PyTorch (or 'SAME'/'VALID').
 
-  Grouped convolutions are computed as one dense conv per group (1x1 ones as a block einsum) and
-  depthwise 3x3-style ones as a sum of shifted slices, so no ``feature_group_count`` reaches XLA.
+  The convolution itself is :func:`lgvit.models.kernels.conv` (on CPU no ``feature_group_count``
+  reaches XLA).
   """
   features: int
   kernel_size: int | Sequence[int] = 1
@@ -212,65 +149,12 @@ class Conv2d(nn.Module):
     else:
       ph, pw = _pairs(self.padding)
       pad = ((ph, ph), (pw, pw))
-    y = grouped_conv(x, kernel, (sh, sw), pad, g, self.precision)
+    y = kernels.conv(x, kernel, (sh, sw), pad, g, self.precision)
     if self.use_bias:
       bias_init = self.bias_init or torch_default_bias_init(cin // g * kh * kw)
       bias = self.param('bias', bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(dtype)
     return y
-
-
-def _conv(x, kernel, strides, padding, precision):
-  return lax.conv_general_dilated(
-      x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
-
-
-def grouped_conv(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'VALID', groups: int = 1,
-                 precision: Any = None) -> Array:
-  """``lax.conv`` with ``feature_group_count=groups`` semantics, without grouped XLA convs."""
-  if groups == 1:
-    if kernel.shape[:2] == (1, 1) and (isinstance(padding, str) or padding == ((0, 0), (0, 0))):
-      # A dot on (pixels, channels): XLA:CPU's conv-as-dot and its weight gradient transpose the
-      # activations to channel-major first; dot_general's transposes are folded into the GEMM.
-      xs = x[:, ::strides[0], ::strides[1], :]
-      y = lax.dot_general(xs.reshape(-1, xs.shape[-1]), kernel[0, 0], (((1,), (0,)), ((), ())), precision=precision)
-      return y.reshape(xs.shape[:-1] + (kernel.shape[-1],))
-    return _conv(x, kernel, strides, padding, precision)
-  kh, kw, cin_g, cout = kernel.shape
-  cout_g = cout // groups
-  if cin_g == 1 and cout == groups and strides == (1, 1) and not isinstance(padding, str):
-    return depthwise_conv_shifted(x, kernel, padding, precision)
-  if kh == kw == 1:
-    if isinstance(padding, str) or padding == ((0, 0), (0, 0)):
-      xs = x[:, ::strides[0], ::strides[1], :]
-    else:
-      xs = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))[:, ::strides[0], ::strides[1], :]
-    b, h, w, _ = xs.shape
-    xg = xs.reshape(b, h, w, groups, cin_g)
-    kg = kernel.reshape(cin_g, groups, cout_g)  # (in/g, out) with out = g*cout_g + j
-    y = jnp.einsum('bhwgi,igo->bhwgo', xg, kg, precision=precision)
-    return y.reshape(b, h, w, cout)
-  outs = [
-      _conv(x[..., i * cin_g:(i + 1) * cin_g], kernel[..., i * cout_g:(i + 1) * cout_g], strides, padding,
-            precision) for i in range(groups)
-  ]
-  return jnp.concatenate(outs, axis=-1)
-
-
-def depthwise_conv_shifted(x: Array, kernel: Array, padding, precision=None) -> Array:
-  """Stride-1 depthwise conv as a sum over kh*kw shifted slices of the zero-padded input."""
-  del precision  # elementwise products are exact in any precision
-  kh, kw, _, c = kernel.shape
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  h = xp.shape[1] - kh + 1
-  w = xp.shape[2] - kw + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-      out = term if out is None else out + term
-  return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,34 +298,6 @@ def resize_relative_position_table(table: np.ndarray, new_window: int | Sequence
   return np.asarray(out).reshape(nh * nw, -1)
 
 
-@jax.custom_jvp
-def add_broadcast_bias(x: Array, bias: Array) -> Array:
-  """``x + bias`` for a bias that broadcasts over leading axes of x, with a fast bias gradient.
-
-  The gradient of a broadcast add is a sum over the broadcast axes, and XLA:CPU sums large tensors
-  over their leading axes very slowly (a (128, 6*122*122) column sum runs at ~0.2 GB/s, ~80x slower
-  than the equivalent matvec). That sum is the gradient of every relative position bias shared by all
-  windows and images. Here the broadcast is written as an outer product with ones, whose transpose
-  is a matvec.
-  """
-  return x + bias
-
-
-@add_broadcast_bias.defjvp
-def _add_broadcast_bias_jvp(primals, tangents):
-  x, bias = primals
-  dx, dbias = tangents
-  core = bias.shape
-  while core and core[0] == 1:
-    core = core[1:]
-  lead = x.ndim - len(core)
-  if x.shape[lead:] != core:  # broadcasting inside the trailing axes too: plain add
-    return x + bias, dx + dbias
-  rows = int(np.prod(x.shape[:lead]))
-  spread = jnp.einsum('r,c->rc', jnp.ones((rows,), dbias.dtype), dbias.reshape(-1), precision=lax.Precision.HIGHEST)
-  return x + bias, dx + spread.reshape(x.shape)
-
-
 def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
   """Bicubically resamples a (1, H, W, C) position embedding to (1, *new_hw, C) (Swin/timm rule)."""
   pos = np.asarray(pos)
@@ -460,7 +316,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = 
   """
   logits = jnp.einsum('...hqd,...hkd->...hqk', q, k, precision=precision)
   if bias is not None:
-    logits = add_broadcast_bias(logits, bias.astype(logits.dtype))
+    logits = kernels.add_broadcast_bias(logits, bias.astype(logits.dtype))
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)

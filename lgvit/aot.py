@@ -1,0 +1,339 @@
+"""Compile lgvit's real train step for a TPU topology on a CPU-only host, and report HBM per chip.
+
+    pip install -r requirements-tpu.txt
+    python -m lgvit.aot --topology v5e:2x4 --models nommer_b,cotnet50 --dtype bfloat16
+    python -m lgvit.aot --topology v4:2x2x1 --models all --batch-per-chip 64 --mode infer
+    python -m lgvit.aot --topology v4:2x2x4 --models resnet50 --search none   # 4 hosts, 16 chips
+
+Nothing runs on a TPU: libtpu compiles for compile-only devices of the named topology
+(``jax.experimental.topologies``), so this answers "does it fit, and at what batch" before renting
+one. For each model the step is exactly what ``main.py`` runs (``lgvit.train.make_train_step`` with
+the config's optimiser, EMA, Mixup/CutMix, random erasing, drop-path and Gumbel noise), jitted over
+the same ``data`` mesh, with the state replicated and the batch sharded. Arguments are
+``jax.ShapeDtypeStruct``s, so nothing is allocated.
+
+Printed per model: compile time; FLOPs per image (XLA's cost analysis of the per-chip program);
+per-chip argument, temporary and output bytes and their total (outputs that alias donated
+arguments counted once; XLA's buffer assignment, i.e. the HBM the program needs); the chip's HBM;
+whether it fits; and the largest per-chip batch that fits. The search uses that total being affine
+in the batch (weights and optimiser state are fixed, activations grow linearly). ``--search
+verify`` (default): two compiles give the line, a third checks the predicted batch (and a fourth
+the next lower step if the prediction was optimistic). ``--search fit``: the line's prediction,
+unchecked (two compiles). ``--search one``: no extra compile; all temporaries are taken as growing
+with the batch, which underestimates the largest batch (marked with ``>=``). ``--search none``.
+
+``--batch-per-chip recipe`` (the default) is the config's global batch divided by the number of
+chips. TPU kernels: the native path (``docs/kernels.md``) unless ``--kernels cpu``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Optional
+
+# libtpu takes a machine-wide lock file unless told not to; a compile-only client needs no lock, and
+# the lock would make two AOT runs (or a test next to one) on one host fail.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # no GCE metadata server to ask on a CPU host
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+GIB = 2**30
+#: HBM per chip (GiB) by JAX device_kind; what the runtime can give a program is a little less.
+HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
+#: Chips per host of multi-host slices; v5e/v6e single-host slices have up to 8 chips (2x4).
+HOST_BOUNDS = {'v4': (2, 2, 1), 'v5p': (2, 2, 1), 'v5e': (2, 2, 1), 'v6e': (2, 2, 1)}
+MEGACORE = ('v4', 'v5p')  # two TensorCores per chip, one JAX device per chip
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class AotError(RuntimeError):
+  """A one-line, actionable failure (exit status 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The topology.
+# ---------------------------------------------------------------------------------------------
+
+
+def libtpu_requirement() -> str:
+  """The libtpu specifier that this jax's ``[tpu]`` extra pins, e.g. '==0.0.42.*' for jax 0.10.2."""
+  from importlib.metadata import requires
+  for req in requires('jax') or ():
+    name, _, marker = req.partition(';')
+    if name.strip().startswith('libtpu') and 'tpu' in marker:
+      return name.strip()[len('libtpu'):].strip()
+  return ''
+
+
+def check_libtpu():
+  """Fails with one line unless a libtpu matching this jax is installed."""
+  import jax
+  from importlib.metadata import PackageNotFoundError, version
+  from packaging.specifiers import SpecifierSet
+  want = libtpu_requirement()
+  hint = f'pip install -r requirements-tpu.txt (or pip install "jax[tpu]=={jax.__version__}")'
+  try:
+    have = version('libtpu')
+  except PackageNotFoundError:
+    raise AotError(f'libtpu is not installed; {hint}') from None
+  if want and have not in SpecifierSet(want):
+    raise AotError(f'libtpu {have} does not match jax {jax.__version__} (needs libtpu{want}); {hint}')
+
+
+def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
+  generation, _, shape = name.partition(':')
+  try:
+    dims = tuple(int(d) for d in shape.split('x'))
+  except ValueError:
+    dims = ()
+  if generation not in HOST_BOUNDS or not dims or len(dims) != (3 if generation in MEGACORE else 2):
+    raise AotError(f'--topology {name!r}: use GEN:SHAPE with GEN in {sorted(HOST_BOUNDS)}, e.g. v5e:2x4 '
+                   '(v5e-8), v5e:4x4 (v5e-16, 4 hosts), v4:2x2x1 (v4-8), v4:2x2x4 (v4-32, 4 hosts)')
+  return generation, dims
+
+
+def topology_devices(name: str, chips_per_host: Optional[tuple[int, ...]] = None):
+  """The compile-only devices of a TPU topology (one per chip; several processes for multi-host)."""
+  import jax
+  from jax.experimental import topologies
+  generation, dims = parse_topology(name)
+  if chips_per_host is None:
+    chips = math.prod(dims)
+    single_host = generation in ('v5e', 'v6e') and chips <= 8
+    chips_per_host = (dims + (1,))[:3] if single_host else HOST_BOUNDS[generation]
+  jax.config.update('jax_platforms', 'cpu')  # the host computes nothing; TPUs exist only to compile for
+  try:
+    return topologies.get_topology_desc(platform='tpu', topology_name=name,
+                                        chip_config_name='megacore' if generation in MEGACORE else 'default',
+                                        chips_per_host_bounds=tuple(chips_per_host), num_slices=1).devices
+  except Exception as e:  # noqa: BLE001 - libtpu reports bad topologies as runtime errors
+    raise AotError(f'--topology {name!r}: libtpu refused it: {str(e).splitlines()[0]}') from None
+
+
+def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
+  if override_gib:
+    return int(override_gib * GIB)
+  if device.device_kind not in HBM_GIB:
+    raise AotError(f'unknown HBM size for {device.device_kind!r}; pass --hbm-gib')
+  return HBM_GIB[device.device_kind] * GIB
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled steps.
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(model: str, config_path: str = ''):
+  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it."""
+  path, _, arg = (config_path or str(REPO / 'configs' / f'{model}.py')).partition(':')
+  if not os.path.exists(path):
+    raise AotError(f'no config {path} for model {model!r}; pass --config FILE.py')
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # configs import each other as the package `configs`
+  spec = importlib.util.spec_from_file_location(f'_lgvit_aot_config_{model}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+@dataclasses.dataclass
+class Compiled:
+  batch_per_chip: int
+  compile_s: float
+  flops_per_image: float
+  bytes_accessed_per_image: float
+  argument_bytes: int
+  temp_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  code_bytes: int
+
+  @property
+  def total_bytes(self) -> int:
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+
+def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
+  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  from lgvit import optim, train
+
+  mesh = train.make_mesh(devices)
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  batch = batch_per_chip * len(devices)
+  size = config.image_size
+  model = train.build_model(config)
+  abstract_vars = jax.eval_shape(lambda: train.init_variables(model, size, config.seed))
+
+  def spec(tree, sharding):
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharded)
+  labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
+  if mode == 'train':
+    # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
+    steps_per_epoch = max(1_281_167 // config.batch_size, 1)
+    total_steps = int(config.num_epochs * steps_per_epoch)
+    schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
+    tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
+    ema = config.ema_decay > 0
+
+    def create_state():
+      params, stats = abstract_vars['params'], abstract_vars['batch_stats']
+      return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                              opt_state=tx.init(params), ema_params=params if ema else None,
+                              ema_batch_stats=stats if ema else None)
+
+    state = spec(jax.eval_shape(create_state), replicated)
+    args = (state, {'image': images, 'label': labels, 'valid': labels},
+            jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+    step = jax.jit(train.make_train_step(model, tx, config, schedule), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+  else:
+    args = (spec(abstract_vars, replicated),
+            {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
+    step = jax.jit(train.make_eval_step(model, config), out_shardings=replicated)
+  t0 = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  return Compiled(batch_per_chip, compile_s, float(cost.get('flops', math.nan)) / batch_per_chip,
+                  float(cost.get('bytes accessed', math.nan)) / batch_per_chip, mem.argument_size_in_bytes,
+                  mem.temp_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
+                  mem.generated_code_size_in_bytes)
+
+
+def largest_fitting_batch(measure, hbm: int, first: Compiled, search: str = 'verify') -> str:
+  """The largest per-chip batch whose program fits ``hbm``, from an affine fit of total bytes.
+
+  ``measure(b)`` compiles at per-chip batch b. Returns the batch as text: '0' when even one image
+  per chip does not fit, '~N' for an unchecked fit, '>=N' for the one-compile lower bound.
+  """
+  if search == 'one':
+    fixed = first.total_bytes - first.temp_bytes
+    return f'>={max(int(first.batch_per_chip * (hbm - fixed) // max(first.temp_bytes, 1)), 0)}'
+  done = {first.batch_per_chip: first}
+  probe = max(first.batch_per_chip // 2, 1) if first.batch_per_chip > 1 else 2
+  done[probe] = measure(probe)
+  (b0, c0), (b1, c1) = sorted(done.items())
+  slope = max((c1.total_bytes - c0.total_bytes) / (b1 - b0), 1.0)
+  intercept = c0.total_bytes - slope * b0
+  guess = max(int((hbm - intercept) // slope), 0)
+  if search == 'fit':
+    return f'~{guess}'
+  for _ in range(2):  # the fit is checked; one step down if it was optimistic
+    if guess == 0:
+      break
+    if guess not in done:
+      done[guess] = measure(guess)
+    if done[guess].total_bytes <= hbm:
+      break
+    guess = max(int(guess * hbm / done[guess].total_bytes) - 1, 0)
+  fitting = [b for b, c in done.items() if c.total_bytes <= hbm]
+  return str(max(fitting) if fitting else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = ('model', 'batch/chip', 'compile s', 'GFLOP/img', 'args GiB', 'temp GiB', 'out GiB', 'total GiB',
+           'HBM GiB', 'fits', 'max batch/chip')
+
+
+def _gib(n: float) -> str:
+  return f'{n / GIB:.2f}'
+
+
+def report_row(name: str, c: Compiled, hbm: int, max_batch: Optional[int]) -> dict:
+  return {'model': name, 'batch/chip': c.batch_per_chip, 'compile s': f'{c.compile_s:.0f}',
+          'GFLOP/img': f'{c.flops_per_image / 1e9:.3g}', 'args GiB': _gib(c.argument_bytes),
+          'temp GiB': _gib(c.temp_bytes), 'out GiB': _gib(c.output_bytes - c.alias_bytes),
+          'total GiB': _gib(c.total_bytes), 'HBM GiB': _gib(hbm), 'fits': 'yes' if c.total_bytes <= hbm else 'NO',
+          'max batch/chip': '' if max_batch is None else str(max_batch)}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m lgvit.aot', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--topology', required=True, help='e.g. v5e:2x4 (v5e-8), v4:2x2x1 (v4-8), v4:2x2x4 (4 hosts)')
+  parser.add_argument('--models', default='all', help="comma-separated registered names, or 'all'")
+  parser.add_argument('--batch-per-chip', default='recipe',
+                      help="images per chip, or 'recipe': the config's global batch / chips (default)")
+  parser.add_argument('--dtype', choices=('config', 'float32', 'bfloat16'), default='config',
+                      help="compute dtype (default: the config's)")
+  parser.add_argument('--mode', choices=('train', 'infer'), default='train')
+  parser.add_argument('--kernels', choices=('native', 'cpu'), default='native',
+                      help='kernel path to compile (docs/kernels.md); cpu measures the XLA:CPU rewrites on TPU')
+  parser.add_argument('--config', default='', help='config file (only with one model); default configs/<model>.py')
+  parser.add_argument('--search', choices=('verify', 'fit', 'one', 'none'), default='verify',
+                      help='largest-batch search: 3-4 compiles, 2 (unchecked), 1 (a lower bound) or none')
+  parser.add_argument('--chips-per-host', default='', help='e.g. 2x2x1 (default: the TPU generation\'s hosts)')
+  parser.add_argument('--hbm-gib', type=float, default=0.0, help='override the HBM per chip')
+  parser.add_argument('--bytes', action='store_true', help='also print bytes accessed per image (cost analysis)')
+  args = parser.parse_args(argv)
+  try:
+    return _run(args)
+  except AotError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
+  check_libtpu()
+  from lgvit.models import kernels, list_models, model_info
+  from lgvit.models.registry import UnknownModelError
+  bounds = tuple(int(d) for d in args.chips_per_host.split('x')) if args.chips_per_host else None
+  devices = topology_devices(args.topology, bounds)
+  hbm = chip_hbm_bytes(devices[0], args.hbm_gib)
+  names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
+  if args.config and len(names) != 1:
+    raise AotError('--config needs exactly one --models name')
+  try:
+    for n in names:
+      model_info(n)
+  except UnknownModelError as e:
+    raise AotError(str(e)) from None
+  processes = len({d.process_index for d in devices})
+  print(f'{args.topology}: {len(devices)} x {devices[0].device_kind} ({_gib(hbm)} GiB HBM each) on {processes} '
+        f'host(s) | {args.mode} step | kernels: {args.kernels}', flush=True)
+  columns = COLUMNS + (('MB accessed/img',) if args.bytes else ())
+  rows = []
+  for name in names:
+    config = load_config(name, args.config)
+    if args.dtype != 'config':
+      config.dtype = args.dtype
+    per_chip = (config.batch_size // len(devices) if args.batch_per_chip == 'recipe' else int(args.batch_per_chip))
+    if per_chip < 1:
+      raise AotError(f'{name}: batch per chip must be >= 1 (global batch {config.batch_size}, {len(devices)} chips)')
+    with kernels.force(args.kernels):
+      measure = lambda b: compile_step(config, devices, b, args.mode)  # noqa: E731
+      first = measure(per_chip)
+      best = None if args.search == 'none' else largest_fitting_batch(measure, hbm, first, args.search)
+    row = report_row(name, first, hbm, best)
+    row['dtype'] = config.dtype
+    if args.bytes:
+      row['MB accessed/img'] = f'{first.bytes_accessed_per_image / 1e6:.0f}'
+    rows.append(row)
+    print(' | '.join(f'{k} {row[k]}' for k in columns), flush=True)
+  print()
+  print('| ' + ' | '.join(columns) + ' |')
+  print('|' + '---|' * len(columns))
+  for row in rows:
+    print('| ' + ' | '.join(str(row[c]) for c in columns) + ' |')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,83 @@
+"""``python -m lgvit.aot``: the batch search, the libtpu checks and (where libtpu is installed) a real
+deviceless TPU compile of a tiny model's train step."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lgvit import aot
+
+HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_compiled(batch, per_image, fixed, args=0):
+  return aot.Compiled(batch, 0.0, 0.0, 0.0, args, fixed + per_image * batch, 0, 0, 0)
+
+
+@pytest.mark.parametrize('search,want', [('verify', '37'), ('fit', '~37'), ('one', '>=29')])
+def test_largest_batch_search_on_an_affine_memory_model(search, want):
+  # 1 GiB fixed + 100 MiB per image against 4.7 GiB: 37 images fit, 38 do not.
+  measured = []
+
+  def measure(b):
+    measured.append(b)
+    return fake_compiled(b, 100 * 2**20, 2**30)
+
+  hbm = int(4.7 * 2**30)
+  assert aot.largest_fitting_batch(measure, hbm, measure(16), search) == want
+  assert len(measured) <= 4
+
+
+def test_search_steps_down_when_the_fit_was_optimistic():
+  # Memory grows faster than linearly past 32 images: the fitted guess fails and one step down fits.
+  def measure(b):
+    return fake_compiled(b, 100 * 2**20 if b <= 32 else 130 * 2**20, 2**30)
+
+  got = int(aot.largest_fitting_batch(measure, int(4.7 * 2**30), measure(16)))
+  assert measure(got).total_bytes <= 4.7 * 2**30 and got < 37
+
+
+def test_missing_or_mismatched_libtpu_is_a_one_line_error(monkeypatch, capsys):
+  import importlib.metadata as md
+  real = md.version
+
+  def no_libtpu(name):
+    if name == 'libtpu':
+      raise md.PackageNotFoundError(name)
+    return real(name)
+
+  monkeypatch.setattr(md, 'version', no_libtpu)
+  assert aot.main(['--topology', 'v5e:2x2', '--models', 'resnet50']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: libtpu is not installed') and 'requirements-tpu.txt' in err and '\n' not in err
+  monkeypatch.setattr(md, 'version', lambda name: '0.0.1' if name == 'libtpu' else real(name))
+  monkeypatch.setattr(aot, 'libtpu_requirement', lambda: '==0.0.42.*')
+  assert aot.main(['--topology', 'v5e:2x2', '--models', 'resnet50']) == 2
+  assert 'libtpu 0.0.1 does not match jax' in capsys.readouterr().err
+
+
+def test_bad_topology_names_say_what_to_use():
+  with pytest.raises(aot.AotError, match='v5e:2x4'):
+    aot.parse_topology('v5litepod-8')
+  with pytest.raises(aot.AotError, match='GEN:SHAPE'):
+    aot.parse_topology('v4:2x2')  # v4 slices are 3-D
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu not installed (pip install -r requirements-tpu.txt)')
+def test_tiny_train_step_compiles_for_a_tpu_topology():
+  # A subprocess: the TPU compile-only client needs jax_platforms set before any backend starts.
+  # ~40 s on 2 busy cores (the demo ResNet, every part of the real train step).
+  cmd = [sys.executable, '-m', 'lgvit.aot', '--topology', 'v5e:2x2', '--models', 'resnet50', '--config',
+         os.path.join(REPO, 'configs', 'resnet50.py') + ':demo', '--search', 'one', '--bytes']
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = [line for line in proc.stdout.splitlines() if line.startswith('| resnet50 |')]
+  assert len(row) == 1, proc.stdout
+  cells = [c.strip() for c in row[0].strip('|').split('|')]
+  header = [c.strip() for c in next(l for l in proc.stdout.splitlines() if l.startswith('| model')).strip('|').split('|')]
+  got = dict(zip(header, cells))
+  assert got['batch/chip'] == '16' and got['fits'] == 'yes' and got['HBM GiB'] == '16.00'
+  assert float(got['GFLOP/img']) > 0 and float(got['temp GiB']) > 0
