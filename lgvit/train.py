@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import time
@@ -31,20 +30,16 @@ from jax.sharding import PartitionSpec as P
 
 from lgvit import checkpoint as ckpt
 from lgvit import optim
+from lgvit import workdir as layout
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
-from lgvit.models import create_model
+from lgvit.errors import ConfigError, NonFiniteLossError
+from lgvit.models import model_info
+from lgvit.modeling import RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, normalize
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run checkpointed on SIGTERM/preemption; rerun the same command
-RNG_STREAMS = ('dropout', 'drop_path', 'gumbel')
 NOT_AVERAGED = ('skipped_images', 'data_fingerprint')  # per-step metrics that a log row does not average
-MEAN = jnp.asarray(pipeline.MEAN_RGB, jnp.float32)
-STD = jnp.asarray(pipeline.STDDEV_RGB, jnp.float32)
-
-
-class ConfigError(ValueError):
-  pass
 
 
 class Preempted(SystemExit):
@@ -52,10 +47,6 @@ class Preempted(SystemExit):
   def __init__(self, step):
     super().__init__(EXIT_PREEMPTED)
     self.step = step
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 @flax.struct.dataclass
@@ -79,38 +70,14 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def compute_dtype(config):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
-
-
-def build_model(config):
-  kwargs = dict(config.model_kwargs)
-  if config.dtype != 'float32':
-    kwargs['dtype'] = compute_dtype(config)
-  return create_model(config.model, num_classes=config.num_classes, **kwargs)
-
-
-def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
-  return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
-
-
-def init_variables(model, image_size: int, seed: int):
-  x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-  variables = model.init({'params': jax.random.PRNGKey(seed), **{s: jax.random.PRNGKey(0) for s in RNG_STREAMS}},
-                         x, train=False)
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-
-
-def check_config(config, process_count: int):
+def check_config(config):
   if config.batch_size % jax.device_count():
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices; '
                       f'use a multiple of {jax.device_count()} (--config.batch_size=...)')
   if config.eval_batch_size % jax.device_count():
     raise ConfigError(f'eval_batch_size {config.eval_batch_size} is not divisible by the {jax.device_count()} '
                       'devices; use a multiple of the device count')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-  del process_count
+  compute_dtype(config)  # a ConfigError names the valid dtypes
 
 
 ARCH_KEYS = ('model', 'model_kwargs', 'num_classes')
@@ -118,31 +85,21 @@ ARCH_KEYS = ('model', 'model_kwargs', 'num_classes')
 
 def check_workdir_config(config, workdir: str, force: bool):
   """Refuses to resume a workdir whose saved architecture differs from the command's."""
-  path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  saved = layout.read_saved_config_json(workdir)
+  if saved is not None:
     diff = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
     if diff and not force:
       details = '; '.join(f'{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}' for k in diff)
       raise ConfigError(f'{workdir} holds a run of another architecture ({details}). Use a new --workdir, '
                         'or pass --force_config to resume anyway.')
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    layout.write_json(os.path.join(workdir, layout.CONFIG), current)
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps.
 # ---------------------------------------------------------------------------------------------
-
-
-def cross_entropy(logits, targets):
-  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -261,7 +218,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int, enabled: bool):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, layout.METRICS)
     self.tb = None
     if not enabled:
       return
@@ -273,7 +230,7 @@ class MetricsLog:
       os.replace(self.path + '.tmp', self.path)
     try:
       import tensorflow as tf
-      self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      self.tb = tf.summary.create_file_writer(os.path.join(workdir, layout.TENSORBOARD))
     except Exception:  # noqa: BLE001 - TensorBoard is a convenience
       self.tb = None
 
@@ -347,12 +304,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final eval."""
   process_index, process_count = jax.process_index(), jax.process_count()
   is_main = process_index == 0
-  check_config(config, process_count)
+  check_config(config)
   if config.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.matmul_precision)
   builder = pipeline.get_builder(config.dataset, config.data_dir)
   n_train = pipeline.num_examples(builder, config.train_split)
-  pipeline.num_examples(builder, config.eval_split)
+  n_eval = pipeline.num_examples(builder, config.eval_split)  # a missing eval split fails before training
   if pipeline.num_classes(builder) != config.num_classes:
     raise ConfigError(f'{config.dataset} has {pipeline.num_classes(builder)} classes but config.num_classes is '
                       f'{config.num_classes}; set --config.num_classes={pipeline.num_classes(builder)}')
@@ -401,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
     if config.init_from:
       loaded = ckpt.load_variables(config.init_from)
       fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
-                                    config.init_skip)
+                                    config.init_skip, model_info(config.model).resize_rules)
       fitted = jax.device_put(fitted, replicated)
       state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
                             opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))
@@ -420,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
   if is_main:
     print(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
           f'{jax.device_count()} devices on {process_count} process(es) | global batch {config.batch_size} | '
-          f'{steps_per_epoch} steps/epoch | {total_steps} steps', flush=True)
+          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images', flush=True)
 
   def run_eval(step) -> dict[str, float]:
     row = {f'eval_{k}': v for k, v in evaluate(eval_step, {'params': state.params, 'batch_stats': state.batch_stats},

@@ -1,11 +1,11 @@
 """Export round trips: orbax params-only checkpoint, flat npz, and a jax.export function with a symbolic batch."""
-import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import resnet50
-from lgvit import checkpoint, export, train
+from lgvit import checkpoint, export, modeling, train
 from lgvit.models import create_model
 
 # One model per family, at its demo size; a family without a config yet is skipped.
@@ -20,15 +20,15 @@ def test_serialized_inference_matches_apply(name):
   except ModuleNotFoundError:
     pytest.skip(f'configs/{name}.py does not exist yet')
   model = create_model(config.model, num_classes=7, **config.model_kwargs)
-  variables = train.init_variables(model, 32, 0)
+  variables = modeling.init_variables(model, 32, 0)
   images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.float32)
-  expected = model.apply(variables, train.normalize(images), train=False)
+  expected = model.apply(variables, modeling.normalize(images), train=False)
   fn = export.deserialize(export.serialize(model, variables, 32))
   np.testing.assert_allclose(fn(images), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fn(images[:1]), expected[:1], rtol=1e-5, atol=1e-5)  # symbolic batch
   flat = export.flatten(variables)
   back = export.unflatten(flat)
-  np.testing.assert_allclose(model.apply(back, train.normalize(images), train=False), expected, rtol=1e-6)
+  np.testing.assert_allclose(model.apply(back, modeling.normalize(images), train=False), expected, rtol=1e-6)
 
 
 def test_export_cli_from_a_training_workdir(tmp_path):
@@ -45,13 +45,10 @@ def test_export_cli_from_a_training_workdir(tmp_path):
   with np.load(out + '/variables.npz') as z:
     from_npz = export.unflatten({k: z[k] for k in z.files})
   ema = checkpoint.load_variables(workdir, prefer_ema=True)
-  for a, b, e in zip(jax.tree_util.tree_leaves(from_ckpt), jax.tree_util.tree_leaves(from_npz),
-                     jax.tree_util.tree_leaves(ema)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
-  model = train.build_model(c)
+  chex.assert_trees_all_equal(from_ckpt, from_npz, ema)
+  model = modeling.build_model(c)
   images = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
   with open(out + '/model.jax', 'rb') as f:
     fn = export.deserialize(f.read())
-  expected = model.apply(from_npz, train.normalize(jnp.asarray(images)), train=False)
+  expected = model.apply(from_npz, modeling.normalize(jnp.asarray(images)), train=False)
   np.testing.assert_allclose(fn(images.astype(np.float32)), expected, rtol=1e-5, atol=1e-5)

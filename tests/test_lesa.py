@@ -79,7 +79,7 @@ def test_relative_embeddings_match_index_table(length):
 
 
 def numpy_binary_term(x, p, bs, groups):
-  """B of shared/specs/lesa.md section a, with explicit loops over heads and positions (eval-mode BN)."""
+  """B as docs/official_code.md (LESA) describes it, with explicit loops over heads and positions (eval-mode BN)."""
   n, h, w, c = x.shape
   length, d_qk = h * w, c // (2 * groups)
 
@@ -210,7 +210,7 @@ def test_converter_reads_image_size_and_rejects_other_variants(converted):
 
 
 def official_state_dict(width_per_group, rng):
-  """A full-size LESA ResNet-50 state_dict named and shaped as in shared/specs/lesa.md section f,
+  """A full-size LESA ResNet-50 state_dict named and shaped as in docs/official_code.md (LESA state-dict names),
   saved from nn.DataParallel (``module.`` prefix)."""
   sd = {}
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgvit import train, visualize
-from lgvit.data import pipeline
+from lgvit import modeling, visualize
+from lgvit.data import transforms
 from lgvit.models import create_model, list_models, model_info
 from tiny_models import FAMILY_MODELS, random_variables, save_variables_dir, small_kwargs
 
@@ -44,8 +44,8 @@ def run_family(family, tmp_path, photo, seed=0):
   # crop_pct/interpolation, so the registry's apply.
   info = model_info(name)
   with open(photo, 'rb') as f:
-    crop = pipeline.eval_image(f.read(), SIZE, info.crop_pct, info.interpolation)
-  forward = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False, mutable=['intermediates'])[1])
+    crop = transforms.eval_image(f.read(), SIZE, info.crop_pct, info.interpolation)
+  forward = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False, mutable=['intermediates'])[1])
   state = forward(variables, crop[None])
   with open(out / 'summary.json') as f:
     summary = json.load(f)

@@ -8,6 +8,7 @@ Whatever the rule leaves unused, unfilled or mis-shaped is reported all at once.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -16,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lgvit.errors import LgvitError
 from lgvit.models import create_model, model_info
 
 
-class ConversionError(ValueError):
+class ConversionError(LgvitError, ValueError):
   """The state_dict does not fit the model; the message lists every offending name."""
 
 
@@ -224,11 +226,14 @@ def load_state_dict_file(path: str, prefer_ema: bool = False) -> dict[str, np.nd
   ``state_dict_ema``) are unwrapped; the fixtures'
   ``sd/`` prefix is stripped.
   """
+  if not os.path.isfile(path):
+    raise ConversionError(f'checkpoint file {path} not found')
   if path.endswith(('.pth', '.pt', '.bin', '.tar')):
     try:
       import torch
     except ImportError:
-      raise ImportError(f'reading {path} needs PyTorch (pip install torch); .npz and .safetensors do not') from None
+      raise ConversionError(f'reading {path} needs PyTorch (pip install torch); .npz and .safetensors do '
+                            'not') from None
     obj = torch.load(path, map_location='cpu', weights_only=False)
     if isinstance(obj, dict):
       keys = ('model', 'state_dict', 'net')
@@ -246,4 +251,4 @@ def load_state_dict_file(path: str, prefer_ema: bool = False) -> dict[str, np.nd
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
     return load_file(path)
-  raise ValueError(f'unknown checkpoint format {path!r}: use .pth/.pt, .npz or .safetensors')
+  raise ConversionError(f'unknown checkpoint format {path!r}: use .pth/.pt, .npz or .safetensors')

@@ -9,7 +9,7 @@ A CoT layer stands in for the 3x3 conv (+ BN + ReLU) of a ResNet bottleneck:
    *dynamic context* K2 (+ BN + SiLU);
 4. the *fusion* of K1 and K2 by split attention (radix 2) over their global average.
 
-Everything follows the official code (JDAI-CV/CoTNet 895e024, ``shared/specs/cotnet.md``), which
+Everything follows the official code (JDAI-CV/CoTNet 895e024, ``docs/official_code.md``), which
 differs from the paper in a few places: the attention maps are GroupNorm'd (one group per head), not
 softmaxed; the C/8 heads are shared by channel *modulo* C/8 (interleaved, 8 value channels per head);
 K2 gets BN + SiLU; the fusion is ResNeSt-style split attention with channel-major (K2, K1) logit pairs.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

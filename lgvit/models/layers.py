@@ -5,7 +5,7 @@ padding, initialisation), because the fixtures and converted checkpoints depend 
 
 Convolutions with groups go through :class:`Conv2d`, which keeps the PyTorch/XLA parameter layout
 ``(kh, kw, in/groups, out)`` but never calls ``feature_group_count > 1``: on XLA:CPU that path is
-15-40x slower than oneDNN in the backward pass (see ``shared/specs/cpu_baselines.md``).
+15-40x slower than oneDNN in the backward pass (see ``docs/official_code.md``).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from lgvit.errors import InvalidInputSizeError  # noqa: F401  (re-exported for the model families)
 
 Array = jax.Array
 Dtype = Any
@@ -585,10 +587,6 @@ class SqueezeExcite(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Misc.
 # --------------------------------------------------------------------------------------------
-
-
-class InvalidInputSizeError(ValueError):
-  """The image size cannot pass through the architecture; the message names valid sizes."""
 
 
 def check_min_size(x: Array, min_size: int, model: str):

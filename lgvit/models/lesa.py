@@ -9,7 +9,7 @@ add::
     out = U(x) + omega(U, B) * B(x)        omega = sigmoid(F([U | B]))
 
 The layer replaces the 3x3 conv + BN (+ ReLU) of a ResNet bottleneck. Everything below follows the
-official classification code (Chenglin-Yang/LESA_classification, see shared/specs/lesa.md):
+official classification code (Chenglin-Yang/LESA_classification, see docs/official_code.md):
 
 * unary U: grouped 3x3 conv (groups = heads) -> 1x1 conv -> BN, no activation;
 * binary B: 1x1 q|k|v projection -> BN; per head the logits q.k, q.R_q and k.R_k, each with its own

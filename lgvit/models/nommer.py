@@ -1,7 +1,7 @@
 """NomMer: Nominate Synergistic Context in Vision Transformer (Liu et al., CVPR 2022).
 
 Follows the official code (TencentYoutuResearch/VisualRecognition-NomMer @ 6e09b71, class
-``NomMerAttn``; facts in ``shared/specs/nommer.md``) wherever it and the paper differ, because that
+``NomMerAttn``; facts in ``docs/official_code.md``) wherever it and the paper differ, because that
 code produced the published numbers. Reading order, as in the paper:
 
 * stem: conv 4x4/4 (no bias) + BN + ReLU;
@@ -50,6 +50,7 @@ from lgvit.models import layers
 from lgvit.models.layers import resize_pos_embedding  # noqa: F401  (re-exported for users of nommer)
 from lgvit.models.layers import InvalidInputSizeError
 from lgvit.models.registry import register_model
+from lgvit.models.swin import resize_relative_table
 
 Array = jax.Array
 
@@ -391,11 +392,6 @@ class NomMer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fine-tuning at a new size.
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
 # Variants (official configs/nommer_{tiny,small,base}_attn.yaml; 384: ours, see module docstring).
 # ---------------------------------------------------------------------------------------------
 
@@ -404,6 +400,15 @@ _VARIANTS = {
     's': dict(embed_dim=96, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.3),
     'b': dict(embed_dim=128, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.5),
 }
+
+
+def resize_position_embedding(pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """The stage-3 (1, S/16, S/16, C) position embedding resampled bicubically to ``shape``."""
+  return layers.resize_pos_embedding(pos, shape[1:3])
+
+
+#: init_from at another input size: relative position tables and the position embedding are resampled.
+RESIZE_RULES = {'relative_position_bias_table': resize_relative_table, 'pos_embedding': resize_position_embedding}
 _PAPER_224 = {'t': (22e6, 5.4, 82.6), 's': (42e6, 10.1, 83.7), 'b': (73e6, 17.6, 84.5)}
 _PAPER_384 = {'t': (22e6, 17.2, 83.9), 's': (42e6, 33.1, 84.6), 'b': (73e6, 56.2, 84.9)}
 
@@ -414,7 +419,7 @@ def _register(size: str, res: int):
   defaults = {**_VARIANTS[size], 'window': 7 if res == 224 else 12, 'name_for_errors': name}
 
   @register_model(name, 'nommer', input_size=res, crop_pct=0.875 if res == 224 else 1.0, interpolation='bicubic',
-                  paper={'params': params, 'gmacs': gmacs, 'top1': top1})
+                  resize_rules=RESIZE_RULES, paper={'params': params, 'gmacs': gmacs, 'top1': top1})
   def build(**kw):
     return NomMer(**{**defaults, **kw})
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
+
+from lgvit.errors import UnknownModelError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,42 +20,28 @@ class ModelInfo:
   crop_pct: float = 0.875
   interpolation: str = 'bilinear'
   paper: Optional[dict[str, Any]] = None  # e.g. {'params_m': 22.2, 'gflops': 3.3, 'top1': 79.2}
+  # init_from at another input size: leaf name -> resize(array, target_shape) (lgvit.checkpoint.adapt_variables).
+  resize_rules: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, family: str, *, input_size: int = 224, crop_pct: float = 0.875,
-                   interpolation: str = 'bilinear', paper: Optional[dict[str, Any]] = None):
+                   interpolation: str = 'bilinear', paper: Optional[dict[str, Any]] = None,
+                   resize_rules: Optional[Mapping[str, Callable]] = None):
   """Decorator registering ``fn(**overrides) -> nn.Module`` under ``name``."""
 
   def deco(fn):
     if name in _REGISTRY:
       raise ValueError(f'model {name!r} is registered twice')
-    _REGISTRY[name] = ModelInfo(name, family, fn, input_size, crop_pct, interpolation, paper)
+    _REGISTRY[name] = ModelInfo(name, family, fn, input_size, crop_pct, interpolation, paper, dict(resize_rules or {}))
     return fn
 
   return deco
 
 
-def _ensure_loaded():
-  # Importing the family modules runs their @register_model decorators.
-  from lgvit.models import resnet  # noqa: F401
-  import importlib
-  for family in ('nommer', 'cotnet', 'lesa', 'salg', 'swin'):
-    try:
-      importlib.import_module(f'lgvit.models.{family}')
-    except ModuleNotFoundError as e:
-      if e.name != f'lgvit.models.{family}':
-        raise
-
-
-class UnknownModelError(ValueError):
-  pass
-
-
 def model_info(name: str) -> ModelInfo:
-  _ensure_loaded()
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ''
@@ -72,5 +60,4 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
 
 
 def list_models(family: Optional[str] = None) -> list[str]:
-  _ensure_loaded()
   return sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)

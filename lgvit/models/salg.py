@@ -1,6 +1,6 @@
 """SALG: Semantic-Aware Local-Global Vision Transformer (Zhang, Yao, Chen, Lu, Pei).
 
-No official code is public; ``shared/specs/salg.md`` (read off the paper) is the spec and every point
+No official code is public; the paper is the spec (summarised in ``docs/official_code.md``) and every point
 it leaves open is a field of :class:`SALG` (see ``docs/models_salg.md``).
 
 The network: a three-conv patch embedding to H/4, three SALG stages and one plain global stage, Swin
@@ -30,7 +30,7 @@ from jax import lax
 
 from lgvit.models import layers
 from lgvit.models.registry import register_model
-from lgvit.models.swin import PatchMerging
+from lgvit.models.swin import RESIZE_RULES, PatchMerging
 
 Array = Any
 
@@ -491,26 +491,26 @@ def _build(name, arch, inter_region, kw):
   return SALG(**{**arch, 'inter_region': inter_region, 'name_for_errors': name, **kw})
 
 
-@register_model('salg_st', 'salg', interpolation='bicubic', paper={'params': 6.5e6, 'top1': 75.9})
+@register_model('salg_st', 'salg', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 6.5e6, 'top1': 75.9})
 def salg_st(**kw):
   return _build('salg_st', _ST, 'ap', kw)
 
 
-@register_model('salg_st_msa', 'salg', interpolation='bicubic', paper={'params': 7.1e6, 'top1': 76.6})
+@register_model('salg_st_msa', 'salg', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 7.1e6, 'top1': 76.6})
 def salg_st_msa(**kw):
   return _build('salg_st_msa', _ST, 'msa', kw)
 
 
-@register_model('salg_t', 'salg', interpolation='bicubic', paper={'params': 32.2e6, 'top1': 82.1})
+@register_model('salg_t', 'salg', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 32.2e6, 'top1': 82.1})
 def salg_t(**kw):
   return _build('salg_t', _T, 'ap', kw)
 
 
-@register_model('salg_t_msa', 'salg', interpolation='bicubic', paper={'params': 42.4e6, 'top1': 82.4})
+@register_model('salg_t_msa', 'salg', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 42.4e6, 'top1': 82.4})
 def salg_t_msa(**kw):
   return _build('salg_t_msa', _T, 'msa', kw)
 
 
-@register_model('salg_s', 'salg', interpolation='bicubic', paper={'params': 53e6, 'top1': 83.0})
+@register_model('salg_s', 'salg', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 53e6, 'top1': 83.0})
 def salg_s(**kw):
   return _build('salg_s', _S, 'ap', kw)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from lgvit.models import layers
 from lgvit.models.layers import InvalidInputSizeError
@@ -150,19 +151,28 @@ class SwinTransformer(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=layers.normal_002, name='head')(x)
 
 
-@register_model('swin_t', 'swin', interpolation='bicubic',
+def resize_relative_table(table: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A ((2w-1)^2, heads) relative position table resampled bicubically to ``shape`` (Swin/timm fine-tuning)."""
+  return layers.resize_relative_position_table(table, int(round(np.sqrt(shape[0]))) // 2 + 1)
+
+
+#: init_from at another input size (window): the relative position tables are resampled.
+RESIZE_RULES = {'relative_position_bias_table': resize_relative_table}
+
+
+@register_model('swin_t', 'swin', interpolation='bicubic', resize_rules=RESIZE_RULES,
                 paper={'params': 28_288_354, 'gmacs': 4.5, 'top1': 81.3})
 def swin_t(**kw):
   return SwinTransformer(**{'name_for_errors': 'swin_t', 'drop_path_rate': 0.2, **kw})
 
 
-@register_model('swin_st', 'swin', interpolation='bicubic', paper={'params': 5.6e6, 'top1': 73.6})
+@register_model('swin_st', 'swin', interpolation='bicubic', resize_rules=RESIZE_RULES, paper={'params': 5.6e6, 'top1': 73.6})
 def swin_st(**kw):
   return SwinTransformer(**{'embed_dim': 48, 'depths': (2, 2, 2, 2), 'num_heads': (2, 3, 6, 12),
                             'name_for_errors': 'swin_st', 'drop_path_rate': 0.1, **kw})
 
 
-@register_model('swin_s', 'swin', interpolation='bicubic',
+@register_model('swin_s', 'swin', interpolation='bicubic', resize_rules=RESIZE_RULES,
                 paper={'params': 49_606_258, 'gmacs': 8.7, 'top1': 83.0})
 def swin_s(**kw):
   return SwinTransformer(**{'depths': (2, 2, 18, 2), 'name_for_errors': 'swin_s', 'drop_path_rate': 0.3, **kw})
