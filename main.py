@@ -4,7 +4,8 @@
     python main.py --config=configs/resnet50.py:demo --workdir=/tmp/demo
     python main.py --config=configs/resnet50.py --workdir=... --config.batch_size=256 --config.num_epochs=90
 
-Rerunning the same command resumes from the latest checkpoint in the workdir. On several hosts,
+Rerunning the same command resumes from the latest checkpoint in the workdir; after a SIGTERM the
+run checkpoints at the next step and exits with status 75 (EX_TEMPFAIL: rerun it). On several hosts,
 start the same command on each (``jax.distributed.initialize`` runs automatically on TPU pods and
 under SLURM/Open MPI, or with --multihost / JAX_COORDINATOR_ADDRESS).
 """
@@ -25,6 +26,8 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 _FORCE = flags.DEFINE_bool('force_config', False, 'Resume even if the saved config has another architecture.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run checkpointed on SIGTERM/preemption; rerun the same command
 
 
 def _want_distributed() -> bool:
@@ -52,6 +55,8 @@ def main(argv):
 
   def run():
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE.value)
+    if result['status'] == train.PREEMPTED:
+      return EXIT_PREEMPTED
     if jax.process_index() == 0:
       print(f"done: step {result['step']} | top-1 {result.get('eval_top1', float('nan')):.4f} | "
             f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)

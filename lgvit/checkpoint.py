@@ -1,9 +1,10 @@
 """Checkpoints: orbax managers for training state, the best weights, and loading weights to init from.
 
-Where each lives in a workdir is ``lgvit.workdir``'s business. Orbax finalises a step directory only after every file is written, so a save killed half-way is
-never picked up. A finalised step that fails to restore (truncated or corrupt files) is skipped in
-favour of the previous one, the fallback is logged, and the bad step is moved (not deleted) to
-``corrupt_checkpoints/`` so that training can write that step again.
+Where each lives in a workdir is ``lgvit.workdir``'s business. Orbax finalises a step directory only
+after every file is written, so a save killed half-way is never picked up. A finalised step that
+fails to restore (truncated or corrupt files) is skipped in favour of the previous one, the fallback
+is logged, and the bad step is moved (not deleted) to ``corrupt_checkpoints/`` so that training can
+write that step again.
 """
 from __future__ import annotations
 
