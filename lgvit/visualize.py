@@ -125,6 +125,14 @@ def sown(intermediates: dict[str, Any], name: str) -> list[tuple[tuple[str, ...]
   return sorted(found, key=lambda kv: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', '/'.join(kv[0]))])
 
 
+def sown_or_explain(intermediates: dict[str, Any], name: str, why_none: str):
+  """:func:`sown`, or :class:`NothingToDrawError` with ``why_none`` when the model sowed no ``name``."""
+  found = sown(intermediates, name)
+  if not found:
+    raise NothingToDrawError(why_none)
+  return found
+
+
 def _index(pattern: str, path: tuple[str, ...]) -> tuple[int, ...]:
   for part in path:
     m = re.fullmatch(pattern, part)
@@ -163,10 +171,8 @@ def _legend_patches(colors, names):
 
 def nommer_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
   del model
-  maps = sown(intermediates, 'nomination')
-  if not maps:
-    raise NothingToDrawError('this NomMer sows no nominations: it runs without the nominator '
-                             "(fusion='sum' or a single candidate, see nommer.ABLATIONS)")
+  maps = sown_or_explain(intermediates, 'nomination', 'this NomMer sows no nominations: it runs without the '
+                         "nominator (fusion='sum' or a single candidate, see nommer.ABLATIONS)")
   panel = panel_size(crop.shape[0])
   pictures, summary, overlays = [], {}, []
   for path, nomination in maps:
@@ -216,9 +222,7 @@ def region_boundaries(pixel_regions: np.ndarray) -> np.ndarray:
 
 
 def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
-  maps = sown(intermediates, 'regions')
-  if not maps:
-    raise NothingToDrawError('this SALG sows no region maps')
+  maps = sown_or_explain(intermediates, 'regions', 'this SALG sows no region maps')
   panel = panel_size(crop.shape[0])
   pictures, summary = [], {}
   for path, regions in maps:
@@ -241,10 +245,8 @@ def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture]
 
 def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
   del model
-  gates = sown(intermediates, 'gate')
-  if not gates:
-    raise NothingToDrawError('this LESA model has no dynamic fusion (static_lesa: unary + binary with equal '
-                             'weights; sa: binary only), so there are no weights to draw')
+  gates = sown_or_explain(intermediates, 'gate', 'this LESA model has no dynamic fusion (static_lesa: unary + '
+                          'binary with equal weights; sa: binary only), so there are no weights to draw')
   layers = ['/'.join(path) for path, _ in gates]
   # Table 2's weights of one image: 1/(1+w) and w/(1+w) averaged over positions and channels.
   binary = [float(np.mean(g / (1.0 + g))) for _, g in gates]

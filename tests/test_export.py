@@ -7,19 +7,12 @@ import pytest
 from configs import resnet50
 from lgvit import checkpoint, export, modeling, train
 from lgvit.models import create_model
+from conftest import FAMILY_MODELS, small_kwargs
 
-# One model per family, at its demo size; a family without a config yet is skipped.
-FAMILY_CONFIGS = ['resnet50', 'nommer_t', 'cotnet50', 'lesa_resnet50', 'salg_st']
-
-
-@pytest.mark.parametrize('name', FAMILY_CONFIGS)
-def test_serialized_inference_matches_apply(name):
-  import importlib
-  try:
-    config = importlib.import_module(f'configs.{name}').get_config('demo')
-  except ModuleNotFoundError:
-    pytest.skip(f'configs/{name}.py does not exist yet')
-  model = create_model(config.model, num_classes=7, **config.model_kwargs)
+@pytest.mark.parametrize('family', sorted(FAMILY_MODELS))
+def test_serialized_inference_matches_apply(family):
+  name = FAMILY_MODELS[family]
+  model = create_model(name, num_classes=7, **small_kwargs(name))
   variables = modeling.init_variables(model, 32, 0)
   images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.float32)
   expected = model.apply(variables, modeling.normalize(images), train=False)

@@ -13,7 +13,7 @@ from lgvit import checkpoint, export, modeling, predict, train
 from lgvit.data import pipeline, transforms
 from lgvit.data.digits import to_rgb32
 from lgvit.models import create_model
-from tiny_models import RESNET_TINY, random_variables, save_variables_dir
+from conftest import RESNET_TINY, random_variables, save_variables_dir
 
 LINE = re.compile(r'^\s+(\d)\.\s+([\d.]+)%\s+(.+?)\s+\(label (\d+)\)$')
 

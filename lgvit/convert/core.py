@@ -1,4 +1,4 @@
-"""Official PyTorch checkpoints -> lgvit variables.
+"""Official PyTorch checkpoints -> lgvit variables: the converter machinery the family rules use.
 
 ``from_torch(model_name, state_dict, **model_overrides)`` returns ``{'params': ..., 'batch_stats':
 ...}`` for ``create_model(model_name, **model_overrides)``. Each family registers a *rule* with
@@ -155,16 +155,6 @@ def to_numpy(v) -> np.ndarray:
   return np.asarray(v)
 
 
-def _load_family_rules():
-  import importlib
-  for mod in ('resnet', 'nommer', 'cotnet', 'lesa', 'salg'):
-    try:
-      importlib.import_module(f'lgvit.convert.{mod}')
-    except ModuleNotFoundError as e:
-      if e.name != f'lgvit.convert.{mod}':
-        raise
-
-
 def target_shapes(model, image_size: int) -> dict[Path, tuple[int, ...]]:
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
@@ -183,7 +173,6 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *, image_size: Op
       the family can tell, else the model's registered input size).
     **model_overrides: passed to ``create_model`` (e.g. ``num_classes=10``, ``stage_depths=...``).
   """
-  _load_family_rules()
   info = model_info(model_name)
   if info.family not in _RULES:
     raise ConversionError(f'no PyTorch converter is registered for family {info.family!r} ({model_name})')

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lgvit.convert import ConversionError, StateDictConverter, register_converter
+from lgvit.convert.core import ConversionError, StateDictConverter, register_converter
 from lgvit.models.nommer import dct_basis
 
 

@@ -18,7 +18,7 @@ def main(root):
   from lgvit import checkpoint, export, modeling, predict, visualize
   from lgvit import workdir as layout
   from lgvit.models import create_model
-  from tiny_models import RESNET_TINY, random_variables, save_variables_dir
+  from conftest import RESNET_TINY, random_variables, save_variables_dir
 
   config = resnet50.get_config('demo')
   config.unlock()
