@@ -4,18 +4,18 @@
     python main.py --config=configs/resnet50.py:demo --workdir=/tmp/demo
     python main.py --config=configs/resnet50.py --workdir=... --config.batch_size=256 --config.num_epochs=90
 
-Rerunning the same command resumes from the latest checkpoint in the workdir. On several hosts,
+Rerunning the same command resumes from the latest checkpoint in the workdir; after a SIGTERM the
+run checkpoints at the next step and exits with status 75 (EX_TEMPFAIL: rerun it). On several hosts,
 start the same command on each (``jax.distributed.initialize`` runs automatically on TPU pods and
 under SLURM/Open MPI, or with --multihost / JAX_COORDINATOR_ADDRESS).
 """
 import os
 import sys
 
-# TensorFlow only feeds data: keep it off the accelerators and quiet.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from lgvit import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :demo.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
@@ -26,6 +26,8 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 _FORCE = flags.DEFINE_bool('force_config', False, 'Resume even if the saved config has another architecture.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run checkpointed on SIGTERM/preemption; rerun the same command
 
 
 def _want_distributed() -> bool:
@@ -40,29 +42,26 @@ def _want_distributed() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_logs('warning')
   import jax
   import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'GPU')  # TensorFlow only feeds data: keep it off the accelerators
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _want_distributed():
     jax.distributed.initialize()
-  logging.set_verbosity(logging.WARNING)
 
   from lgvit import train
-  from lgvit.checkpoint import CheckpointError
-  from lgvit.data.pipeline import DatasetNotFoundError
-  from lgvit.models import UnknownModelError
-  from lgvit.models.layers import InvalidInputSizeError
-  try:
+
+  def run():
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE.value)
-  except (UnknownModelError, InvalidInputSizeError, DatasetNotFoundError, train.ConfigError, CheckpointError,
-          train.NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  if jax.process_index() == 0:
-    print(f"done: step {result['step']} | top-1 {result.get('eval_top1', float('nan')):.4f} | "
-          f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)
+    if result['status'] == train.PREEMPTED:
+      return EXIT_PREEMPTED
+    if jax.process_index() == 0:
+      print(f"done: step {result['step']} | top-1 {result.get('eval_top1', float('nan')):.4f} | "
+            f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)
+
+  sys.exit(cli.report_errors(run))
 
 
 def parse_flags(argv):

@@ -5,7 +5,7 @@
 Inputs in DIR: ``{infer,train}_{1,2}t.json`` from ``python -m lgvit.benchmark --out`` and
 ``anchor_{1,2}t*.json`` from ``benchmarks/torch_anchor.py`` (timed before and after each block; the
 mean is used and the spread printed). The official figures are the ones in
-shared/specs/cpu_baselines.md (mean of its runs A and B), measured on another 2-core VM. A plain
+docs/official_code.md (CPU baselines; mean of two runs), measured on another 2-core VM. A plain
 PyTorch ResNet-50, timed the same way on both machines, gives this machine's speed relative to that
 one, per mode and thread count; the official figures are scaled by it before the ratio is taken.
 """
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-# images/s (eval 1T, train 1T, eval 2T, train 2T): shared/specs/cpu_baselines.md section 1, mean of A/B.
+# images/s (eval 1T, train 1T, eval 2T, train 2T): docs/official_code.md, CPU baselines.
 OFFICIAL = {
     'nommer_t': ('NomMer-T (official)', (7.02, 2.50, 13.36, 4.53)),
     'cotnet50': ('CoTNet-50 (official)', (7.04, 2.42, 13.23, 3.85)),

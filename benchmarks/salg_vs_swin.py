@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/salg_vs_swin.py --pairs=salg_st:swin_st --steps=3
 
 A step is forward + softmax cross-entropy + backward + SGD(0.01, momentum 0.9), jitted, in float32
-(the method of ``shared/specs/cpu_baselines.md``). Each model runs in its own subprocess so that the
+(the method of ``docs/official_code.md``). Each model runs in its own subprocess so that the
 process's peak resident memory (ru_maxrss) belongs to that model alone; XLA's own account of the
 compiled step (temporary buffers, and arguments + outputs + temporaries) is printed next to it.
 Time: 1 warm-up step after compilation, then the median of ``--steps`` timed steps. The models of

@@ -1,4 +1,4 @@
-"""Machine-speed anchor: a plain PyTorch ResNet-50 timed exactly as shared/specs/cpu_baselines.md did.
+"""Machine-speed anchor: a plain PyTorch ResNet-50 timed exactly as docs/official_code.md (CPU baselines) did.
 
 The official PyTorch figures in the issue were measured on another 2-core VM. Timing the same
 torchvision-architecture ResNet-50 here, with the same method, gives the factor by which this

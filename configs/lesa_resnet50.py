@@ -5,7 +5,7 @@
 
 Recipe: the official README command (SGD-Nesterov 0.05 @ 128, wd 8e-5 on every parameter, 5 warm-up
 + 90 cosine epochs, no label smoothing). Expected top-1 79.55 (README; paper Tab. 6).
-Source: github.com/Chenglin-Yang/LESA_classification, shared/specs/lesa.md section d.
+Source: github.com/Chenglin-Yang/LESA_classification, docs/official_code.md (LESA recipe).
 """
 from configs import common
 

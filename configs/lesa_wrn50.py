@@ -4,7 +4,7 @@
     python main.py --config=configs/lesa_wrn50.py:demo --workdir=/tmp/demo         # embedded digits, CPU minutes
 
 Recipe: identical to LESA-ResNet50 (official README). Expected top-1 80.18 (README; paper Tab. 2: 80.2).
-Source: github.com/Chenglin-Yang/LESA_classification, shared/specs/lesa.md section d.
+Source: github.com/Chenglin-Yang/LESA_classification, docs/official_code.md (LESA recipe).
 """
 from configs import common
 from configs.lesa_resnet50 import DEMO_MODEL, DEMO_OPTIONS

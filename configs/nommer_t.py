@@ -3,7 +3,7 @@
     python main.py --config=configs/nommer_t.py --workdir=workdirs/nommer_t    # ImageNet, paper top-1 82.6%
     python main.py --config=configs/nommer_t.py:demo --workdir=/tmp/nommer_t_demo  # embedded digits, CPU minutes
 
-Source: paper sec. 4.1 and the official configs/nommer_*_attn.yaml + config.py (shared/specs/nommer.md sec. 4):
+Source: paper sec. 4.1 and the official configs/nommer_*_attn.yaml + config.py (docs/official_code.md, NomMer recipe):
 AdamW 5e-4 per 512 images, wd 0.05 (none on 1-d params and biases), warm-up 20 epochs from 5e-7,
 cosine to 5e-6 per step, clip 5.0, RandAugment m9, Mixup 0.8 / CutMix 1.0, smoothing 0.1, erasing
 0.25, drop-path 0.1. Epochs: 300 as in the paper; the released code defaults to 320.

@@ -3,7 +3,7 @@
     python main.py --config=configs/salg_st.py --workdir=gs://bucket/salg_st   # ImageNet-1k, paper: 75.9% top-1
     python main.py --config=configs/salg_st.py:demo --workdir=/tmp/salg_st_demo   # digits, >= 0.95 top-1
 
-Source: SALG paper Sec. IV-A and Table I; shared/specs/salg.md. Recipe as configs/salg_t.py; the paper
+Source: SALG paper Sec. IV-A and Table I; docs/official_code.md (SALG). Recipe as configs/salg_t.py; the paper
 gives no drop path for ST, we use 0.1 (Swin uses 0.2 at T; DeiT-T, of ST's size, uses 0.1).
 
 Demo: 32px digits give stage maps 8, 4, 2, 1. With the paper's 7x7 region windows every stage would be

@@ -3,7 +3,7 @@
     python main.py --config=configs/salg_t.py --workdir=gs://bucket/salg_t   # ImageNet-1k, paper: 82.1% top-1
     python main.py --config=configs/salg_t.py:demo --workdir=/tmp/salg_t_demo
 
-Source: SALG paper Sec. IV-A and Tables I/IV; shared/specs/salg.md. 300 epochs (20 warm-up), AdamW
+Source: SALG paper Sec. IV-A and Tables I/IV; docs/official_code.md (SALG). 300 epochs (20 warm-up), AdamW
 5e-4 per 512 images (Swin's linear rule; the paper's "batch 128" is Swin's per-GPU batch), wd 0.05,
 drop path 0.2, RandAugment m9, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, random erasing 0.25,
 grad clip 5, eval crop 0.875 bicubic.

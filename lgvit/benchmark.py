@@ -9,7 +9,7 @@ its ratio to a float32 matmul peak measured in the same run, XLA's memory estima
 temporaries + outputs) and, on CPU, the peak resident memory of the model's own process. Every model
 runs in a fresh subprocess so that memory and caches do not leak between rows. A train step is
 forward + cross-entropy + backward + SGD(momentum 0.9), in train mode (batch statistics, drop-path,
-Gumbel noise), as in ``shared/specs/cpu_baselines.md``.
+Gumbel noise), as in ``docs/official_code.md`` (CPU baselines).
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def main(argv=None):
                       '\'{"embed_dim": 32, "depths": [1, 1, 1, 1]}\'')
   parser.add_argument('--threads', type=int, choices=(0, 1), default=0,
                       help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
-                      'shared/specs/cpu_baselines.md); 0 leaves XLA its defaults (all cores)')
+                      'docs/official_code.md); 0 leaves XLA its defaults (all cores)')
   parser.add_argument('--xla-cpu-eigen', action='store_true',
                       help='CPU: Eigen instead of YNNPACK for dots/convs (lgvit.use_eigen_cpu_kernels)')
   parser.add_argument('--out', default='', help='write OUT.csv and OUT.json')

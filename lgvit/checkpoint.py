@@ -1,15 +1,10 @@
 """Checkpoints: orbax managers for training state, the best weights, and loading weights to init from.
 
-Layout of a workdir::
-
-    checkpoints/<step>/{state,meta}   latest N training states (orbax, written collectively)
-    best/<step>/{variables,meta}      the weights with the best eval metric (params + batch_stats)
-    config.json                       the config of the run that created the workdir
-
-Orbax finalises a step directory only after every file is written, so a save killed half-way is
-never picked up. A finalised step that fails to restore (truncated or corrupt files) is skipped in
-favour of the previous one, the fallback is logged, and the bad step is moved (not deleted) to
-``corrupt_checkpoints/`` so that training can write that step again.
+Where each lives in a workdir is ``lgvit.workdir``'s business. Orbax finalises a step directory only
+after every file is written, so a save killed half-way is never picked up. A finalised step that
+fails to restore (truncated or corrupt files) is skipped in favour of the previous one, the fallback
+is logged, and the bad step is moved (not deleted) to ``corrupt_checkpoints/`` so that training can
+write that step again.
 """
 from __future__ import annotations
 
@@ -17,20 +12,21 @@ import logging
 import os
 import re
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lgvit.models import layers
+from lgvit import workdir as layout
+from lgvit.errors import CheckpointError, WorkdirError
 
 log = logging.getLogger(__name__)
 
-
-class CheckpointError(RuntimeError):
-  pass
+#: leaf name -> ``resize(array, target_shape) -> array``, a model family's rules for init_from at a
+#: new input size (``ModelInfo.resize_rules``).
+ResizeRules = Mapping[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]]
 
 
 def _manager(directory: str, keep: Optional[int], async_save: bool = True) -> ocp.CheckpointManager:
@@ -43,14 +39,14 @@ class TrainCheckpointer:
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
     self.workdir = workdir
-    self.directory = os.path.join(workdir, 'checkpoints')
+    self.directory = os.path.join(workdir, layout.CHECKPOINTS)
     self.keep, self.async_save = keep, async_save
     self.manager = _manager(self.directory, keep, async_save)
 
   def _quarantine(self, steps: list[int]):
     """Moves unreadable steps to ``corrupt_checkpoints/`` (kept for inspection, never deleted)."""
     if jax.process_index() == 0:
-      target = os.path.join(self.workdir, 'corrupt_checkpoints')
+      target = os.path.join(self.workdir, layout.CORRUPT)
       os.makedirs(target, exist_ok=True)
       for step in steps:
         dest = os.path.join(target, f'{step}.{int(time.time())}')
@@ -105,7 +101,7 @@ class BestCheckpointer:
   """Keeps the variables (params + batch_stats) with the best eval metric."""
 
   def __init__(self, workdir: str):
-    self.manager = _manager(os.path.join(workdir, 'best'), keep=1, async_save=False)
+    self.manager = _manager(os.path.join(workdir, layout.BEST), keep=1, async_save=False)
 
   def save(self, step: int, variables, meta: dict[str, Any]):
     self.manager.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
@@ -126,34 +122,54 @@ def save_variables(directory: str, variables: dict[str, Any], meta: Optional[dic
 
 
 def load_variables(path: str, prefer_ema: bool = True) -> dict[str, Any]:
-  """Reads variables from a converted/exported checkpoint dir, a ``best/`` dir or a training workdir.
+  """Reads ``{'params', 'batch_stats'}`` from any directory of ``lgvit.workdir``'s three kinds.
 
   For a training workdir the latest readable checkpoint's EMA weights are used when present (and
   ``prefer_ema``), else its raw weights.
   """
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    mngr = _manager(os.path.join(path, 'checkpoints'), keep=None, async_save=False)
-    for step in sorted(mngr.all_steps(), reverse=True):
-      try:
-        state = restore_on_this_host(os.path.join(mngr.directory, str(step), 'state'))
-      except Exception as e:  # noqa: BLE001
-        print(f'WARNING: {path} checkpoint step {step} unreadable ({type(e).__name__}); trying an older one.')
-        continue
-      ema = state.get('ema_params') if prefer_ema else None
-      if ema:
-        return {'params': ema, 'batch_stats': state.get('ema_batch_stats') or {}}
-      return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
-    raise CheckpointError(f'no readable checkpoint under {path}/checkpoints')
-  if not os.path.isdir(path):
-    raise CheckpointError(f'init_from: {path} does not exist; give a directory written by `python -m '
-                          'lgvit.convert`, `python -m lgvit.export`, or a training workdir')
+  try:
+    kind = layout.kind(path)
+  except WorkdirError:
+    raise CheckpointError(f'{path} does not exist; give a directory written by `python -m lgvit.convert`, '
+                          '`python -m lgvit.export`, or a training workdir') from None
+  if kind == layout.TRAINING:
+    return _latest_training_variables(path, prefer_ema)
+  if kind == layout.EXPORT:
+    path = os.path.join(path, layout.EXPORT_VARIABLES)
   mngr = _manager(path, keep=None, async_save=False)
   steps = mngr.all_steps()
   if not steps:
     raise CheckpointError(f'{path} holds no orbax checkpoint (expected <dir>/<step>/variables)')
   variables = restore_on_this_host(os.path.join(mngr.directory, str(max(steps)), 'variables'))
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
+
+
+def _latest_training_variables(workdir: str, prefer_ema: bool) -> dict[str, Any]:
+  mngr = _manager(os.path.join(workdir, layout.CHECKPOINTS), keep=None, async_save=False)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = restore_on_this_host(os.path.join(mngr.directory, str(step), 'state'))
+    except Exception as e:  # noqa: BLE001
+      print(f'WARNING: {workdir} checkpoint step {step} unreadable ({type(e).__name__}); trying an older one.')
+      continue
+    ema = state.get('ema_params') if prefer_ema else None
+    if ema:
+      return {'params': ema, 'batch_stats': state.get('ema_batch_stats') or {}}
+    return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
+  raise CheckpointError(f'no readable checkpoint under {workdir}/{layout.CHECKPOINTS}')
+
+
+def read_meta(directory: str) -> dict[str, Any]:
+  """The JSON ``meta`` item of the newest step of an orbax variables directory ({} if it has none)."""
+  mngr = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    step = mngr.latest_step()
+    if step is None or not os.path.isdir(os.path.join(directory, str(step), 'meta')):
+      return {}
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+  finally:
+    mngr.close()
 
 
 def restore_on_this_host(item_dir: str) -> dict[str, Any]:
@@ -165,21 +181,16 @@ def restore_on_this_host(item_dir: str) -> dict[str, Any]:
   return checkpointer.restore(item_dir, abstract)
 
 
-# Leaves that can be resampled when a checkpoint was trained at another size (Swin/timm rules).
-RESIZERS = {
-    'relative_position_bias_table': lambda arr, shape: layers.resize_relative_position_table(
-        arr, int(round(np.sqrt(shape[0]))) // 2 + 1),
-    'pos_embedding': lambda arr, shape: layers.resize_pos_embedding(arr, shape[1:3]),
-}
-
-
-def adapt_variables(loaded: dict[str, Any], target: dict[str, Any], skip: str = '') -> dict[str, Any]:
+def adapt_variables(loaded: dict[str, Any], target: dict[str, Any], skip: str = '',
+                    resize_rules: Optional[ResizeRules] = None) -> dict[str, Any]:
   """Fits ``loaded`` variables into the tree of ``target`` (arrays or ShapeDtypeStructs).
 
-  Leaves present in both with equal shapes are copied; known position tables are resampled; leaves
-  matching the ``skip`` regex keep the target's (fresh) values. Anything else is an error that
-  names every mismatched parameter.
+  Leaves present in both with equal shapes are copied; leaves named in ``resize_rules`` (the model's
+  ``ModelInfo.resize_rules``: position tables) are resampled to the target's shape; leaves matching
+  the ``skip`` regex keep the target's (fresh) values. Anything else is an error that names every
+  mismatched parameter.
   """
+  resize_rules = resize_rules or {}
   flat_loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
   flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
   out, problems = {}, []
@@ -194,8 +205,8 @@ def adapt_variables(loaded: dict[str, Any], target: dict[str, Any], skip: str = 
     src = np.asarray(flat_loaded[key])
     if src.shape == tuple(tgt.shape):
       out[key] = src
-    elif key[-1] in RESIZERS and src.ndim == len(tgt.shape):
-      out[key] = RESIZERS[key[-1]](src, tuple(tgt.shape))
+    elif key[-1] in resize_rules and src.ndim == len(tgt.shape):
+      out[key] = resize_rules[key[-1]](src, tuple(tgt.shape))
       print(f'init_from: resampled {name} {src.shape} -> {tuple(tgt.shape)}')
     else:
       problems.append(f'{name}: checkpoint {src.shape} vs model {tuple(tgt.shape)}')

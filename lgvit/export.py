@@ -14,7 +14,6 @@ writes, from the latest readable checkpoint of the workdir (EMA weights when the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -22,19 +21,10 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from lgvit import checkpoint
-from lgvit import train as train_lib
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir of main.py?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+from lgvit import checkpoint, cli, modeling
+from lgvit import workdir as layout
 
 
 def flatten(variables: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -50,7 +40,7 @@ def inference_fn(model, variables):
   """uint8/float32 NHWC images (0..255) -> float32 logits, with the variables baked in."""
 
   def predict(images):
-    return model.apply(variables, train_lib.normalize(images), train=False).astype(jnp.float32)
+    return model.apply(variables, modeling.normalize(images), train=False).astype(jnp.float32)
 
   return predict
 
@@ -68,21 +58,20 @@ def deserialize(blob: bytes):
 
 
 def export(workdir: str, out: str, prefer_ema: bool = True) -> dict[str, Any]:
-  config = load_config(workdir)
+  config = layout.read_config(workdir)
   variables = checkpoint.load_variables(workdir, prefer_ema=prefer_ema)
   variables = jax.tree_util.tree_map(np.asarray, variables)
-  model = train_lib.build_model(config)
+  model = modeling.build_model(config)
   os.makedirs(out, exist_ok=True)
   meta = {'model': config.model, 'num_classes': config.num_classes, 'dataset': config.dataset,
           'image_size': config.image_size,
           'crop_pct': config.crop_pct, 'interpolation': config.interpolation,
           'model_kwargs': config.model_kwargs.to_dict(), 'workdir': os.path.abspath(workdir)}
-  checkpoint.save_variables(os.path.join(out, 'variables'), variables, meta)
-  np.savez(os.path.join(out, 'variables.npz'), **flatten(variables))
-  with open(os.path.join(out, 'model.jax'), 'wb') as f:
+  checkpoint.save_variables(os.path.join(out, layout.EXPORT_VARIABLES), variables, meta)
+  np.savez(os.path.join(out, layout.EXPORT_NPZ), **flatten(variables))
+  with open(os.path.join(out, layout.EXPORT_FUNCTION), 'wb') as f:
     f.write(serialize(model, variables, config.image_size))
-  with open(os.path.join(out, 'export.json'), 'w') as f:
-    json.dump(meta, f, indent=2)
+  layout.write_json(os.path.join(out, layout.EXPORT_META), meta)
   return meta
 
 
@@ -93,13 +82,13 @@ def main(argv=None):
   parser.add_argument('--out', required=True)
   parser.add_argument('--raw', action='store_true', help='export the raw weights even if EMA weights exist')
   args = parser.parse_args(argv)
-  try:
+  cli.quiet_logs()
+
+  def run():
     meta = export(args.workdir, args.out, prefer_ema=not args.raw)
-  except (FileNotFoundError, checkpoint.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f"exported {meta['model']} from {args.workdir} to {args.out}")
-  return 0
+    print(f"exported {meta['model']} from {args.workdir} to {args.out}")
+
+  return cli.report_errors(run)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable
 
 import flax
@@ -84,7 +83,3 @@ def make_optimizer(config, params, schedule) -> optax.GradientTransformation:
   else:
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
   return optax.chain(*chain)
-
-
-def path_matches(path: tuple[str, ...], pattern: str) -> bool:
-  return bool(pattern) and re.search(pattern, '/'.join(path)) is not None

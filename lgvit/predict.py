@@ -5,8 +5,8 @@
     python -m lgvit.predict --workdir CONVERTED_DIR --model nommer_t x.jpg   # written by python -m lgvit.convert
 
 prints the top-5 classes of each image with their names. Images go through the model's own
-evaluation transform (its config's or registry entry's image size, crop_pct and interpolation,
-``lgvit.data.pipeline.eval_image``). Class names: ImageNet-1k from ``lgvit/data/imagenet_class_names.txt``,
+evaluation transform (its config's or registry entry's image size, crop_pct and interpolation),
+``lgvit.data.transforms.eval_image``, which needs no TensorFlow; neither does the rest of this module. Class names: ImageNet-1k from ``lgvit/data/imagenet_class_names.txt``,
 '0'..'9' for the embedded digits, else the class index.
 
 From Python, :func:`load` returns a :class:`LoadedModel` with ``classify``, ``preprocess`` and
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -25,14 +24,18 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lgvit import cli
+from lgvit import workdir as layout
+from lgvit.errors import LgvitError
+
 IMAGENET_CLASS_NAMES = pathlib.Path(__file__).parent / 'data' / 'imagenet_class_names.txt'
 
 
-class LoadError(ValueError):
+class LoadError(LgvitError, ValueError):
   pass
 
 
-class ImageError(ValueError):
+class ImageError(LgvitError, ValueError):
   pass
 
 
@@ -95,36 +98,34 @@ class LoadedModel:
 
   def preprocess(self, image) -> np.ndarray:
     """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
-    import tensorflow as tf
-    from lgvit.data import pipeline
+    from lgvit.data import transforms
     what = 'image'
     if isinstance(image, (str, os.PathLike)):
       what = str(image)
       with open(image, 'rb') as f:
         image = f.read()
     try:
-      return pipeline.eval_image(image, self.image_size, self.crop_pct, self.interpolation)
-    except tf.errors.InvalidArgumentError as e:
-      raise ImageError(f'{what}: cannot decode it as an image (JPEG, PNG, GIF or BMP): '
-                       f'{e.message.splitlines()[0]}') from None
+      return transforms.eval_image(image, self.image_size, self.crop_pct, self.interpolation)
+    except transforms.UndecodableImageError as e:
+      raise ImageError(f'{what}: cannot decode it as an image (JPEG, PNG, GIF or BMP): {e}') from None
 
   @functools.cached_property
   def _forward(self):
     import jax
-    from lgvit import train
+    from lgvit import modeling
 
     def forward(variables, images):
-      return self.model.apply(variables, train.normalize(images), train=False)
+      return self.model.apply(variables, modeling.normalize(images), train=False)
 
     return jax.jit(forward)
 
   @functools.cached_property
   def _forward_with_intermediates(self):
     import jax
-    from lgvit import train
+    from lgvit import modeling
 
     def forward(variables, images):
-      logits, state = self.model.apply(variables, train.normalize(images), train=False,
+      logits, state = self.model.apply(variables, modeling.normalize(images), train=False,
                                        mutable=['intermediates'])
       return logits, state.get('intermediates', {})
 
@@ -154,19 +155,6 @@ class LoadedModel:
     return out
 
 
-def _read_orbax_meta(directory: str) -> dict[str, Any]:
-  """The JSON ``meta`` item of the newest step of an orbax variables directory ({} if it has none)."""
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.abspath(directory))
-  try:
-    step = mngr.latest_step()
-    if step is None or not os.path.isdir(os.path.join(directory, str(step), 'meta')):
-      return {}
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
-  finally:
-    mngr.close()
-
-
 def load(path: str, model: Optional[str] = None, *, best: bool = False, image_size: Optional[int] = None,
          prefer_ema: bool = True) -> LoadedModel:
   """Loads a training workdir, an export dir (``lgvit.export``) or a variables dir (``lgvit.convert``).
@@ -179,36 +167,27 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     prefer_ema: for a training workdir, take the EMA weights when the run kept them (as lgvit.export).
   """
   import jax
-  from lgvit import checkpoint
-  from lgvit import export as export_lib
-  from lgvit import train
+  from lgvit import checkpoint, modeling
   from lgvit.models import create_model, model_info
 
   path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise LoadError(f'{path} is not a directory: give a training workdir of main.py, an export dir of '
-                    '`python -m lgvit.export` or a checkpoint dir of `python -m lgvit.convert`')
-  if os.path.exists(os.path.join(path, 'config.json')):
-    config = export_lib.load_config(path)
+  kind = layout.kind(path)
+  if kind == layout.TRAINING:
+    config = layout.read_config(path)
     if model and model != config.model:
       raise LoadError(f'--model {model}, but {path} holds a {config.model} run')
-    variables = checkpoint.load_variables(os.path.join(path, 'best') if best else path, prefer_ema=prefer_ema)
-    net, name, dataset = train.build_model(config), config.model, config.dataset
+    variables = checkpoint.load_variables(os.path.join(path, layout.BEST) if best else path, prefer_ema=prefer_ema)
+    net, name, dataset = modeling.build_model(config), config.model, config.dataset
     num_classes, size, crop_pct, interp = config.num_classes, config.image_size, config.crop_pct, config.interpolation
   else:
-    if os.path.exists(os.path.join(path, 'export.json')):
-      with open(os.path.join(path, 'export.json')) as f:
-        meta = json.load(f)
-      variables_dir = os.path.join(path, 'variables')
-    else:
-      variables_dir, meta = path, _read_orbax_meta(path)
+    meta = layout.read_export_meta(path) if kind == layout.EXPORT else checkpoint.read_meta(path)
     name = model or meta.get('model')
     if not name:
       raise LoadError(f'{path} does not name its model: pass --model NAME (a registered lgvit model)')
     if meta.get('model') and name != meta['model']:
       raise LoadError(f"--model {name}, but {path} holds {meta['model']} weights")
     info = model_info(name)
-    variables = checkpoint.load_variables(variables_dir)
+    variables = checkpoint.load_variables(path)
     num_classes = int(meta.get('num_classes') or _head_classes(variables) or 1000)
     net = create_model(name, num_classes=num_classes, **meta.get('model_kwargs', {}))
     dataset = meta.get('dataset')
@@ -224,11 +203,11 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   """The model of a training config (e.g. ``configs/nommer_t.py:demo``) with ``variables``, or freshly
   initialised ones (``model.init`` with ``seed``) when none are given."""
   import jax
-  from lgvit import train
+  from lgvit import modeling
   from lgvit.models import model_info
-  model = train.build_model(config)
+  model = modeling.build_model(config)
   if variables is None:
-    variables = jax.jit(lambda: train.init_variables(model, config.image_size, seed))()
+    variables = jax.jit(lambda: modeling.init_variables(model, config.image_size, seed))()
   variables = jax.tree_util.tree_map(np.asarray, variables)
   return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
                      image_size=config.image_size, crop_pct=config.crop_pct, interpolation=config.interpolation,
@@ -256,37 +235,45 @@ def format_predictions(image: str, predictions: list[Prediction]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m lgvit.predict', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_source_arguments(parser: argparse.ArgumentParser):
+  """The flags that say where a model comes from (shared with ``lgvit.visualize``); see :func:`load_source`."""
   parser.add_argument('--workdir', required=True, help='training workdir, export dir or converted checkpoint dir')
   parser.add_argument('--model', default=None, help='registered model name (for a converted checkpoint dir)')
   parser.add_argument('--best', action='store_true', help='use the best checkpoint of a training workdir')
   parser.add_argument('--image_size', type=int, default=None, help='input size for a converted checkpoint dir')
+
+
+def load_source(args: argparse.Namespace) -> LoadedModel:
+  return load(args.workdir, args.model, best=args.best, image_size=args.image_size)
+
+
+def missing_files_error(paths: Sequence[str]) -> Optional[str]:
+  missing = [p for p in paths if not os.path.isfile(p)]
+  return f"no such image file: {', '.join(missing)}" if missing else None
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m lgvit.predict', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_source_arguments(parser)
   parser.add_argument('--top', type=int, default=5, help='how many classes to print per image')
   parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, GIF, BMP)')
   args = parser.parse_args(argv)
-  missing = [p for p in args.images if not os.path.isfile(p)]
+  missing = missing_files_error(args.images)
   if missing:
-    print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
+    print(f'error: {missing}', file=sys.stderr)
     return 2
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  from lgvit.checkpoint import CheckpointError
-  from lgvit.models import UnknownModelError
-  from lgvit.models.layers import InvalidInputSizeError
-  try:
-    loaded = load(args.workdir, args.model, best=args.best, image_size=args.image_size)
+  cli.quiet_logs()
+
+  def run():
+    loaded = load_source(args)
     results = loaded.classify(args.images, k=args.top)
-  except (LoadError, ImageError, CheckpointError, UnknownModelError, InvalidInputSizeError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'{loaded.name} from {loaded.source} ({loaded.image_size}px, crop_pct {loaded.crop_pct}, '
-        f'{loaded.interpolation})')
-  for image, predictions in zip(args.images, results):
-    print(format_predictions(image, predictions))
-  return 0
+    print(f'{loaded.name} from {loaded.source} ({loaded.image_size}px, crop_pct {loaded.crop_pct}, '
+          f'{loaded.interpolation})')
+    for image, predictions in zip(args.images, results):
+      print(format_predictions(image, predictions))
+
+  return cli.report_errors(run)
 
 
 if __name__ == '__main__':

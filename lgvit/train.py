@@ -8,14 +8,17 @@ the *global* batch (SyncBN), whereas the papers normalised per GPU.
 Randomness is a pure function of ``(seed, step)``: the step's key is ``fold_in(key(seed), step)``,
 and the data stream is a pure function of ``(seed, epoch)`` (see ``lgvit.data.pipeline``). A run
 resumed from a checkpoint therefore continues bit for bit.
+
+The loop (:func:`train_and_evaluate`) runs train steps and, when it is time (:func:`itstime`), a few
+periodic actions, each a function from the loop's state to the next: :func:`flush_history` (fetches
+the step metrics, stops on a non-finite loss), :func:`log_row`, :func:`evaluate_and_keep_best` and
+:func:`checkpoint`. A SIGTERM ends the run at a step boundary with a checkpoint and the status
+:data:`PREEMPTED`; ``main.py`` turns that into exit status 75.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import math
-import os
-import signal
 import time
 from typing import Any, Optional
 
@@ -29,33 +32,19 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
 from lgvit import optim
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
-from lgvit.models import create_model
+from lgvit.errors import ConfigError, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
+from lgvit.modeling import RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, normalize
+from lgvit.models import model_info
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run checkpointed on SIGTERM/preemption; rerun the same command
-RNG_STREAMS = ('dropout', 'drop_path', 'gumbel')
+#: What :func:`train_and_evaluate` reports in ``result['status']``.
+FINISHED, PREEMPTED = 'finished', 'preempted'
 NOT_AVERAGED = ('skipped_images', 'data_fingerprint')  # per-step metrics that a log row does not average
-MEAN = jnp.asarray(pipeline.MEAN_RGB, jnp.float32)
-STD = jnp.asarray(pipeline.STDDEV_RGB, jnp.float32)
-
-
-class ConfigError(ValueError):
-  pass
-
-
-class Preempted(SystemExit):
-
-  def __init__(self, step):
-    super().__init__(EXIT_PREEMPTED)
-    self.step = step
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 @flax.struct.dataclass
@@ -68,81 +57,25 @@ class TrainState:
   ema_batch_stats: Any = None
 
 
-# ---------------------------------------------------------------------------------------------
-# Set-up helpers.
-# ---------------------------------------------------------------------------------------------
-
-
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
   devices = jax.devices() if devices is None else list(devices)
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def compute_dtype(config):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
-
-
-def build_model(config):
-  kwargs = dict(config.model_kwargs)
-  if config.dtype != 'float32':
-    kwargs['dtype'] = compute_dtype(config)
-  return create_model(config.model, num_classes=config.num_classes, **kwargs)
-
-
-def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
-  return ((images.astype(jnp.float32) - MEAN) / STD).astype(dtype)
-
-
-def init_variables(model, image_size: int, seed: int):
-  x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-  variables = model.init({'params': jax.random.PRNGKey(seed), **{s: jax.random.PRNGKey(0) for s in RNG_STREAMS}},
-                         x, train=False)
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-
-
-def check_config(config, process_count: int):
+def check_config(config):
   if config.batch_size % jax.device_count():
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices; '
                       f'use a multiple of {jax.device_count()} (--config.batch_size=...)')
   if config.eval_batch_size % jax.device_count():
     raise ConfigError(f'eval_batch_size {config.eval_batch_size} is not divisible by the {jax.device_count()} '
                       'devices; use a multiple of the device count')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-  del process_count
-
-
-ARCH_KEYS = ('model', 'model_kwargs', 'num_classes')
-
-
-def check_workdir_config(config, workdir: str, force: bool):
-  """Refuses to resume a workdir whose saved architecture differs from the command's."""
-  path = os.path.join(workdir, 'config.json')
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    diff = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
-    if diff and not force:
-      details = '; '.join(f'{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}' for k in diff)
-      raise ConfigError(f'{workdir} holds a run of another architecture ({details}). Use a new --workdir, '
-                        'or pass --force_config to resume anyway.')
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+  compute_dtype(config)  # a ConfigError names the valid dtypes
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps.
 # ---------------------------------------------------------------------------------------------
-
-
-def cross_entropy(logits, targets):
-  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -252,89 +185,21 @@ def make_eval_step(model, config):
 
 
 # ---------------------------------------------------------------------------------------------
-# Logging.
+# Evaluation.
 # ---------------------------------------------------------------------------------------------
 
 
-class MetricsLog:
-  """Console + TensorBoard + ``metrics.jsonl`` (deterministic values only, so reruns compare equal)."""
-
-  def __init__(self, workdir: str, resume_step: int, enabled: bool):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.tb = None
-    if not enabled:
-      return
-    if os.path.exists(self.path):  # drop rows written after the checkpoint we resume from
-      with open(self.path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= resume_step]
-      with open(self.path + '.tmp', 'w') as f:
-        f.writelines(rows)
-      os.replace(self.path + '.tmp', self.path)
-    try:
-      import tensorflow as tf
-      self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-    except Exception:  # noqa: BLE001 - TensorBoard is a convenience
-      self.tb = None
-
-  def write(self, step: int, row: dict[str, float], extra: Optional[dict[str, float]] = None):
-    if not self.enabled:
-      return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, **row}) + '\n')
-    if self.tb is not None:
-      import tensorflow as tf
-      with self.tb.as_default(step=step):
-        for k, v in {**row, **(extra or {})}.items():
-          if k != 'data_fingerprint':
-            tf.summary.scalar(k, v)
-      self.tb.flush()
-
-
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop.
-# ---------------------------------------------------------------------------------------------
-
-
-class _SigtermFlag:
-
-  def __init__(self):
-    self.set = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.set = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
-def _global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
 def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict[str, float]:
   local_batch = config.eval_batch_size // jax.process_count()
-  ds, steps = pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), split=split)
+  ds, _ = pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
+                                process_count=jax.process_count(), split=split)
   totals = None
   for batch in pipeline.as_numpy(ds):
-    out = eval_fn(variables, _global_batch(batch, batch_sharding))
+    out = eval_fn(variables, global_batch(batch, batch_sharding))
     totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   n = max(float(totals['count']), 1.0)
@@ -342,184 +207,256 @@ def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optiona
           'top5': float(totals['top5']) / n, 'skipped': int(totals['skipped'])}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force_config: bool = False,
-                       async_checkpoints: bool = True) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the final eval."""
-  process_index, process_count = jax.process_index(), jax.process_count()
-  is_main = process_index == 0
-  check_config(config, process_count)
+# ---------------------------------------------------------------------------------------------
+# The run: what is fixed for its whole length, and the loop's state between steps.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything a run fixes before its first step."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  builder: Any
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  train_step: Any
+  eval_step: Any
+  batch_sharding: NamedSharding
+  checkpointer: ckpt.TrainCheckpointer
+  best: Optional[ckpt.BestCheckpointer]
+  log: bookkeeping.MetricsLog
+  is_main: bool
+
+  def say(self, text: str):
+    if self.is_main:
+      print(text, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+  """What changes from step to step: the train state and the loop's own bookkeeping."""
+  train: TrainState
+  step: int
+  best_value: float
+  history: tuple = ()  # per-step metrics (device arrays) since the last flush
+  last_log: tuple[float, int] = (0.0, 0)  # (time, step) of the previous log row
+  last_eval: dict = dataclasses.field(default_factory=dict)
+
+
+def itstime(step: int, every: int, total_steps: int) -> bool:
+  """big_vision's rule: every ``every`` steps, and at the last step."""
+  return step == total_steps or (every > 0 and step % every == 0)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool,
+          async_checkpoints: bool) -> tuple[Run, LoopState]:
+  """Checks the config against the data and devices, builds the steps, and restores or creates the state."""
+  check_config(config)
   if config.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.matmul_precision)
   builder = pipeline.get_builder(config.dataset, config.data_dir)
   n_train = pipeline.num_examples(builder, config.train_split)
-  pipeline.num_examples(builder, config.eval_split)
+  n_eval = pipeline.num_examples(builder, config.eval_split)  # a missing eval split fails before training
   if pipeline.num_classes(builder) != config.num_classes:
     raise ConfigError(f'{config.dataset} has {pipeline.num_classes(builder)} classes but config.num_classes is '
                       f'{config.num_classes}; set --config.num_classes={pipeline.num_classes(builder)}')
-  model = build_model(config)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))
-
   try:
-    steps_per_epoch = pipeline.steps_per_epoch(config, n_train, process_count)
+    steps_per_epoch = pipeline.steps_per_epoch(config, n_train, jax.process_count())
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if steps_per_epoch == 0:
     raise ConfigError(f'batch_size {config.batch_size} is larger than the {n_train} training examples')
   total_steps = config.num_train_steps if config.num_train_steps > 0 else int(config.num_epochs * steps_per_epoch)
   schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
-
+  model = build_model(config)
   # Abstract init first: an impossible image size fails here with the model's own message.
   abstract_vars = jax.eval_shape(functools.partial(init_variables, model, config.image_size, config.seed))
   tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
-
-  def create_state():
-    variables = init_variables(model, config.image_size, config.seed)
-    params, bs = variables['params'], variables['batch_stats']
-    ema = config.ema_decay > 0
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bs, opt_state=tx.init(params),
-                      ema_params=params if ema else None, ema_batch_stats=bs if ema else None)
-
-  abstract_state = jax.eval_shape(create_state)
+  mesh = make_mesh()
+  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  create = functools.partial(create_state, model, tx, config)
+  abstract_state = jax.eval_shape(create)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
-  abstract_state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                          abstract_state, state_sharding)
 
-  check_workdir_config(config, workdir, force_config)
+  bookkeeping.check_workdir_config(config, workdir, force_config)
   checkpointer = ckpt.TrainCheckpointer(workdir, config.keep_checkpoints, async_checkpoints)
-  best = ckpt.BestCheckpointer(workdir) if is_main or process_count > 1 else None
-  restored = checkpointer.restore_latest(abstract_state)
+  is_main = jax.process_index() == 0
+  restored = checkpointer.restore_latest(jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, state_sharding))
   if restored is not None:
     state, meta, start_step = restored
-    best_value = meta.get('best_value', -1.0)
+    loop = LoopState(state, start_step, meta.get('best_value', -1.0))
     if is_main:
-      print(f'Resuming {workdir} from step {start_step} (checkpoint {checkpointer.directory}/{start_step}).', flush=True)
+      print(f'Resuming {workdir} from step {start_step} (checkpoint {checkpointer.directory}/{start_step}).',
+            flush=True)
   else:
-    state = jax.jit(create_state, out_shardings=state_sharding)()
-    start_step, best_value = 0, -1.0
+    state = jax.jit(create, out_shardings=state_sharding)()
     if config.init_from:
-      loaded = ckpt.load_variables(config.init_from)
-      fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
-                                    config.init_skip)
-      fitted = jax.device_put(fitted, replicated)
-      state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
-                            opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))
-      if config.ema_decay:
-        state = state.replace(ema_params=fitted['params'], ema_batch_stats=fitted['batch_stats'])
-      if is_main:
-        print(f'Initialised from {config.init_from}.', flush=True)
+      state = init_from_checkpoint(state, tx, config, replicated, state_sharding)
+    loop = LoopState(state, 0, -1.0)
+  run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps,
+            eval_every=max(int(round(config.eval_every_epochs * steps_per_epoch)), 1),
+            train_step=jax.jit(make_train_step(model, tx, config, schedule),
+                               in_shardings=(state_sharding, batch_sharding, replicated),
+                               out_shardings=(state_sharding, replicated), donate_argnums=0),
+            eval_step=jax.jit(make_eval_step(model, config), out_shardings=replicated),
+            batch_sharding=batch_sharding, checkpointer=checkpointer,
+            best=ckpt.BestCheckpointer(workdir) if is_main or jax.process_count() > 1 else None,
+            log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main)
+  run.say(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
+          f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
+          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images')
+  return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
 
+
+def create_state(model, tx, config) -> TrainState:
+  variables = init_variables(model, config.image_size, config.seed)
+  params, bs = variables['params'], variables['batch_stats']
+  ema = config.ema_decay > 0
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bs, opt_state=tx.init(params),
+                    ema_params=params if ema else None, ema_batch_stats=bs if ema else None)
+
+
+def init_from_checkpoint(state: TrainState, tx, config, replicated, state_sharding) -> TrainState:
+  """``config.init_from``'s weights in a fresh state, resized by the model's rules (fresh optimiser)."""
+  loaded = ckpt.load_variables(config.init_from)
+  fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
+                                config.init_skip, model_info(config.model).resize_rules)
+  fitted = jax.device_put(fitted, replicated)
+  state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
+                        opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))
+  if config.ema_decay:
+    state = state.replace(ema_params=fitted['params'], ema_batch_stats=fitted['batch_stats'])
+  if jax.process_index() == 0:
+    print(f'Initialised from {config.init_from}.', flush=True)
+  return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The periodic actions.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_one_step(run: Run, loop: LoopState, batch, key) -> LoopState:
+  state, metrics = run.train_step(loop.train, global_batch(batch, run.batch_sharding), key)
+  return dataclasses.replace(loop, train=state, step=loop.step + 1, history=loop.history + (metrics,))
+
+
+def flush_history(run: Run, loop: LoopState) -> tuple[LoopState, list[dict[str, Any]]]:
+  """Fetches the metrics of the steps since the last flush; a non-finite loss stops the run unsaved."""
+  rows = jax.device_get(list(loop.history))
+  losses = np.array([r['loss'] for r in rows])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    raise NonFiniteLossError(f'loss became {losses[bad[0]]} at step {loop.step - len(rows) + bad[0] + 1}; '
+                             f'stopping without saving (last good checkpoint: {run.checkpointer.latest_step()}). '
+                             'Lower the LR, enable grad clipping or use float32.')
+  return dataclasses.replace(loop, history=()), rows
+
+
+def log_row(run: Run, loop: LoopState, rows: list[dict[str, Any]]) -> LoopState:
+  """One row of the step metrics averaged since the last flush (skipped images summed, fingerprints combined)."""
+  step, total, batch = loop.step, run.total_steps, run.config.batch_size
+  now, (t_last, step_last) = time.time(), loop.last_log
+  ips = (step - step_last) * batch / max(now - t_last, 1e-9)
+  eta = (total - step) * batch / max(ips, 1e-9)
+  row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in NOT_AVERAGED}
+  row['data_fingerprint'] = combine_fingerprints(r['data_fingerprint'] for r in rows)
+  skipped = int(sum(r['skipped_images'] for r in rows))
+  if skipped:
+    row['skipped_images'] = skipped  # summed over the logging interval
+    run.say(f'WARNING: skipped {skipped} unreadable image(s) in steps {step - len(rows) + 1}..{step}.')
+  row['epoch'] = step / run.steps_per_epoch
+  run.log.write(step, row, {'images_per_sec': ips})
+  run.say(f"step {step}/{total} | epoch {row['epoch']:.2f} | loss {row['loss']:.4f} | "
+          f"lr {row['lr']:.3g} | {ips:.1f} img/s | ETA {bookkeeping.format_duration(eta)}")
+  return dataclasses.replace(loop, last_log=(now, step))
+
+
+def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
+  """Evaluates the raw weights (and the EMA weights, if any) on the eval split; logs the row."""
+  config, state, step = run.config, loop.train, loop.step
+  row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, {'params': state.params, 'batch_stats': state.batch_stats},
+                                              config, run.builder, run.batch_sharding).items()}
+  if config.ema_decay:
+    ema = evaluate(run.eval_step, {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}, config,
+                   run.builder, run.batch_sharding)
+    row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
+  row['epoch'] = step / run.steps_per_epoch
+  run.log.write(step, row)
+  ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
+  run.say(f"eval @ step {step}: top-1 {row['eval_top1']:.4f} | top-5 {row['eval_top5']:.4f} | "
+          f"loss {row['eval_loss']:.4f} | {row['eval_count']} images{ema_txt}")
+  if row['eval_skipped']:
+    run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
+  return dataclasses.replace(loop, last_eval=row)
+
+
+def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
+  """:func:`evaluate_and_log`, then saves the weights to ``best/`` when ``config.best_metric`` improved."""
+  loop = evaluate_and_log(run, loop)
+  metric_name, state = run.config.best_metric, loop.train
+  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval['eval_top1'])
+  if metric <= loop.best_value:
+    return loop
+  if run.best is not None:
+    use_ema = metric_name.startswith('ema_')
+    run.best.save(loop.step, {'params': state.ema_params if use_ema else state.params,
+                              'batch_stats': state.ema_batch_stats if use_ema else state.batch_stats},
+                  {'step': loop.step, metric_name: metric})
+  return dataclasses.replace(loop, best_value=metric)
+
+
+def checkpoint(run: Run, loop: LoopState) -> LoopState:
+  run.checkpointer.save(loop.step, loop.train, {'step': loop.step, 'best_value': loop.best_value}, force=True)
+  return loop
+
+
+def finish(run: Run, loop: LoopState, status: str) -> dict[str, Any]:
+  """Closes the checkpointers; the result is ``{'status', 'step', **last eval row}``."""
+  if status == PREEMPTED:
+    run.checkpointer.wait()
+    run.say(f'Preempted: saved step {loop.step}; rerun the same command to resume.')
+  run.checkpointer.close()
+  if run.best is not None:
+    run.best.close()
+  return {'status': status, 'step': loop.step, **loop.last_eval}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force_config: bool = False,
+                       async_checkpoints: bool = True) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint.
+
+  Returns ``{'status': FINISHED or PREEMPTED, 'step': ..., 'eval_top1': ..., ...}`` (the last eval).
+  """
+  run, loop = setup(config, workdir, force_config, async_checkpoints)
   key = jax.random.PRNGKey(config.seed)
-  train_step = jax.jit(make_train_step(model, tx, config, schedule), in_shardings=(state_sharding, batch_sharding, replicated),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, config), out_shardings=replicated)
-  log = MetricsLog(workdir, start_step, is_main)
-  eval_every = max(int(round(config.eval_every_epochs * steps_per_epoch)), 1)
-
-  if is_main:
-    print(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
-          f'{jax.device_count()} devices on {process_count} process(es) | global batch {config.batch_size} | '
-          f'{steps_per_epoch} steps/epoch | {total_steps} steps', flush=True)
-
-  def run_eval(step) -> dict[str, float]:
-    row = {f'eval_{k}': v for k, v in evaluate(eval_step, {'params': state.params, 'batch_stats': state.batch_stats},
-                                                config, builder, batch_sharding).items()}
-    if config.ema_decay:
-      ema = evaluate(eval_step, {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}, config, builder,
-                     batch_sharding)
-      row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
-    row['epoch'] = step / steps_per_epoch
-    log.write(step, row)
-    if is_main:
-      ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
-      print(f"eval @ step {step}: top-1 {row['eval_top1']:.4f} | top-5 {row['eval_top5']:.4f} | "
-            f"loss {row['eval_loss']:.4f} | {row['eval_count']} images{ema_txt}", flush=True)
-      if row['eval_skipped']:
-        print(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).", flush=True)
-    return row
-
-  def save(step, force=False):
-    checkpointer.save(step, state, {'step': step, 'best_value': best_value}, force=force)
-
-  history: list[dict[str, jax.Array]] = []
-  t_last, step_last = time.time(), start_step
-  last_eval: dict[str, float] = {}
-  step = start_step
-  with _SigtermFlag() as sigterm:
-    while step < total_steps:
-      epoch, in_epoch = divmod(step, steps_per_epoch)
-      ds = pipeline.train_dataset(config, builder, epoch=epoch, start_step=in_epoch, steps_per_epoch=steps_per_epoch,
-                                  process_index=process_index, process_count=process_count)
+  with bookkeeping.SigtermFlag() as sigterm:
+    while loop.step < run.total_steps:
+      epoch, in_epoch = divmod(loop.step, run.steps_per_epoch)
+      ds = pipeline.train_dataset(config, run.builder, epoch=epoch, start_step=in_epoch,
+                                  steps_per_epoch=run.steps_per_epoch, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
       for batch in pipeline.as_numpy(ds):
-        state, metrics = train_step(state, _global_batch(batch, batch_sharding), key)
-        history.append(metrics)
-        step += 1
-        boundary = step % config.log_every_steps == 0 or step == total_steps
-        want_ckpt = step % config.checkpoint_every_steps == 0 or step == total_steps
-        want_eval = step % eval_every == 0 or step == total_steps
-        preempt = _preemption_requested(sigterm, checkpointer, step)
-        if boundary or want_ckpt or want_eval or preempt:
-          rows = jax.device_get(history)
-          history.clear()
-          losses = np.array([r['loss'] for r in rows])
-          bad = np.flatnonzero(~np.isfinite(losses))
-          if bad.size:
-            raise NonFiniteLossError(f'loss became {losses[bad[0]]} at step {step - len(rows) + bad[0] + 1}; '
-                                     f'stopping without saving (last good checkpoint: {checkpointer.latest_step()}). '
-                                     'Lower the LR, enable grad clipping or use float32.')
-          if boundary:
-            now = time.time()
-            ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
-            eta = (total_steps - step) * config.batch_size / max(ips, 1e-9)
-            row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in NOT_AVERAGED}
-            row['data_fingerprint'] = combine_fingerprints(r['data_fingerprint'] for r in rows)
-            skipped = int(sum(r['skipped_images'] for r in rows))
-            if skipped:
-              row['skipped_images'] = skipped  # summed over the logging interval
-              if is_main:
-                print(f'WARNING: skipped {skipped} unreadable image(s) in steps {step - len(rows) + 1}..{step}.',
-                      flush=True)
-            row['epoch'] = step / steps_per_epoch
-            log.write(step, row, {'images_per_sec': ips})
-            if is_main:
-              print(f"step {step}/{total_steps} | epoch {row['epoch']:.2f} | loss {row['loss']:.4f} | "
-                    f"lr {row['lr']:.3g} | {ips:.1f} img/s | ETA {_fmt_time(eta)}", flush=True)
-            t_last, step_last = now, step
-          if want_eval:
-            last_eval = run_eval(step)
-            metric = last_eval.get('eval_' + config.best_metric, last_eval['eval_top1'])
-            if metric > best_value:
-              best_value = metric
-              if best is not None:
-                use_ema = config.best_metric.startswith('ema_')
-                best.save(step, {'params': state.ema_params if use_ema else state.params,
-                                 'batch_stats': state.ema_batch_stats if use_ema else state.batch_stats},
-                          {'step': step, config.best_metric: metric})
-          if want_ckpt or preempt:
-            save(step, force=True)
+        loop = train_one_step(run, loop, batch, key)
+        due_log, due_eval, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in
+                                       (config.log_every_steps, run.eval_every, config.checkpoint_every_steps))
+        preempt = bookkeeping.preemption_requested(sigterm, run.checkpointer, loop.step)
+        if due_log or due_eval or due_ckpt or preempt:
+          loop, rows = flush_history(run, loop)
+          if due_log:
+            loop = log_row(run, loop, rows)
+          if due_eval:
+            loop = evaluate_and_keep_best(run, loop)
+          if due_ckpt or preempt:
+            loop = checkpoint(run, loop)
           if preempt:
-            checkpointer.wait()
-            if is_main:
-              print(f'Preempted: saved step {step}; rerun the same command to resume.', flush=True)
-            checkpointer.close()
-            raise Preempted(step)
-        if step >= total_steps:
+            return finish(run, loop, PREEMPTED)
+        if loop.step >= run.total_steps:
           break
-  checkpointer.close()
-  if best is not None:
-    best.close()
-  if not last_eval:  # resumed a finished run
-    last_eval = run_eval(step)
-  return {'step': step, **last_eval}
-
-
-def _preemption_requested(sigterm: _SigtermFlag, checkpointer: ckpt.TrainCheckpointer, step: int) -> bool:
-  if jax.process_count() == 1:
-    return sigterm.set
-  # Every process must agree on the step at which to stop.
-  from jax.experimental import multihost_utils
-  if step % 10:
-    return False
-  flags = multihost_utils.process_allgather(np.array([sigterm.set], np.int32))
-  return bool(np.any(flags)) or checkpointer.manager.reached_preemption(step)
+  if not loop.last_eval:  # resumed a finished run
+    loop = evaluate_and_log(run, loop)
+  return finish(run, loop, FINISHED)

@@ -33,6 +33,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from lgvit import cli, predict
+from lgvit.errors import LgvitError
+
 #: Paper Fig. 4 colours, indexed by the sown nomination (0 = CNN, 1 = local, 2 = global).
 NOMINATION_COLORS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255)], np.uint8)
 NOMINATION_NAMES = ('CNN', 'local', 'global')
@@ -50,7 +53,7 @@ REGION_BOUNDARY = np.array((255, 255, 255), np.uint8)
 FIGURE_DPI = 100
 
 
-class NothingToDrawError(ValueError):
+class NothingToDrawError(LgvitError, ValueError):
   pass
 
 
@@ -122,6 +125,14 @@ def sown(intermediates: dict[str, Any], name: str) -> list[tuple[tuple[str, ...]
   return sorted(found, key=lambda kv: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', '/'.join(kv[0]))])
 
 
+def sown_or_explain(intermediates: dict[str, Any], name: str, why_none: str):
+  """:func:`sown`, or :class:`NothingToDrawError` with ``why_none`` when the model sowed no ``name``."""
+  found = sown(intermediates, name)
+  if not found:
+    raise NothingToDrawError(why_none)
+  return found
+
+
 def _index(pattern: str, path: tuple[str, ...]) -> tuple[int, ...]:
   for part in path:
     m = re.fullmatch(pattern, part)
@@ -160,10 +171,8 @@ def _legend_patches(colors, names):
 
 def nommer_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
   del model
-  maps = sown(intermediates, 'nomination')
-  if not maps:
-    raise NothingToDrawError('this NomMer sows no nominations: it runs without the nominator '
-                             "(fusion='sum' or a single candidate, see nommer.ABLATIONS)")
+  maps = sown_or_explain(intermediates, 'nomination', 'this NomMer sows no nominations: it runs without the '
+                         "nominator (fusion='sum' or a single candidate, see nommer.ABLATIONS)")
   panel = panel_size(crop.shape[0])
   pictures, summary, overlays = [], {}, []
   for path, nomination in maps:
@@ -213,9 +222,7 @@ def region_boundaries(pixel_regions: np.ndarray) -> np.ndarray:
 
 
 def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
-  maps = sown(intermediates, 'regions')
-  if not maps:
-    raise NothingToDrawError('this SALG sows no region maps')
+  maps = sown_or_explain(intermediates, 'regions', 'this SALG sows no region maps')
   panel = panel_size(crop.shape[0])
   pictures, summary = [], {}
   for path, regions in maps:
@@ -238,10 +245,8 @@ def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture]
 
 def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
   del model
-  gates = sown(intermediates, 'gate')
-  if not gates:
-    raise NothingToDrawError('this LESA model has no dynamic fusion (static_lesa: unary + binary with equal '
-                             'weights; sa: binary only), so there are no weights to draw')
+  gates = sown_or_explain(intermediates, 'gate', 'this LESA model has no dynamic fusion (static_lesa: unary + '
+                          'binary with equal weights; sa: binary only), so there are no weights to draw')
   layers = ['/'.join(path) for path, _ in gates]
   # Table 2's weights of one image: 1/(1+w) and w/(1+w) averaged over positions and channels.
   binary = [float(np.mean(g / (1.0 + g))) for _, g in gates]
@@ -357,34 +362,23 @@ def save(pics: list[Picture], summary: dict[str, Any], out: str) -> list[str]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m lgvit.visualize', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='training workdir, export dir or converted checkpoint dir')
-  parser.add_argument('--model', default=None, help='registered model name (for a converted checkpoint dir)')
-  parser.add_argument('--best', action='store_true', help='use the best checkpoint of a training workdir')
-  parser.add_argument('--image_size', type=int, default=None, help='input size for a converted checkpoint dir')
+  predict.add_source_arguments(parser)
   parser.add_argument('--image', required=True, help='image file (JPEG, PNG, GIF, BMP)')
   parser.add_argument('--out', required=True, help='directory for the PNG files and summary.json')
   args = parser.parse_args(argv)
-  if not os.path.isfile(args.image):
-    print(f'error: no such image file: {args.image}', file=sys.stderr)
+  missing = predict.missing_files_error([args.image])
+  if missing:
+    print(f'error: {missing}', file=sys.stderr)
     return 2
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  from lgvit import predict
-  from lgvit.checkpoint import CheckpointError
-  from lgvit.models import UnknownModelError
-  from lgvit.models.layers import InvalidInputSizeError
-  try:
-    loaded = predict.load(args.workdir, args.model, best=args.best, image_size=args.image_size)
-    pics, summary = pictures(loaded, args.image)
-  except (predict.LoadError, predict.ImageError, NothingToDrawError, CheckpointError, UnknownModelError,
-          InvalidInputSizeError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  for path, pic in zip(save(pics, summary, args.out), pics):
-    print(f'{path}  {pic.image.width}x{pic.image.height}  {pic.title}')
-  print(f"{os.path.join(args.out, 'summary.json')}  top-5: {', '.join(summary['top5'])}")
-  return 0
+  cli.quiet_logs()
+
+  def run():
+    pics, summary = pictures(predict.load_source(args), args.image)
+    for path, pic in zip(save(pics, summary, args.out), pics):
+      print(f'{path}  {pic.image.width}x{pic.image.height}  {pic.title}')
+    print(f"{os.path.join(args.out, 'summary.json')}  top-5: {', '.join(summary['top5'])}")
+
+  return cli.report_errors(run)
 
 
 if __name__ == '__main__':

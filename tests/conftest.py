@@ -54,3 +54,54 @@ def fixture_npz(family: str, name: str):
 def fixture_json(family: str, name: str):
   import json
   return json.loads(_fixture_path(family, f'{name}.json').read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Small models and their variables, shared by the model, introspection and prediction tests.
+# ---------------------------------------------------------------------------------------------
+
+RESNET_TINY = dict(stage_depths=(1, 1, 1, 1), stem_width=8, stage_planes=(8, 8, 16, 16))
+
+
+def small_kwargs(name):
+  """Overrides that shrink registered model ``name`` to its config's ``:demo`` size (32x32 inputs)."""
+  import importlib
+  from lgvit.models import model_info
+  if model_info(name).family == 'resnet':
+    return dict(RESNET_TINY)
+  return dict(importlib.import_module(f'configs.{name}').get_config('demo').model_kwargs)
+
+
+def init_shapes(model, size, batch=1):
+  """The variables of ``model`` for (batch, size, size, 3) inputs, as ShapeDtypeStructs (no compute)."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.zeros((batch, size, size, 3))
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+
+
+def random_variables(model, x, seed=0, scale=0.05):
+  """Random values in the shapes of ``model.init`` (BatchNorm variances 1) without compiling the init."""
+  import jax
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if path[-1].key == 'var':  # BatchNorm running variance
+      return np.ones(leaf.shape, leaf.dtype)
+    return (scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def save_variables_dir(path, name, kwargs, variables, num_classes=10, image_size=32, dataset='lgvit_digits'):
+  """A directory as ``python -m lgvit.export`` writes its ``variables/`` (orbax + meta naming the model)."""
+  from lgvit import checkpoint
+  checkpoint.save_variables(str(path), variables, {'model': name, 'num_classes': num_classes, 'model_kwargs': kwargs,
+                                                   'image_size': image_size, 'dataset': dataset})
+  return str(path)
+
+
+#: One registered model per family, for the tests that exercise a family's introspection.
+FAMILY_MODELS = {'resnet': 'resnet50', 'nommer': 'nommer_t', 'lesa': 'lesa_resnet50', 'cotnet': 'cotnet50',
+                 'salg': 'salg_st', 'swin': 'swin_st'}

@@ -1,6 +1,6 @@
 """An independent float64 numpy re-derivation of NomMer's train-mode forward and loss.
 
-Written from ``shared/specs/nommer.md`` (not from lgvit/models/nommer.py): windows by explicit
+Written from ``docs/official_code.md`` (NomMer) (not from lgvit/models/nommer.py): windows by explicit
 loops, the relative-position bias by its formula, the DCT as separable 1-D transforms, BatchNorm
 on batch statistics. It reads the lgvit parameter tree (names are the interface, not the maths).
 

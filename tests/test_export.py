@@ -1,35 +1,29 @@
 """Export round trips: orbax params-only checkpoint, flat npz, and a jax.export function with a symbolic batch."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import resnet50
-from lgvit import checkpoint, export, train
+from lgvit import checkpoint, export, modeling, train
 from lgvit.models import create_model
+from conftest import FAMILY_MODELS, small_kwargs
 
-# One model per family, at its demo size; a family without a config yet is skipped.
-FAMILY_CONFIGS = ['resnet50', 'nommer_t', 'cotnet50', 'lesa_resnet50', 'salg_st']
-
-
-@pytest.mark.parametrize('name', FAMILY_CONFIGS)
-def test_serialized_inference_matches_apply(name):
-  import importlib
-  try:
-    config = importlib.import_module(f'configs.{name}').get_config('demo')
-  except ModuleNotFoundError:
-    pytest.skip(f'configs/{name}.py does not exist yet')
-  model = create_model(config.model, num_classes=7, **config.model_kwargs)
+@pytest.mark.parametrize('family', sorted(FAMILY_MODELS))
+def test_serialized_inference_matches_apply(family):
+  name = FAMILY_MODELS[family]
+  model = create_model(name, num_classes=7, **small_kwargs(name))
   # Jitted: op-by-op init and apply of the demo transformers take ~40 s each on 2 cores.
-  variables = jax.jit(lambda: train.init_variables(model, 32, 0))()
+  variables = jax.jit(lambda: modeling.init_variables(model, 32, 0))()
   images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
-  apply = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False))
+  apply = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))
   expected = apply(variables, images)
   exported = jax.export.deserialize(bytearray(export.serialize(model, variables, 32)))
   batch_dim = exported.in_avals[0].shape[0]
   assert not isinstance(batch_dim, int) and str(batch_dim) == 'b'  # serialized for any batch size
   # One call (each new batch size compiles the module again; test_export_cli_from_a_training_workdir
-  # calls a ResNet export at another batch size).
+  # calls a ResNet export at two batch sizes).
   np.testing.assert_allclose(exported.call(images), expected, rtol=1e-5, atol=1e-5)
   flat = export.flatten(variables)
   back = export.unflatten(flat)
@@ -50,14 +44,11 @@ def test_export_cli_from_a_training_workdir(tmp_path):
   with np.load(out + '/variables.npz') as z:
     from_npz = export.unflatten({k: z[k] for k in z.files})
   ema = checkpoint.load_variables(workdir, prefer_ema=True)
-  for a, b, e in zip(jax.tree_util.tree_leaves(from_ckpt), jax.tree_util.tree_leaves(from_npz),
-                     jax.tree_util.tree_leaves(ema)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
-  model = train.build_model(c)
+  chex.assert_trees_all_equal(from_ckpt, from_npz, ema)
+  model = modeling.build_model(c)
   images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
   with open(out + '/model.jax', 'rb') as f:
     fn = export.deserialize(f.read())
-  expected = model.apply(from_npz, train.normalize(jnp.asarray(images)), train=False)
+  expected = model.apply(from_npz, modeling.normalize(jnp.asarray(images)), train=False)
   np.testing.assert_allclose(fn(images.astype(np.float32)), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fn(images[:1].astype(np.float32)), expected[:1], rtol=1e-5, atol=1e-5)  # any batch

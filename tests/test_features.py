@@ -1,9 +1,9 @@
 """Multi-scale features: ``create_model(name, features_only=True)`` for every family.
 
-Each family's small (demo-sized) model must return its stage outputs at strides 4/8/16/32 (LESA:
-4/8/16/16) for non-square inputs, and those tensors must be exactly what the full model computes at
-the end of each stage (read independently with ``capture_intermediates``). Families that are not
-registered yet are skipped.
+Each family's small (demo-sized) model must return its stage outputs at its registered
+``feature_strides`` (4/8/16/32; LESA: 4/8/16/16) for non-square inputs, and those tensors must be
+exactly what the full model computes at the end of each stage (read independently with
+``capture_intermediates``).
 """
 import jax
 import jax.numpy as jnp
@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 
 from lgvit.models import create_model, list_models, model_info
-from tiny_models import FAMILY_MODELS, random_variables, small_kwargs
+from conftest import FAMILY_MODELS, random_variables, small_kwargs
 
-# family -> input (H, W) of the non-square test, stage strides
-CASES = {
-    'resnet': ((32, 64), (4, 8, 16, 32)),
-    'nommer': ((32, 64), (4, 8, 16, 32)),
-    'lesa': ((32, 64), (4, 8, 16, 16)),
-    'cotnet': ((32, 64), (4, 8, 16, 32)),
-    'salg': ((32, 64), (4, 8, 16, 32)),
-    'swin': ((32, 64), (4, 8, 16, 32)),
-}
+NON_SQUARE = (32, 64)
 
 
 def stage_outputs(family, model, captured):
@@ -47,14 +39,12 @@ def stage_outputs(family, model, captured):
   raise NotImplementedError(family)
 
 
-@pytest.mark.parametrize('family', sorted(CASES))
+@pytest.mark.parametrize('family', sorted(FAMILY_MODELS))
 def test_features_are_the_stage_outputs_at_their_strides(family):
-  name, _ = FAMILY_MODELS[family]
-  (h, w), strides = CASES[family]
-  if name not in list_models():
-    pytest.skip(f'{family} is not registered yet')
+  name = FAMILY_MODELS[family]
+  (h, w), strides = NON_SQUARE, model_info(name).feature_strides
   assert model_info(name).family == family
-  kwargs = small_kwargs(family)
+  kwargs = small_kwargs(name)
   full = create_model(name, num_classes=10, **kwargs)
   feats = create_model(name, num_classes=10, features_only=True, **kwargs)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 3))
@@ -74,13 +64,11 @@ def test_features_are_the_stage_outputs_at_their_strides(family):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('family', sorted(CASES))
+@pytest.mark.parametrize('family', sorted(FAMILY_MODELS))
 def test_features_of_the_paper_size_model(family):
   """The full-size variant at its registered input size: shapes only (jax.eval_shape, no compute)."""
-  name, _ = FAMILY_MODELS[family]
-  _, strides = CASES[family]
-  if name not in list_models():
-    pytest.skip(f'{family} is not registered yet')
+  name = FAMILY_MODELS[family]
+  strides = model_info(name).feature_strides
   size = model_info(name).input_size
   model = create_model(name, features_only=True)
   x = jnp.zeros((1, size, size, 3))
@@ -92,4 +80,4 @@ def test_features_of_the_paper_size_model(family):
 
 def test_every_registered_family_is_covered():
   families = {model_info(n).family for n in list_models()}
-  assert families <= set(CASES), f'add a features_only case for {sorted(families - set(CASES))}'
+  assert families == set(FAMILY_MODELS), f'add a features_only case for {sorted(families - set(FAMILY_MODELS))}'

@@ -10,7 +10,7 @@ from conftest import fixture_json, fixture_npz
 from lgvit import checkpoint
 from lgvit.convert import ConversionError, from_torch
 from lgvit.convert.lesa import image_size_from_checkpoint
-from lgvit.models import create_model
+from lgvit.models import create_model, model_info
 from lgvit.models.layers import InvalidInputSizeError, count_params
 from lgvit.models.lesa import LESA, BinaryTerm, fusion_weight_shares, relative_embeddings
 
@@ -79,7 +79,7 @@ def test_relative_embeddings_match_index_table(length):
 
 
 def numpy_binary_term(x, p, bs, groups):
-  """B of shared/specs/lesa.md section a, with explicit loops over heads and positions (eval-mode BN)."""
+  """B as docs/official_code.md (LESA) describes it, with explicit loops over heads and positions (eval-mode BN)."""
   n, h, w, c = x.shape
   length, d_qk = h * w, c // (2 * groups)
 
@@ -210,7 +210,7 @@ def test_converter_reads_image_size_and_rejects_other_variants(converted):
 
 
 def official_state_dict(width_per_group, rng):
-  """A full-size LESA ResNet-50 state_dict named and shaped as in shared/specs/lesa.md section f,
+  """A full-size LESA ResNet-50 state_dict named and shaped as in docs/official_code.md (LESA state-dict names),
   saved from nn.DataParallel (``module.`` prefix)."""
   sd = {}
 
@@ -277,7 +277,7 @@ def test_converter_takes_full_size_official_checkpoints(model_name, width_per_gr
                                 sd[f'{torch_key}.reasoning.1.weight'][:, :, 0, 0].T)
   np.testing.assert_array_equal(variables['batch_stats']['layer4_1']['conv2']['binary']['similarity_bn']['var'],
                                 sd[f'{torch_key}.bn_similarity.running_var'])
-  assert count_params(params) == {'lesa_resnet50': 23_777_512, 'lesa_wrn50': 61_145_896}[model_name]
+  assert count_params(params) == model_info(model_name).params
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,20 +334,6 @@ def test_stride_needs_an_even_map():
 # ------------------------------------------------------------------------------------------------
 # Variants, parameter counts and introspection.
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize('name, expected', [
-    ('lesa_resnet50', 23_777_512),
-    ('lesa_wrn50', 61_145_896),
-    ('sa_resnet50', 18_050_792),
-    ('static_lesa_resnet50', 20_423_912),
-    ('resnet50', 25_557_032),
-    ('wide_resnet50_2', 68_883_240),
-])
-def test_parameter_counts(name, expected):
-  model = create_model(name)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
-  assert count_params(variables['params']) == expected
 
 
 def test_lesa_r50_layout():

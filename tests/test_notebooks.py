@@ -14,10 +14,9 @@ nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
 pytest.importorskip('ipykernel')
 
-from lgvit.models import list_models  # noqa: E402
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / 'notebooks'
-FAMILY_PICTURES = {  # the files what_the_models_see.ipynb must write for each registered family
+FAMILY_PICTURES = {  # the files what_the_models_see.ipynb must write for each family
     'nommer_t': ['nommer/nommer_nomination_stage1_block0.png', 'nommer/nommer_nomination_stage2_block0.png',
                  'nommer/nommer_nominations.png'],
     'salg_t': ['salg/salg_regions_stage1.png'],
@@ -71,15 +70,8 @@ def test_quickstart_runs_and_saves_its_pictures(kernel, tmp_path, monkeypatch):
 def test_what_the_models_see_runs_and_saves_every_familys_pictures(kernel, tmp_path, monkeypatch):
   # Untrained demo models (TRAIN_STEPS = 0): a 1-step run per family would cost minutes of XLA compiles;
   # the quickstart test runs the same training + lgvit.predict.load path.
-  notebook = execute('what_the_models_see.ipynb', kernel, monkeypatch, steps=0)
+  execute('what_the_models_see.ipynb', kernel, monkeypatch, steps=0)
   out = tmp_path / 'out' / 'what_the_models_see'
-  registered = set(list_models())
-  expected = [p for model, pictures in FAMILY_PICTURES.items() if model in registered for p in pictures]
-  assert expected, 'no family registered'
-  for picture in expected:
+  for picture in (p for pictures in FAMILY_PICTURES.values() for p in pictures):
     assert (out / picture).stat().st_size > 1000, picture
-  text = '\n'.join(o.get('text', '') for c in notebook.cells for o in c.get('outputs', []))
-  for model in FAMILY_PICTURES:
-    if model not in registered:
-      assert f'{model} is not registered in this checkout; skipped' in text
-  assert os.path.exists(out / 'nommer' / 'summary.json') == ('nommer_t' in registered)
+  assert os.path.exists(out / 'nommer' / 'summary.json')

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from configs import resnet50
-from lgvit import checkpoint, export, predict, train
-from lgvit.data import pipeline
+from lgvit import checkpoint, export, modeling, predict, train
+from lgvit.data import pipeline, transforms
 from lgvit.data.digits import to_rgb32
 from lgvit.models import create_model
-from tiny_models import RESNET_TINY, random_variables, save_variables_dir
+from conftest import RESNET_TINY, random_variables, save_variables_dir
 
 LINE = re.compile(r'^\s+(\d)\.\s+([\d.]+)%\s+(.+?)\s+\(label (\d+)\)$')
 
@@ -60,10 +60,10 @@ def digits_run(tmp_path_factory):
 
 
 def expected_top5(config, variables, image_path):
-  model = train.build_model(config)
+  model = modeling.build_model(config)
   with open(image_path, 'rb') as f:
     crop = pipeline.eval_image(f.read(), config.image_size, config.crop_pct, config.interpolation)
-  logits = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False))(variables, crop[None])
+  logits = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))(variables, crop[None])
   return top5(np.asarray(logits[0]))
 
 
@@ -102,6 +102,29 @@ def test_eval_image_is_the_eval_pipelines_transform(digits_run):
     np.testing.assert_array_equal(crop, batch['image'][i])
     decoded = np.asarray(Image.open(io.BytesIO(example['image'])).convert('RGB'))
     np.testing.assert_array_equal(pipeline.eval_image(decoded, 24, 0.875, 'bicubic'), crop)  # array input
+
+
+@pytest.mark.parametrize('subsampling', [0, 2])
+def test_tensorflow_free_transform_matches_the_eval_pipeline(subsampling):
+  """transforms.eval_image (predict, visualize) against the TF pipeline's: JPEG and PNG decode to the same
+  pixels; after the resize, a value may differ by one level where float32 sums round the other way."""
+  import skimage.data
+  photo = skimage.data.chelsea()  # 300x451
+  jpeg, png = io.BytesIO(), io.BytesIO()
+  Image.fromarray(photo).save(jpeg, format='JPEG', quality=90, subsampling=subsampling)
+  Image.fromarray(photo).save(png, format='PNG')
+  import tensorflow as tf
+  for data in (jpeg.getvalue(), png.getvalue()):
+    np.testing.assert_array_equal(transforms.decode(data), tf.io.decode_image(data, channels=3).numpy())
+    for size, crop_pct, interpolation in ((224, 0.875, 'bicubic'), (32, 1.0, 'bilinear'), (256, 0.888, 'bicubic')):
+      ours = transforms.eval_image(data, size, crop_pct, interpolation).astype(int)
+      theirs = pipeline.eval_image(data, size, crop_pct, interpolation).astype(int)
+      assert ours.shape == theirs.shape == (size, size, 3)
+      assert np.abs(ours - theirs).max() <= 1 and np.mean(ours != theirs) < 1e-3
+  with pytest.raises(transforms.UndecodableImageError):
+    transforms.decode(b'hello')
+  gray = photo[..., 0]
+  np.testing.assert_array_equal(transforms.as_rgb(gray), np.repeat(gray[..., None], 3, axis=-1))
 
 
 def test_variables_dir_with_imagenet_head_prints_imagenet_names(tmp_path, capsys):

@@ -10,13 +10,6 @@ from lgvit.models import create_model, swin
 from lgvit.models.layers import InvalidInputSizeError, count_params
 
 
-@pytest.mark.parametrize('name,expected', [('swin_t', 28_288_354), ('swin_s', 49_606_258)])
-def test_param_counts_equal_official(name, expected):
-  model = create_model(name)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
-  assert count_params(shapes['params']) == expected
-
-
 def test_swin_st_param_count_by_hand():
   dims, heads = (48, 96, 192, 384), (2, 3, 6, 12)
   n = 4 * 4 * 3 * 48 + 48 + 2 * 48  # patch embedding conv + LayerNorm

@@ -3,7 +3,7 @@
 Small random-weight models of each registered family are saved as a variables directory (what
 `python -m lgvit.export` / `lgvit.convert` write); the CLI draws an image through them. The test reads
 the sown values itself, with a separate forward of the model on the same crop, and checks them against
-the pictures' pixels and summary.json. Families that are not registered yet are skipped.
+the pictures' pixels and summary.json.
 """
 import json
 import os
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgvit import train, visualize
-from lgvit.data import pipeline
-from lgvit.models import create_model, list_models, model_info
-from tiny_models import FAMILY_MODELS, random_variables, save_variables_dir, small_kwargs
+from lgvit import modeling, visualize
+from lgvit.data import transforms
+from lgvit.models import create_model, model_info
+from conftest import FAMILY_MODELS, random_variables, save_variables_dir, small_kwargs
 
 SIZE = 32
 
@@ -31,10 +31,8 @@ def photo(tmp_path_factory):
 
 
 def run_family(family, tmp_path, photo, seed=0):
-  name, _ = FAMILY_MODELS[family]
-  if name not in list_models():
-    pytest.skip(f'{family} is not registered yet')
-  kwargs = small_kwargs(family)
+  name = FAMILY_MODELS[family]
+  kwargs = small_kwargs(name)
   model = create_model(name, num_classes=10, **kwargs)
   variables = random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32), seed=seed, scale=0.5)
   source = save_variables_dir(tmp_path / 'variables', name, kwargs, variables)
@@ -44,8 +42,8 @@ def run_family(family, tmp_path, photo, seed=0):
   # crop_pct/interpolation, so the registry's apply.
   info = model_info(name)
   with open(photo, 'rb') as f:
-    crop = pipeline.eval_image(f.read(), SIZE, info.crop_pct, info.interpolation)
-  forward = jax.jit(lambda v, x: model.apply(v, train.normalize(x), train=False, mutable=['intermediates'])[1])
+    crop = transforms.eval_image(f.read(), SIZE, info.crop_pct, info.interpolation)
+  forward = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False, mutable=['intermediates'])[1])
   state = forward(variables, crop[None])
   with open(out / 'summary.json') as f:
     summary = json.load(f)
@@ -100,8 +98,8 @@ def test_lesa_weights_are_the_sown_gates(tmp_path, photo):
 
 
 def test_family_without_pictures_is_a_clear_error(tmp_path, photo, capsys):
-  name, _ = FAMILY_MODELS['resnet']
-  kwargs = small_kwargs('resnet')
+  name = FAMILY_MODELS['resnet']
+  kwargs = small_kwargs(name)
   model = create_model(name, num_classes=10, **kwargs)
   source = save_variables_dir(tmp_path / 'v', name, kwargs,
                               random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32)))
@@ -140,7 +138,7 @@ def test_salg_maps_show_the_sown_regions(tmp_path, photo):
   out, crop, inter, summary = run_family('salg', tmp_path, photo)
   np.testing.assert_array_equal(png(out / 'input_crop.png'), crop)
   panel = visualize.panel_size(SIZE)
-  region_size = small_kwargs('salg')['region_size']
+  region_size = small_kwargs(FAMILY_MODELS['salg'])['region_size']
   maps = visualize.sown(inter, 'regions')
   assert [path for path, _ in maps] == [('stage1',), ('stage2',), ('stage3',)]
   for (stage,), regions in maps:

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from lgvit import cli
+
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m lgvit.convert', description=__doc__,
@@ -21,22 +23,24 @@ def main(argv=None):
   parser.add_argument('--model_kwargs', default='{}', help='JSON dict of create_model overrides')
   parser.add_argument('--ema', action='store_true', help='take the EMA weights of a training checkpoint')
   args = parser.parse_args(argv)
+  cli.quiet_logs()
+  return cli.report_errors(lambda: convert(args))
 
+
+def convert(args):
   from lgvit import checkpoint
   from lgvit.convert import ConversionError, from_torch, load_state_dict_file, strip_prefix
-  from lgvit.models import UnknownModelError
-  overrides = json.loads(args.model_kwargs)
   try:
-    state_dict = load_state_dict_file(args.checkpoint, prefer_ema=args.ema)
-    if args.num_classes is None:
-      heads = [v.shape[0] for k, v in state_dict.items()
-               if strip_prefix(k) in ('fc.bias', 'mlp_head.1.bias', 'head.bias', 'head.fc.bias')]
-      args.num_classes = heads[0] if heads else 1000
-    variables = from_torch(args.model, state_dict, image_size=args.image_size, num_classes=args.num_classes,
-                           **overrides)
-  except (ConversionError, UnknownModelError, FileNotFoundError, ImportError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    overrides = json.loads(args.model_kwargs)
+  except json.JSONDecodeError as e:
+    raise ConversionError(f'--model_kwargs is not a JSON dict ({e})') from None
+  state_dict = load_state_dict_file(args.checkpoint, prefer_ema=args.ema)
+  if args.num_classes is None:
+    heads = [v.shape[0] for k, v in state_dict.items()
+             if strip_prefix(k) in ('fc.bias', 'mlp_head.1.bias', 'head.bias', 'head.fc.bias')]
+    args.num_classes = heads[0] if heads else 1000
+  variables = from_torch(args.model, state_dict, image_size=args.image_size, num_classes=args.num_classes,
+                         **overrides)
   checkpoint.save_variables(args.out, variables, {'model': args.model, 'num_classes': args.num_classes,
                                                   'source': args.checkpoint, 'model_kwargs': overrides})
   print(f'wrote {args.out}')

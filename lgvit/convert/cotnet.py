@@ -5,7 +5,7 @@ names, hence ``embed.0/1/3/4``, ``se.0/1/3`` and the deep stem's ``conv1.0/1/3/4
 share the contiguous group layout of XLA, so the plain OIHW -> HWIO transpose applies, and every
 channel-order rule (heads j*9+t, interleaved CoXt concat, (K2, K1) logit pairs) carries over to NHWC.
 """
-from lgvit.convert import StateDictConverter, register_converter
+from lgvit.convert.core import StateDictConverter, register_converter
 from lgvit.convert.resnet import convert_bottleneck_common, convert_plain_stem_and_head
 
 

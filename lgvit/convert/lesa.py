@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from lgvit.convert import StateDictConverter, register_converter
+from lgvit.convert.core import StateDictConverter, register_converter
 from lgvit.convert.resnet import convert_bottleneck_common, convert_plain_stem_and_head
 
 # Official layout: stage 3's LESA layers and stage 4's first one all see the image at stride 16.

@@ -1,6 +1,6 @@
 """Official NomMer state_dicts (VisualRecognition-NomMer @ 6e09b71, ``NomMerAttn``) -> lgvit ``NomMer``.
 
-Key scheme: ``shared/specs/nommer.md`` section 6. The frozen DCT/IDCT kernels are checked against the
+Key scheme: ``docs/official_code.md`` (NomMer state-dict keys). The frozen DCT/IDCT kernels are checked against the
 analytic basis of the target model (so a checkpoint built with other DCT block sizes fails loudly)
 and then dropped, like the integer buffers ``relative_position_index`` and ``num_batches_tracked``.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lgvit.convert import ConversionError, StateDictConverter, register_converter
+from lgvit.convert.core import ConversionError, StateDictConverter, register_converter
 from lgvit.models.nommer import dct_basis
 
 

@@ -1,5 +1,5 @@
 """torchvision ResNet / Wide-ResNet state_dicts -> lgvit ``ResNet``."""
-from lgvit.convert import StateDictConverter, register_converter
+from lgvit.convert.core import StateDictConverter, register_converter
 
 
 def convert_bottleneck_common(conv: StateDictConverter, tkey: str, fpath: tuple, downsample: str = 'conv'):

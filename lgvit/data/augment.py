@@ -59,8 +59,10 @@ import jax
 import jax.numpy as jnp
 import tensorflow as tf
 
-#: ``round(255 * IMAGENET_DEFAULT_MEAN)``, the fill timm's and CoTNet's factories pass as img_mean.
-IMAGENET_MEAN_FILL = (124, 116, 104)
+from lgvit.data.transforms import MEAN_RGB
+
+#: ``round(255 * IMAGENET_DEFAULT_MEAN)`` = (124, 116, 104), the fill timm's and CoTNet's factories pass as img_mean.
+IMAGENET_MEAN_FILL = tuple(int(round(v)) for v in MEAN_RGB)
 
 # ---------------------------------------------------------------------------------------------
 # Point operations (PIL ImageOps): per-channel 256-entry look-up tables.

@@ -23,12 +23,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  pass
+from lgvit.data import transforms
+from lgvit.data.transforms import MEAN_RGB
+from lgvit.errors import DatasetNotFoundError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,18 +134,12 @@ def _center_crop(image, image_size: int, crop_pct: float, method: str):
 
 def eval_image(image, image_size: int, crop_pct: float, interpolation: str) -> np.ndarray:
   """One image through the evaluation transform: encoded bytes (JPEG/PNG/...) or an (H, W[, C])
-  uint8 array in, (image_size, image_size, 3) uint8 out, exactly as :func:`eval_dataset` feeds it."""
+  uint8 array in, (image_size, image_size, 3) uint8 out, exactly as :func:`eval_dataset` feeds it.
+  (Inference without TensorFlow uses ``lgvit.data.transforms.eval_image``.)"""
   if isinstance(image, (bytes, bytearray)):
     decoded = tf.io.decode_image(bytes(image), channels=3, expand_animations=False)
   else:
-    array = np.asarray(image)
-    if array.ndim == 2:
-      array = array[:, :, None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-      raise ValueError(f'expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {array.shape}')
-    if array.dtype != np.uint8:
-      raise ValueError(f'expected a uint8 image (0..255), got {array.dtype}')
-    decoded = tf.constant(np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3])
+    decoded = tf.constant(transforms.as_rgb(image))
   return _to_uint8(_center_crop(decoded, image_size, crop_pct, interpolation)).numpy()
 
 
@@ -273,7 +264,7 @@ def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epo
 def _randaugment_fn(config):
   if not config.randaugment:
     return None
-  from lgvit.data import augment  # recipes issue: timm-compatible RandAugment
+  from lgvit.data import augment  # TF-heavy; only recipes with RandAugment need it
   return augment.randaugment_from_policy(config.randaugment)
 
 

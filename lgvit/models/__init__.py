@@ -1,5 +1,9 @@
-"""lgvit models: ``create_model``, ``list_models`` and the shared layers."""
-from lgvit.models.registry import (ModelInfo, UnknownModelError, create_model, list_models, model_info,
-                                   register_model)
+"""lgvit models: ``create_model``, ``list_models`` and the shared layers.
+
+Importing this package imports every family module, whose entries fill the registry.
+"""
+from lgvit.models.registry import ModelInfo, create_model, list_models, model_info, register_model
+from lgvit.errors import UnknownModelError
+from lgvit.models import cotnet, lesa, nommer, resnet, salg, swin  # noqa: F401  (registers the variants)
 
 __all__ = ['ModelInfo', 'UnknownModelError', 'create_model', 'list_models', 'model_info', 'register_model']

@@ -9,7 +9,7 @@ A CoT layer stands in for the 3x3 conv (+ BN + ReLU) of a ResNet bottleneck:
    *dynamic context* K2 (+ BN + SiLU);
 4. the *fusion* of K1 and K2 by split attention (radix 2) over their global average.
 
-Everything follows the official code (JDAI-CV/CoTNet 895e024, ``shared/specs/cotnet.md``), which
+Everything follows the official code (JDAI-CV/CoTNet 895e024, ``docs/official_code.md``), which
 differs from the paper in a few places: the attention maps are GroupNorm'd (one group per head), not
 softmaxed; the C/8 heads are shared by channel *modulo* C/8 (interleaved, 8 value channels per head);
 K2 gets BN + SiLU; the fusion is ResNeSt-style split attention with channel-major (K2, K1) logit pairs.
@@ -32,7 +32,7 @@ Introspection: each full CoT layer sows ``intermediates/.../conv2/fusion_weights
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lgvit.models import kernels, layers
-from lgvit.models.registry import register_model
+from lgvit.models import registry
 from lgvit.models.resnet import ResNet
 
 Array = jax.Array
@@ -295,67 +295,40 @@ class CoTSpatial:
 # --------------------------------------------------------------------------------------------
 
 
-def cotnet(name: str, depths: Sequence[int], *, cardinality: int = 1, base_width: int = 64,
-           context: str = 'full', cot_stages: Sequence[bool] = (True, True, True, True), **kw) -> ResNet:
-  """CoTNet (cardinality 1) / CoTNeXt (cardinality 2): ResNet-50/101 with every 3x3 conv a CoT layer."""
+def _create_cotnet(name: str, *, cardinality: int = 1, context: str = 'full',
+                   cot_stages: Sequence[bool] = (True, True, True, True), **kwargs) -> ResNet:
+  """CoTNet (cardinality 1) / CoTNeXt (cardinality 2): a ResNet with every 3x3 conv a CoT layer."""
   spatial = CoTSpatial(context=context, cot_stages=tuple(cot_stages), cardinality=cardinality)
-  return ResNet(**{'stage_depths': tuple(depths), 'cardinality': cardinality, 'base_width': base_width,
-                   'make_spatial': spatial, 'zero_init_last_bn': True, 'name_for_errors': name, **kw})
+  return ResNet(**{'cardinality': cardinality, 'make_spatial': spatial, 'zero_init_last_bn': True, **kwargs},
+                name=name)
 
 
-def se_cotnetd(name: str, depths: Sequence[int], *, stem_width: int, blur_pool: bool = False,
-               context: str = 'full', cot_stages: Sequence[bool] = (False, False, True, True), **kw) -> ResNet:
+def _create_se_cotnetd(name: str, *, stem_width: int, blur_pool: bool = False, context: str = 'full',
+                       cot_stages: Sequence[bool] = (False, False, True, True), **kwargs) -> ResNet:
   """SE-CoTNetD: SE-ResNet-D-style backbone with CoT in res4 (even blocks) and res5."""
   spatial = CoTSpatial(context=context, cot_stages=tuple(cot_stages), other='split_attn', alternate_stages=(2,),
                        blur_pool=blur_pool)
-  return ResNet(**{'stage_depths': tuple(depths), 'stage_strides': (2, 2, 2, 2), 'stem': 'deep',
-                   'stem_width': stem_width, 'stem_pool': False, 'downsample': 'avg', 'make_spatial': spatial,
-                   'zero_init_last_bn': True, 'name_for_errors': name, **kw})
+  return ResNet(**{'stage_strides': (2, 2, 2, 2), 'stem': 'deep', 'stem_width': stem_width, 'stem_pool': False,
+                   'downsample': 'avg', 'make_spatial': spatial, 'zero_init_last_bn': True, **kwargs}, name=name)
 
 
-# Paper numbers: params and GFLOPs (multiply-adds) from Tables 3/4, top-1 from Table 4 (the advanced
-# 350-epoch recipe the configs reproduce). 'params' is the exact official count.
-_BICUBIC = dict(interpolation='bicubic')
-
-
-@register_model('cotnet50', 'cotnet', **_BICUBIC, paper={'params': 22_222_416, 'gmacs': 3.3, 'top1': 81.3})
-def cotnet50(**kw):
-  return cotnet('cotnet50', (3, 4, 6, 3), **kw)
-
-
-@register_model('cotnet101', 'cotnet', **_BICUBIC, paper={'params': 38_272_048, 'gmacs': 6.1, 'top1': 82.8})
-def cotnet101(**kw):
-  return cotnet('cotnet101', (3, 4, 23, 3), **kw)
-
-
-@register_model('cotnext50_2x48d', 'cotnet', **_BICUBIC, paper={'params': 30_046_276, 'gmacs': 4.3, 'top1': 82.1})
-def cotnext50_2x48d(**kw):
-  return cotnet('cotnext50_2x48d', (3, 4, 6, 3), **{'cardinality': 2, 'base_width': 48, **kw})
-
-
-@register_model('cotnext101_2x48d', 'cotnet', **_BICUBIC, paper={'params': 53_346_068, 'gmacs': 8.2, 'top1': 83.2})
-def cotnext101_2x48d(**kw):
-  return cotnet('cotnext101_2x48d', (3, 4, 23, 3), **{'cardinality': 2, 'base_width': 48, **kw})
-
-
-@register_model('se_cotnetd50', 'cotnet', **_BICUBIC, paper={'params': 23_107_784, 'gmacs': 4.1, 'top1': 81.6})
-def se_cotnetd50(**kw):
-  return se_cotnetd('se_cotnetd50', (3, 4, 6, 3), **{'stem_width': 32, **kw})
-
-
-@register_model('se_cotnetd101', 'cotnet', **_BICUBIC, paper={'params': 40_912_392, 'gmacs': 8.5, 'top1': 83.2})
-def se_cotnetd101(**kw):
-  return se_cotnetd('se_cotnetd101', (3, 4, 23, 3), **{'stem_width': 64, **kw})
-
-
+# params: the official code's exact counts; paper: params and GFLOPs (multiply-adds) from Tables 3/4,
+# top-1 from Table 4 (the advanced 350-epoch recipe the configs reproduce).
+_R50, _R101, _R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
+_cotnet = registry.family('cotnet', _create_cotnet, interpolation='bicubic')
+_cotnet('cotnet50', stage_depths=_R50, params=22_222_416, paper=dict(params=22.2e6, gmacs=3.3, top1=81.3))
+_cotnet('cotnet101', stage_depths=_R101, params=38_272_048, paper=dict(params=38.3e6, gmacs=6.1, top1=82.8))
+_cotnet('cotnext50_2x48d', stage_depths=_R50, cardinality=2, base_width=48, params=30_046_276,
+        paper=dict(params=30.1e6, gmacs=4.3, top1=82.1))
+_cotnet('cotnext101_2x48d', stage_depths=_R101, cardinality=2, base_width=48, params=53_346_068,
+        paper=dict(params=53.4e6, gmacs=8.2, top1=83.2))
+_se_cotnetd = registry.family('cotnet', _create_se_cotnetd, interpolation='bicubic')
+_se_cotnetd('se_cotnetd50', stage_depths=_R50, stem_width=32, params=23_107_784,
+            paper=dict(params=23.1e6, gmacs=4.1, top1=81.6))
+_se_cotnetd('se_cotnetd101', stage_depths=_R101, stem_width=64, params=40_912_392,
+            paper=dict(params=40.9e6, gmacs=8.5, top1=83.2))
 # The paper lists 17.0 GFLOPs "at 224"; that is the cost at 256, this model's official default size.
-@register_model('se_cotnetd152', 'cotnet', input_size=256, crop_pct=0.888, **_BICUBIC,
-                paper={'params': 55_783_688, 'gmacs': 17.0, 'top1': 84.0})
-def se_cotnetd152(**kw):
-  return se_cotnetd('se_cotnetd152', (3, 8, 36, 3), **{'stem_width': 64, 'blur_pool': True, **kw})
-
-
-@register_model('se_cotnetd152_320', 'cotnet', input_size=320, crop_pct=0.909, **_BICUBIC,
-                paper={'params': 55_783_688, 'gmacs': 26.5, 'top1': 84.6})
-def se_cotnetd152_320(**kw):
-  return se_cotnetd('se_cotnetd152_320', (3, 8, 36, 3), **{'stem_width': 64, 'blur_pool': True, **kw})
+_se_cotnetd('se_cotnetd152', stage_depths=_R152, stem_width=64, blur_pool=True, input_size=256, crop_pct=0.888,
+            params=55_783_688, paper=dict(params=55.8e6, gmacs=17.0, top1=84.0))
+_se_cotnetd('se_cotnetd152_320', stage_depths=_R152, stem_width=64, blur_pool=True, input_size=320, crop_pct=0.909,
+            params=55_783_688, paper=dict(params=55.8e6, gmacs=26.5, top1=84.6))

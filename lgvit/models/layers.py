@@ -19,6 +19,7 @@ import numpy as np
 from jax import lax
 
 from lgvit.models import kernels
+from lgvit.errors import InvalidInputSizeError  # noqa: F401  (re-exported for the model families)
 
 Array = jax.Array
 Dtype = Any
@@ -441,10 +442,6 @@ class SqueezeExcite(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Misc.
 # --------------------------------------------------------------------------------------------
-
-
-class InvalidInputSizeError(ValueError):
-  """The image size cannot pass through the architecture; the message names valid sizes."""
 
 
 def check_min_size(x: Array, min_size: int, model: str):

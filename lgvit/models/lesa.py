@@ -9,7 +9,7 @@ add::
     out = U(x) + omega(U, B) * B(x)        omega = sigmoid(F([U | B]))
 
 The layer replaces the 3x3 conv + BN (+ ReLU) of a ResNet bottleneck. Everything below follows the
-official classification code (Chenglin-Yang/LESA_classification, see shared/specs/lesa.md):
+official classification code (Chenglin-Yang/LESA_classification, see docs/official_code.md):
 
 * unary U: grouped 3x3 conv (groups = heads) -> 1x1 conv -> BN, no activation;
 * binary B: 1x1 q|k|v projection -> BN; per head the logits q.k, q.R_q and k.R_k, each with its own
@@ -58,7 +58,7 @@ import numpy as np
 
 from lgvit.models import layers
 from lgvit.models.layers import BatchNorm, Conv2d, InvalidInputSizeError, kaiming_normal_fan_out
-from lgvit.models.registry import register_model
+from lgvit.models import registry
 from lgvit.models.resnet import ResNet
 
 Array = jax.Array
@@ -284,34 +284,22 @@ class LESALayout:
                 name=name)
 
 
-def lesa_resnet(variant: str, name: str, *, lesa_groups: int = 8,
-                lesa_stages: Sequence[bool] = (False, False, True, True),
-                conv_first_stages: Sequence[bool] = (True, True, True, False), **resnet_kwargs) -> ResNet:
+def _create_lesa(name: str, *, variant: str = 'lesa', lesa_groups: int = 8,
+                 lesa_stages: Sequence[bool] = (False, False, True, True),
+                 conv_first_stages: Sequence[bool] = (True, True, True, False), **resnet_kwargs) -> ResNet:
   """A torchvision ResNet with LESA layers; ``resnet_kwargs`` go to :class:`ResNet` (depths, widths,
   ``expansion``, ``base_width``, ...). The last stage has stride 1 unless ``stage_strides`` says otherwise."""
   resnet_kwargs.setdefault('stage_strides', (1, 2, 2, 1))
   resnet_kwargs['stage_strides'] = tuple(resnet_kwargs['stage_strides'])
   layout = LESALayout(variant, lesa_groups, tuple(lesa_stages), tuple(conv_first_stages),
                       resnet_kwargs['stage_strides'])
-  return ResNet(make_spatial=layout, name_for_errors=name, **resnet_kwargs)
+  return ResNet(make_spatial=layout, name=name, **resnet_kwargs)
 
 
-# Paper numbers: params from Tab. 6 (LESA-WRN50: Tab. 2), ImageNet top-1 from the official README / Tab. 6.
-@register_model('lesa_resnet50', 'lesa', paper={'params': 23_780_000, 'top1': 79.55})
-def lesa_resnet50(**kw):
-  return lesa_resnet('lesa', 'lesa_resnet50', **kw)
-
-
-@register_model('lesa_wrn50', 'lesa', paper={'params': 60_600_000, 'top1': 80.18})
-def lesa_wrn50(**kw):
-  return lesa_resnet('lesa', 'lesa_wrn50', **{'base_width': 128, **kw})
-
-
-@register_model('sa_resnet50', 'lesa', paper={'params': 18_060_000, 'top1': 78.69})
-def sa_resnet50(**kw):
-  return lesa_resnet('sa', 'sa_resnet50', **kw)
-
-
-@register_model('static_lesa_resnet50', 'lesa', paper={'params': 20_430_000, 'top1': 79.12})
-def static_lesa_resnet50(**kw):
-  return lesa_resnet('static', 'static_lesa_resnet50', **kw)
+# params: the official code's counts (SA and static: derived from it, see docs/official_code.md);
+# paper: params from Tab. 6 (LESA-WRN50: Tab. 2), ImageNet top-1 from the official README / Tab. 6.
+_variant = registry.family('lesa', _create_lesa, feature_strides=(4, 8, 16, 16))
+_variant('lesa_resnet50', params=23_777_512, paper=dict(params=23.78e6, top1=79.55))
+_variant('lesa_wrn50', base_width=128, params=61_145_896, paper=dict(params=60.6e6, top1=80.18))
+_variant('sa_resnet50', variant='sa', params=18_050_792, paper=dict(params=18.06e6, top1=78.69))
+_variant('static_lesa_resnet50', variant='static', params=20_423_912, paper=dict(params=20.43e6, top1=79.12))

@@ -1,7 +1,7 @@
 """NomMer: Nominate Synergistic Context in Vision Transformer (Liu et al., CVPR 2022).
 
 Follows the official code (TencentYoutuResearch/VisualRecognition-NomMer @ 6e09b71, class
-``NomMerAttn``; facts in ``shared/specs/nommer.md``) wherever it and the paper differ, because that
+``NomMerAttn``; facts in ``docs/official_code.md``) wherever it and the paper differ, because that
 code produced the published numbers. Reading order, as in the paper:
 
 * stem: conv 4x4/4 (no bias) + BN + ReLU;
@@ -49,7 +49,8 @@ from jax import lax
 from lgvit.models import layers
 from lgvit.models.layers import resize_pos_embedding  # noqa: F401  (re-exported for users of nommer)
 from lgvit.models.layers import InvalidInputSizeError
-from lgvit.models.registry import register_model
+from lgvit.models import registry
+from lgvit.models.swin import resize_relative_table
 
 Array = jax.Array
 
@@ -311,7 +312,6 @@ class NomMer(nn.Module):
   drop_path_rate: float = 0.1
   features_only: bool = False
   dtype: Any = jnp.float32
-  name_for_errors: str = 'NomMer'
 
   def check_input_size(self, h: int, w: int):
     period = valid_size_period(self.window, self.dct_blocks, self.global_context != 'none')
@@ -321,7 +321,7 @@ class NomMer(nn.Module):
     below, above = bad // period * period, (bad // period + 1) * period
     nearest = ' or '.join(str(s) for s in (below, above) if s > 0)
     raise InvalidInputSizeError(
-        f'{self.name_for_errors}: input {h}x{w} does not fit: the stage-1/2 maps (side/4, side/8) must tile by '
+        f'{self.name or "NomMer"}: input {h}x{w} does not fit: the stage-1/2 maps (side/4, side/8) must tile by '
         f'window {self.window} and DCT blocks {tuple(self.dct_blocks)}, so each side must be a multiple of '
         f'{period}; nearest valid size: {nearest}. (The *_384 variants use window 12 for 384 inputs.)')
 
@@ -383,7 +383,7 @@ class NomMer(nn.Module):
       trained = self.get_variable('params', 'pos_embedding').shape[1:3]
       if tuple(trained) != (h, w):
         raise InvalidInputSizeError(
-            f'{self.name_for_errors}: these variables were made for {trained[0] * 16}x{trained[1] * 16} inputs '
+            f'{self.name or "NomMer"}: these variables were made for {trained[0] * 16}x{trained[1] * 16} inputs '
             f'(pos_embedding grid {trained[0]}x{trained[1]}), got {h * 16}x{w * 16}. To run at a new size, '
             'initialise the model at that size and load the checkpoint with config.init_from, which resizes '
             'pos_embedding and the relative position tables (lgvit.checkpoint.adapt_variables).')
@@ -391,36 +391,32 @@ class NomMer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fine-tuning at a new size.
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
 # Variants (official configs/nommer_{tiny,small,base}_attn.yaml; 384: ours, see module docstring).
 # ---------------------------------------------------------------------------------------------
 
-_VARIANTS = {
-    't': dict(embed_dim=96, depths=(2, 2, 8, 2), cnn_reductions=(2, 2), drop_path_rate=0.1),
-    's': dict(embed_dim=96, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.3),
-    'b': dict(embed_dim=128, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.5),
-}
-_PAPER_224 = {'t': (22e6, 5.4, 82.6), 's': (42e6, 10.1, 83.7), 'b': (73e6, 17.6, 84.5)}
-_PAPER_384 = {'t': (22e6, 17.2, 83.9), 's': (42e6, 33.1, 84.6), 'b': (73e6, 56.2, 84.9)}
+
+def resize_position_embedding(pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """The stage-3 (1, S/16, S/16, C) position embedding resampled bicubically to ``shape``."""
+  return layers.resize_pos_embedding(pos, shape[1:3])
 
 
-def _register(size: str, res: int):
-  name = f'nommer_{size}' + ('' if res == 224 else f'_{res}')
-  params, gmacs, top1 = (_PAPER_224 if res == 224 else _PAPER_384)[size]
-  defaults = {**_VARIANTS[size], 'window': 7 if res == 224 else 12, 'name_for_errors': name}
-
-  @register_model(name, 'nommer', input_size=res, crop_pct=0.875 if res == 224 else 1.0, interpolation='bicubic',
-                  paper={'params': params, 'gmacs': gmacs, 'top1': top1})
-  def build(**kw):
-    return NomMer(**{**defaults, **kw})
-
-  build.__name__ = name
-  return build
+#: init_from at another input size: relative position tables and the position embedding are resampled.
+RESIZE_RULES = {'relative_position_bias_table': resize_relative_table, 'pos_embedding': resize_position_embedding}
 
 
-nommer_t, nommer_s, nommer_b = (_register(s, 224) for s in 'tsb')
-nommer_t_384, nommer_s_384, nommer_b_384 = (_register(s, 384) for s in 'tsb')
+def _create_nommer(name: str, **kwargs) -> NomMer:
+  return NomMer(name=name, **kwargs)
+
+
+# params: the official code's counts (384: ours); paper: params, GFLOPs and top-1 of Tables 1 and 2.
+_T = dict(embed_dim=96, depths=(2, 2, 8, 2), cnn_reductions=(2, 2), drop_path_rate=0.1)
+_S = dict(embed_dim=96, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.3)
+_B = dict(embed_dim=128, depths=(6, 6, 16, 4), cnn_reductions=(4, 4), drop_path_rate=0.5)
+_AT_384 = dict(window=12, input_size=384, crop_pct=1.0)
+_variant = registry.family('nommer', _create_nommer, interpolation='bicubic', resize_rules=RESIZE_RULES)
+_variant('nommer_t', **_T, params=22_455_804, paper=dict(params=22e6, gmacs=5.4, top1=82.6))
+_variant('nommer_s', **_S, params=41_532_388, paper=dict(params=42e6, gmacs=10.1, top1=83.7))
+_variant('nommer_b', **_B, params=73_404_900, paper=dict(params=73e6, gmacs=17.6, top1=84.5))
+_variant('nommer_t_384', **_T, **_AT_384, params=22_604_604, paper=dict(params=22e6, gmacs=17.2, top1=83.9))
+_variant('nommer_s_384', **_S, **_AT_384, params=41_686_948, paper=dict(params=42e6, gmacs=33.1, top1=84.6))
+_variant('nommer_b_384', **_B, **_AT_384, params=73_608_100, paper=dict(params=73e6, gmacs=56.2, top1=84.9))

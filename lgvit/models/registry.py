@@ -1,59 +1,65 @@
-"""Model registry: ``create_model(name, **overrides)`` and ``list_models()``."""
+"""Model registry: ``create_model(name, **overrides)``, ``list_models()`` and ``model_info(name)``.
+
+A family module defines ``_create_<family>(name, **kwargs) -> nn.Module`` and one entry per variant::
+
+    _variant = registry.family('resnet', _create_resnet)
+    _variant('resnet101', stage_depths=(3, 4, 23, 3), params=44_549_160, paper=dict(top1=77.4))
+
+The entry's keyword arguments that are not :class:`ModelInfo` fields are the variant's constructor
+arguments; ``create_model`` passes them, the name and the caller's overrides to the family's create
+function. The name becomes the Flax module's ``name``, which error messages quote. ``lgvit.models``
+imports every family module, so importing it fills the registry.
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Optional
+import functools
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
+
+from lgvit.errors import UnknownModelError
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-  """What a registered model is and how its authors fed it."""
+  """What a registered model is, how big it is, and how its authors fed it."""
   name: str
   family: str
-  builder: Callable[..., nn.Module]
+  create: Callable[..., nn.Module]  # the family's _create_<family>(name, **kwargs)
+  params: int  # exact parameter count at 1000 classes and input_size (the official code's where one exists)
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the variant's constructor arguments
   input_size: int = 224
   crop_pct: float = 0.875
   interpolation: str = 'bilinear'
-  paper: Optional[dict[str, Any]] = None  # e.g. {'params_m': 22.2, 'gflops': 3.3, 'top1': 79.2}
+  feature_strides: tuple[int, ...] = (4, 8, 16, 32)  # of the maps that features_only=True returns
+  paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the paper's figures: params, gmacs, top1
+  # init_from at another input size: leaf name -> resize(array, target_shape) (lgvit.checkpoint.adapt_variables).
+  resize_rules: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_INFO_FIELDS = {f.name for f in dataclasses.fields(ModelInfo)} - {'name', 'family', 'create', 'defaults'}
 
 
-def register_model(name: str, family: str, *, input_size: int = 224, crop_pct: float = 0.875,
-                   interpolation: str = 'bilinear', paper: Optional[dict[str, Any]] = None):
-  """Decorator registering ``fn(**overrides) -> nn.Module`` under ``name``."""
-
-  def deco(fn):
-    if name in _REGISTRY:
-      raise ValueError(f'model {name!r} is registered twice')
-    _REGISTRY[name] = ModelInfo(name, family, fn, input_size, crop_pct, interpolation, paper)
-    return fn
-
-  return deco
+def register_model(name: str, create: Callable[..., nn.Module], *, family: str, **entry) -> ModelInfo:
+  """Registers variant ``name``: ``entry`` holds ModelInfo fields (params, paper, input_size, ...) and
+  the variant's constructor arguments (everything else)."""
+  if name in _REGISTRY:
+    raise ValueError(f'model {name!r} is registered twice')
+  info_fields = {k: v for k, v in entry.items() if k in _INFO_FIELDS}
+  defaults = {k: v for k, v in entry.items() if k not in _INFO_FIELDS}
+  _REGISTRY[name] = info = ModelInfo(name, family, create, defaults=defaults, **info_fields)
+  return info
 
 
-def _ensure_loaded():
-  # Importing the family modules runs their @register_model decorators.
-  from lgvit.models import resnet  # noqa: F401
-  import importlib
-  for family in ('nommer', 'cotnet', 'lesa', 'salg', 'swin'):
-    try:
-      importlib.import_module(f'lgvit.models.{family}')
-    except ModuleNotFoundError as e:
-      if e.name != f'lgvit.models.{family}':
-        raise
-
-
-class UnknownModelError(ValueError):
-  pass
+def family(name: str, create: Callable[..., nn.Module], **shared) -> Callable[..., ModelInfo]:
+  """``register_model`` with the family, its create function and the entries' shared fields filled in."""
+  return functools.partial(register_model, create=create, family=name, **shared)
 
 
 def model_info(name: str) -> ModelInfo:
-  _ensure_loaded()
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ''
@@ -66,11 +72,10 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
   """Builds the registered model ``name``; ``overrides`` replace its constructor arguments."""
   info = model_info(name)
   try:
-    return info.builder(num_classes=num_classes, **overrides)
+    return info.create(name, **{**info.defaults, 'num_classes': num_classes, **overrides})
   except TypeError as e:
     raise TypeError(f'create_model({name!r}): bad override(s) {sorted(overrides)}: {e}') from None
 
 
 def list_models(family: Optional[str] = None) -> list[str]:
-  _ensure_loaded()
   return sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from lgvit.models import layers
 from lgvit.models.layers import check_min_size
-from lgvit.models.registry import register_model
+from lgvit.models import registry
 
 SpatialFactory = Callable[..., nn.Module]
 
@@ -83,14 +83,13 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   features_only: bool = False
   dtype: Any = jnp.float32
-  name_for_errors: str = 'ResNet'
 
   def stage_widths(self) -> list[int]:
     return [int(p * (self.base_width / 64.0)) * self.cardinality for p in self.stage_planes]
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    check_min_size(x, 32, self.name_for_errors)
+    check_min_size(x, 32, self.name or 'ResNet')
     x = x.astype(self.dtype)
     if self.stem == 'plain':
       x = layers.ConvBN(self.stem_width, 7, 2, 3, dtype=self.dtype, name='stem')(x, train=train)
@@ -125,16 +124,12 @@ class ResNet(nn.Module):
                     bias_init=layers.torch_default_bias_init(fan_in), name='fc')(x)
 
 
-@register_model('resnet50', 'resnet', paper={'params': 25_557_032, 'top1': 76.1})
-def resnet50(**kw):
-  return ResNet(**{'name_for_errors': 'resnet50', **kw})
+def _create_resnet(name: str, **kwargs) -> ResNet:
+  return ResNet(name=name, **kwargs)
 
 
-@register_model('wide_resnet50_2', 'resnet', paper={'params': 68_883_240, 'top1': 78.5})
-def wide_resnet50_2(**kw):
-  return ResNet(**{'base_width': 128, 'name_for_errors': 'wide_resnet50_2', **kw})
-
-
-@register_model('resnet101', 'resnet', paper={'params': 44_549_160, 'top1': 77.4})
-def resnet101(**kw):
-  return ResNet(**{'stage_depths': (3, 4, 23, 3), 'name_for_errors': 'resnet101', **kw})
+# Counts and top-1: torchvision's model cards.
+_variant = registry.family('resnet', _create_resnet)
+_variant('resnet50', params=25_557_032, paper=dict(params=25.6e6, gmacs=4.1, top1=76.1))
+_variant('wide_resnet50_2', base_width=128, params=68_883_240, paper=dict(params=68.9e6, gmacs=11.4, top1=78.5))
+_variant('resnet101', stage_depths=(3, 4, 23, 3), params=44_549_160, paper=dict(params=44.5e6, gmacs=7.8, top1=77.4))

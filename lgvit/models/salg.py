@@ -1,6 +1,6 @@
 """SALG: Semantic-Aware Local-Global Vision Transformer (Zhang, Yao, Chen, Lu, Pei).
 
-No official code is public; ``shared/specs/salg.md`` (read off the paper) is the spec and every point
+No official code is public; the paper is the spec (summarised in ``docs/official_code.md``) and every point
 it leaves open is a field of :class:`SALG` (see ``docs/models_salg.md``).
 
 The network: a three-conv patch embedding to H/4, three SALG stages and one plain global stage, Swin
@@ -29,8 +29,8 @@ import numpy as np
 from jax import lax
 
 from lgvit.models import layers
-from lgvit.models.registry import register_model
-from lgvit.models.swin import PatchMerging
+from lgvit.models import registry
+from lgvit.models.swin import RESIZE_RULES, PatchMerging
 
 Array = Any
 
@@ -422,10 +422,9 @@ class SALG(nn.Module):
   features_only: bool = False
   dtype: Any = jnp.float32
   precision: Any = None
-  name_for_errors: str = 'SALG'
 
   def check_fields(self):
-    n = self.name_for_errors
+    n = self.name or 'SALG'
     if self.inter_region not in ('ap', 'msa', 'none'):
       raise ValueError(f"{n}: inter_region must be 'ap', 'msa' or 'none', got {self.inter_region!r}")
     if not self.agr_tokens and self.inter_region != 'none':
@@ -446,7 +445,7 @@ class SALG(nn.Module):
   def __call__(self, x: Array, *, train: bool = False):
     self.check_fields()
     if x.ndim != 4 or x.shape[-1] != 3:
-      raise layers.InvalidInputSizeError(f'{self.name_for_errors}: expected NHWC images (B, H, W, 3), got {x.shape}')
+      raise layers.InvalidInputSizeError(f'{self.name or "SALG"}: expected NHWC images (B, H, W, 3), got {x.shape}')
     x = ConvPatchEmbed(self.embed_dim, self.stem_kernel, self.stem_width or self.embed_dim // 2, self.stem_norm,
                        self.stem_act, dtype=self.dtype, name='patch_embed')(x.astype(self.dtype), train=train)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
@@ -482,35 +481,19 @@ class SALG(nn.Module):
 # Variants (Sec. III-D; parameter counts and top-1 from Tables I and IV).
 # ---------------------------------------------------------------------------------------------
 
+
+def _create_salg(name: str, **kwargs) -> SALG:
+  return SALG(name=name, **kwargs)
+
+
+# SALG has no official code: params are our exact counts (the paper's figures are 6-15% higher, see
+# docs/models_salg.md); drop path as Swin's recipe sets it (ST: ours).
 _ST = dict(embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 3, 6, 12), drop_path_rate=0.1)
 _T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)
 _S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)
-
-
-def _build(name, arch, inter_region, kw):
-  return SALG(**{**arch, 'inter_region': inter_region, 'name_for_errors': name, **kw})
-
-
-@register_model('salg_st', 'salg', interpolation='bicubic', paper={'params': 6.5e6, 'top1': 75.9})
-def salg_st(**kw):
-  return _build('salg_st', _ST, 'ap', kw)
-
-
-@register_model('salg_st_msa', 'salg', interpolation='bicubic', paper={'params': 7.1e6, 'top1': 76.6})
-def salg_st_msa(**kw):
-  return _build('salg_st_msa', _ST, 'msa', kw)
-
-
-@register_model('salg_t', 'salg', interpolation='bicubic', paper={'params': 32.2e6, 'top1': 82.1})
-def salg_t(**kw):
-  return _build('salg_t', _T, 'ap', kw)
-
-
-@register_model('salg_t_msa', 'salg', interpolation='bicubic', paper={'params': 42.4e6, 'top1': 82.4})
-def salg_t_msa(**kw):
-  return _build('salg_t_msa', _T, 'msa', kw)
-
-
-@register_model('salg_s', 'salg', interpolation='bicubic', paper={'params': 53e6, 'top1': 83.0})
-def salg_s(**kw):
-  return _build('salg_s', _S, 'ap', kw)
+_variant = registry.family('salg', _create_salg, interpolation='bicubic', resize_rules=RESIZE_RULES)
+_variant('salg_st', **_ST, inter_region='ap', params=5_534_076, paper=dict(params=6.5e6, top1=75.9))
+_variant('salg_st_msa', **_ST, inter_region='msa', params=6_119_052, paper=dict(params=7.1e6, top1=76.6))
+_variant('salg_t', **_T, inter_region='ap', params=28_415_020, paper=dict(params=32.2e6, top1=82.1))
+_variant('salg_t_msa', **_T, inter_region='msa', params=37_844_044, paper=dict(params=42.4e6, top1=82.4))
+_variant('salg_s', **_S, inter_region='ap', params=49_750_348, paper=dict(params=53e6, top1=83.0))

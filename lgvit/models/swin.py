@@ -15,10 +15,11 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from lgvit.models import layers
 from lgvit.models.layers import InvalidInputSizeError
-from lgvit.models.registry import register_model
+from lgvit.models import registry
 
 Array = Any
 
@@ -110,16 +111,15 @@ class SwinTransformer(nn.Module):
   features_only: bool = False
   dtype: Any = jnp.float32
   precision: Any = None
-  name_for_errors: str = 'Swin'
 
   def check_input(self, x: Array):
     if x.ndim != 4 or x.shape[-1] != 3:
-      raise InvalidInputSizeError(f'{self.name_for_errors}: expected NHWC images (B, H, W, 3), got {x.shape}.')
+      raise InvalidInputSizeError(f'{self.name or "Swin"}: expected NHWC images (B, H, W, 3), got {x.shape}.')
     for side in x.shape[1:3]:
       if not _size_is_valid(side, self.patch_size, self.window, len(self.depths)):
         sizes = nearest_valid_sizes(side, self.patch_size, self.window, len(self.depths))
         raise InvalidInputSizeError(
-            f'{self.name_for_errors}: image side {side} does not split into {self.window}x{self.window} windows '
+            f'{self.name or "Swin"}: image side {side} does not split into {self.window}x{self.window} windows '
             f'at every stage (patch {self.patch_size}, {len(self.depths) - 1} merges); nearest valid sides: '
             f'{sizes}. Resize/crop to one of them, or change window=.')
 
@@ -150,19 +150,23 @@ class SwinTransformer(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=layers.normal_002, name='head')(x)
 
 
-@register_model('swin_t', 'swin', interpolation='bicubic',
-                paper={'params': 28_288_354, 'gmacs': 4.5, 'top1': 81.3})
-def swin_t(**kw):
-  return SwinTransformer(**{'name_for_errors': 'swin_t', 'drop_path_rate': 0.2, **kw})
+def resize_relative_table(table: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A ((2w-1)^2, heads) relative position table resampled bicubically to ``shape`` (Swin/timm fine-tuning)."""
+  return layers.resize_relative_position_table(table, int(round(np.sqrt(shape[0]))) // 2 + 1)
 
 
-@register_model('swin_st', 'swin', interpolation='bicubic', paper={'params': 5.6e6, 'top1': 73.6})
-def swin_st(**kw):
-  return SwinTransformer(**{'embed_dim': 48, 'depths': (2, 2, 2, 2), 'num_heads': (2, 3, 6, 12),
-                            'name_for_errors': 'swin_st', 'drop_path_rate': 0.1, **kw})
+#: init_from at another input size (window): the relative position tables are resampled.
+RESIZE_RULES = {'relative_position_bias_table': resize_relative_table}
 
 
-@register_model('swin_s', 'swin', interpolation='bicubic',
-                paper={'params': 49_606_258, 'gmacs': 8.7, 'top1': 83.0})
-def swin_s(**kw):
-  return SwinTransformer(**{'depths': (2, 2, 18, 2), 'name_for_errors': 'swin_s', 'drop_path_rate': 0.3, **kw})
+def _create_swin(name: str, **kwargs) -> SwinTransformer:
+  return SwinTransformer(name=name, **kwargs)
+
+
+# Counts of the official code (Swin-T/S) and the SALG paper's Swin-ST row.
+_variant = registry.family('swin', _create_swin, interpolation='bicubic', resize_rules=RESIZE_RULES)
+_variant('swin_st', embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 3, 6, 12), drop_path_rate=0.1, params=5_504_630,
+         paper=dict(params=5.6e6, top1=73.6))
+_variant('swin_t', drop_path_rate=0.2, params=28_288_354, paper=dict(params=28.3e6, gmacs=4.5, top1=81.3))
+_variant('swin_s', depths=(2, 2, 18, 2), drop_path_rate=0.3, params=49_606_258,
+         paper=dict(params=49.6e6, gmacs=8.7, top1=83.0))

@@ -76,7 +76,7 @@ def one_step(devices):
   local = {k: v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process] for k, v in batch.items()}
   step = jax.jit(train.make_train_step(model, tx, c, schedule), in_shardings=(replicated, sharded, replicated),
                  out_shardings=(replicated, replicated))
-  state, metrics = step(state, train._global_batch(local, sharded), jax.random.PRNGKey(0))
+  state, metrics = step(state, train.global_batch(local, sharded), jax.random.PRNGKey(0))
   leaves = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state))}
   leaves['metrics/loss'] = np.asarray(metrics['loss'])
   leaves['metrics/data_fingerprint'] = np.asarray(metrics['data_fingerprint'])

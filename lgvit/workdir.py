@@ -1,0 +1,83 @@
+"""What lives where in the directories lgvit writes, and how to tell them apart.
+
+A training workdir (``main.py --workdir``)::
+
+    config.json                   the config of the run that created it (checked on resume)
+    checkpoints/<step>/...        the latest training states (lgvit.checkpoint.TrainCheckpointer)
+    best/<step>/{variables,meta}  the weights with the best eval metric
+    corrupt_checkpoints/          unreadable checkpoints, moved aside (never deleted)
+    metrics.jsonl, tensorboard/   the logs
+
+An export dir (``python -m lgvit.export``)::
+
+    export.json                   model name, class count, input size, transform, model_kwargs
+    variables/<step>/...          orbax {'params', 'batch_stats'} + meta
+    variables.npz, model.jax      flat arrays; the serialised eval forward
+
+A variables dir (``python -m lgvit.convert``, ``lgvit.checkpoint.save_variables``) is the orbax
+directory alone; its meta may name the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from lgvit.errors import WorkdirError
+
+CONFIG = 'config.json'
+CHECKPOINTS = 'checkpoints'
+BEST = 'best'
+CORRUPT = 'corrupt_checkpoints'
+METRICS = 'metrics.jsonl'
+TENSORBOARD = 'tensorboard'
+EXPORT_META = 'export.json'
+EXPORT_VARIABLES = 'variables'
+EXPORT_NPZ = 'variables.npz'
+EXPORT_FUNCTION = 'model.jax'
+
+TRAINING, EXPORT, VARIABLES = 'training workdir', 'export dir', 'variables dir'
+
+
+def kind(path: str) -> str:
+  """:data:`TRAINING`, :data:`EXPORT` or :data:`VARIABLES` (anything else that is a directory)."""
+  if not os.path.isdir(path):
+    raise WorkdirError(f'{path} is not a directory: give a training workdir of main.py, an export dir of '
+                       '`python -m lgvit.export` or a checkpoint dir of `python -m lgvit.convert`')
+  if os.path.exists(os.path.join(path, CONFIG)) or os.path.isdir(os.path.join(path, CHECKPOINTS)):
+    return TRAINING
+  if os.path.exists(os.path.join(path, EXPORT_META)):
+    return EXPORT
+  return VARIABLES
+
+
+def read_config(workdir: str):
+  """The ``ml_collections.ConfigDict`` saved in a training workdir."""
+  import ml_collections
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    raise WorkdirError(f'{path} not found: is {workdir} a training workdir of main.py?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def read_saved_config_json(workdir: str) -> dict | None:
+  """The raw ``config.json`` of a workdir as a dict, or None for a new workdir."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json(path: str, value) -> None:
+  """Writes JSON atomically (a crash leaves the old file or the new one, never half of one)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_export_meta(export_dir: str) -> dict:
+  with open(os.path.join(export_dir, EXPORT_META)) as f:
+    return json.load(f)
