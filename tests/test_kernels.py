@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from tiny_models import random_variables, small_kwargs
+from conftest import random_variables, small_kwargs
 
 from lgvit.models import create_model, kernels
 
@@ -160,8 +160,8 @@ NETWORKS = {  # fixture (or family) -> (registered model, overrides, image (H, W
                                                       stem_width=16), (64, 48)),
     'lesa_small_112': ('lesa_resnet50', dict(LESA_SMALL, stage_strides=(1, 2, 2, 1)), (112, 112)),
     'lesa_small_128_s2': ('lesa_resnet50', dict(LESA_SMALL, stage_strides=(1, 2, 2, 2)), (128, 128)),
-    'salg_demo': ('salg_st', dict(small_kwargs('salg'), num_classes=10), (32, 32)),
-    'swin_demo': ('swin_st', dict(small_kwargs('swin'), num_classes=10), (32, 32)),
+    'salg_demo': ('salg_st', dict(small_kwargs('salg_st'), num_classes=10), (32, 32)),
+    'swin_demo': ('swin_st', dict(small_kwargs('swin_st'), num_classes=10), (32, 32)),
 }
 
 
