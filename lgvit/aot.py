@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -185,15 +186,7 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
     total_steps = int(config.num_epochs * steps_per_epoch)
     schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
-    ema = config.ema_decay > 0
-
-    def create_state():
-      params, stats = abstract_vars['params'], abstract_vars['batch_stats']
-      return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                              opt_state=tx.init(params), ema_params=params if ema else None,
-                              ema_batch_stats=stats if ema else None)
-
-    state = spec(jax.eval_shape(create_state), replicated)
+    state = spec(jax.eval_shape(functools.partial(train.create_state, model, tx, config)), replicated)
     args = (state, {'image': images, 'label': labels, 'valid': labels},
             jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
     step = jax.jit(train.make_train_step(model, tx, config, schedule), out_shardings=(replicated, replicated),

@@ -5,6 +5,8 @@ float) RGB on the 0..255 scale and are normalised with the ImageNet statistics o
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -37,10 +39,14 @@ def normalize(images: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 def init_variables(model, image_size: int, seed: int):
-  """``{'params', 'batch_stats'}`` of ``model`` for square ``image_size`` inputs."""
+  """``{'params', 'batch_stats'}`` of ``model`` for square ``image_size`` inputs.
+
+  Jitted: run op by op, the init of a transformer family takes tens of seconds on a CPU (its
+  forward pass executes once per op); inside an outer ``jit`` or ``eval_shape`` this is inlined.
+  """
   x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
   rngs = {'params': jax.random.PRNGKey(seed), **{s: jax.random.PRNGKey(0) for s in RNG_STREAMS}}
-  variables = model.init(rngs, x, train=False)
+  variables = jax.jit(functools.partial(model.init, train=False))(rngs, x)
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 

@@ -207,7 +207,7 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   from lgvit.models import model_info
   model = modeling.build_model(config)
   if variables is None:
-    variables = jax.jit(lambda: modeling.init_variables(model, config.image_size, seed))()
+    variables = modeling.init_variables(model, config.image_size, seed)
   variables = jax.tree_util.tree_map(np.asarray, variables)
   return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
                      image_size=config.image_size, crop_pct=config.crop_pct, interpolation=config.interpolation,

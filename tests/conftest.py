@@ -13,6 +13,15 @@ SHARED = pathlib.Path(os.environ.get('LGVIT_SHARED', REPO.parent / 'shared'))
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
 
 
+def subprocess_env(**extra) -> dict[str, str]:
+  """The environment for a ``main.py``/helper subprocess: lgvit importable, TensorFlow quiet, and
+  ``XLA_FLAGS`` only as ``extra`` gives it (a device count of the parent must not leak in)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('XLA_FLAGS', None)
+  env.update(extra)
+  return env
+
+
 _CREATED_CACHE = None
 
 

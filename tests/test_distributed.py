@@ -13,22 +13,16 @@ round-off alone, see docs/determinism.md):
 Same-topology exactness (kill -9 and resume is bitwise) is tested in test_train.py.
 """
 import json
-import os
 import pathlib
 import socket
 import subprocess
 import sys
 
 import numpy as np
+from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 U = 2.0**-24  # float32 unit round-off
-
-
-def _env(devices: int):
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
 
 
 def _free_port() -> int:
@@ -38,7 +32,7 @@ def _free_port() -> int:
 
 
 def _start(cmd, devices):
-  return subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(procs, timeout=600):

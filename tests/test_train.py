@@ -14,21 +14,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = 'configs/resnet50.py:demo'
 
 
-def _env(**extra):
-  env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', **extra)
-  env.pop('XLA_FLAGS', None)
-  env.update(extra)
-  return env
-
-
 def run_main(*args, workdir, check=True, timeout=600, **env):
   cmd = [sys.executable, 'main.py', f'--workdir={workdir}', *args]
-  proc = subprocess.run(cmd, cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
@@ -104,7 +98,7 @@ def _final_params(workdir):
 
 def _kill_at_random_moment(args, workdir, rng, max_delay_s):
   """Starts main.py, waits until it trains, then SIGKILLs it after a random delay; returns the delay."""
-  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   lines: queue.Queue = queue.Queue()
   threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
@@ -132,7 +126,7 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
 
   workdir = tmp_path / 'killed'
   proc = subprocess.run([sys.executable, 'tests/helpers/kill_during_save.py', '10', f'--workdir={workdir}', *args],
-                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   checkpoints = workdir / 'checkpoints'
   assert any(p.name.startswith('10.orbax-checkpoint-tmp') for p in checkpoints.iterdir())  # killed mid-save
@@ -180,7 +174,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   args = [f'--config={DEMO}', '--config.num_train_steps=60', '--config.checkpoint_every_steps=1000',
           '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=_env(),
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in proc.stdout:  # wait until training is under way
     if line.startswith('step 5/'):

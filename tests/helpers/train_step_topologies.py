@@ -48,12 +48,12 @@ class SmoothNet(nn.Module):
 def config():
   c = resnet50.get_config('demo')
   c.unlock()
-  c.schedule, c.warmup_epochs, c.lr = 'constant', 0.0, 0.1
+  c.schedule, c.warmup_epochs, c.lr, c.image_size = 'constant', 0.0, 0.1, IMAGE
   c.mixup_alpha, c.cutmix_alpha, c.label_smoothing, c.ema_decay = 0.8, 1.0, 0.1, 0.9
   return c
 
 
-def global_batch():
+def example_batch():
   rng = np.random.default_rng(0)
   return {'image': rng.integers(0, 256, (GLOBAL_BATCH, IMAGE, IMAGE, 3), dtype=np.uint8),
           'label': rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)}
@@ -65,13 +65,10 @@ def one_step(devices):
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   model = SmoothNet()
   schedule = optim.lr_schedule(c, 100, 100)
-  variables = train.init_variables(model, IMAGE, 0)
-  tx = optim.make_optimizer(c, variables['params'], schedule)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                           batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
-                           ema_params=variables['params'], ema_batch_stats=variables['batch_stats'])
-  state = jax.device_put(state, replicated)
-  batch = global_batch()
+  abstract = jax.eval_shape(lambda: train.init_variables(model, c.image_size, c.seed))
+  tx = optim.make_optimizer(c, abstract['params'], schedule)
+  state = jax.device_put(train.create_state(model, tx, c), replicated)
+  batch = example_batch()
   per_process = GLOBAL_BATCH // jax.process_count()
   local = {k: v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process] for k, v in batch.items()}
   step = jax.jit(train.make_train_step(model, tx, c, schedule), in_shardings=(replicated, sharded, replicated),
