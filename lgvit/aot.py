@@ -159,17 +159,20 @@ class Compiled:
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
 
 
-def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
-  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
+  """The jitted train (or inference) step of ``config`` and abstract arguments for a global ``batch``.
+
+  With a ``mesh``, the state is replicated and the batch sharded over its ``data`` axis, as in
+  ``lgvit.train``; without one, the arguments carry no sharding (for ``jax.export``).
+  """
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
   from lgvit import optim, train
 
-  mesh = train.make_mesh(devices)
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  batch = batch_per_chip * len(devices)
+  replicated = NamedSharding(mesh, P()) if mesh is not None else None
+  sharded = NamedSharding(mesh, P('data')) if mesh is not None else None
   size = config.image_size
   model = train.build_model(config)
   abstract_vars = jax.eval_shape(lambda: train.init_variables(model, size, config.seed))
@@ -179,29 +182,32 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
 
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharded)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
-  if mode == 'train':
-    # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
-    steps_per_epoch = max(1_281_167 // config.batch_size, 1)
-    total_steps = int(config.num_epochs * steps_per_epoch)
-    schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
-    ema = config.ema_decay > 0
+  placed = {} if mesh is None else {'out_shardings': (replicated, replicated) if mode == 'train' else replicated}
+  if mode == 'infer':
+    args = (spec(abstract_vars, replicated), {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
+    return jax.jit(train.make_eval_step(model, config), **placed), args
+  # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
+  steps_per_epoch = max(1_281_167 // config.batch_size, 1)
+  schedule = optim.lr_schedule(config, steps_per_epoch, int(config.num_epochs * steps_per_epoch))
+  tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
+  ema = config.ema_decay > 0
 
-    def create_state():
-      params, stats = abstract_vars['params'], abstract_vars['batch_stats']
-      return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                              opt_state=tx.init(params), ema_params=params if ema else None,
-                              ema_batch_stats=stats if ema else None)
+  def create_state():
+    params, stats = abstract_vars['params'], abstract_vars['batch_stats']
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                            opt_state=tx.init(params), ema_params=params if ema else None,
+                            ema_batch_stats=stats if ema else None)
 
-    state = spec(jax.eval_shape(create_state), replicated)
-    args = (state, {'image': images, 'label': labels, 'valid': labels},
-            jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
-    step = jax.jit(train.make_train_step(model, tx, config, schedule), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-  else:
-    args = (spec(abstract_vars, replicated),
-            {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
-    step = jax.jit(train.make_eval_step(model, config), out_shardings=replicated)
+  args = (spec(jax.eval_shape(create_state), replicated), {'image': images, 'label': labels, 'valid': labels},
+          jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+  step = train.make_train_step(model, tx, config, schedule)
+  return jax.jit(step, donate_argnums=0 if mesh is not None else (), **placed), args
+
+
+def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
+  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+  from lgvit import train
+  step, args = step_and_args(config, batch_per_chip * len(devices), mode, train.make_mesh(devices))
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -212,6 +218,19 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
                   float(cost.get('bytes accessed', math.nan)) / batch_per_chip, mem.argument_size_in_bytes,
                   mem.temp_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                   mem.generated_code_size_in_bytes)
+
+
+def export_step(config, platform: str, batch: int = 2, mode: str = 'train'):
+  """``jax.export`` of the step for ``platform`` ('cuda', 'tpu', ...) with the native kernels.
+
+  Lowering only: it shows that every op of the model has a lowering on that platform, without its
+  compiler.
+  """
+  import jax
+  from lgvit.models import kernels
+  with kernels.force('native'):
+    step, args = step_and_args(config, batch, mode)
+    return jax.export.export(step, platforms=[platform])(*args)
 
 
 def largest_fitting_batch(measure, hbm: int, first: Compiled, search: str = 'verify') -> str:
