@@ -1,6 +1,6 @@
 """Lowers every model's train step (and inference step) for CUDA on this host, with the native kernels.
 
-    python benchmarks/gpu_lowering.py [--models all] [--mode train|infer] [--dtype bfloat16]
+    PYTHONPATH=. python benchmarks/gpu_lowering.py [--models all] [--mode train|infer] [--dtype bfloat16]
 
 No GPU is needed: ``jax.export`` with ``platforms=['cuda']`` runs JAX's CUDA lowering rules, so a
 model that uses an op without one fails here. Compiling (cuDNN autotuning, memory) needs a GPU.

@@ -4,8 +4,8 @@
 """
 import glob
 import os
-import re
 
+FLAGSHIPS = ('nommer_b', 'cotnet50', 'se_cotnetd152', 'salg_s', 'lesa_wrn50')
 LOGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tpu_aot_logs')
 
 
@@ -33,7 +33,7 @@ def main():
   print()
   print('| model | kernels | batch/chip | args GiB | temp GiB | total GiB | MB accessed/img | GFLOP/img |')
   print('|---|---|---|---|---|---|---|---|')
-  for m in cpu:
+  for m in [f for f in FLAGSHIPS if f in native or f in cpu]:
     for path, table in (('native', native), ('cpu', cpu)):
       r = table.get(m)
       if r:
