@@ -25,10 +25,10 @@ def main(argv=None) -> int:
   failed = 0
   print(f'| model | {args.mode} step lowers for cuda | StableHLO chars | seconds |\n|---|---|---|---|')
   for name in names:
-    config = aot.load_config(name)
-    config.dtype = args.dtype
     t0 = time.perf_counter()
     try:
+      config = aot.load_config(name)
+      config.dtype = args.dtype
       exported = aot.export_step(config, 'cuda', args.batch, args.mode)
       size, ok = len(exported.mlir_module()), 'yes'
     except Exception as e:  # noqa: BLE001 - report every model, then fail

@@ -130,12 +130,20 @@ def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
 
 
 def load_config(model: str, config_path: str = ''):
-  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it."""
+  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it.
+
+  A registered model without a config file gets ``configs.common.base_config`` (SGD, batch 256).
+  """
   path, _, arg = (config_path or str(REPO / 'configs' / f'{model}.py')).partition(':')
-  if not os.path.exists(path):
-    raise AotError(f'no config {path} for model {model!r}; pass --config FILE.py')
   if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs import each other as the package `configs`
+  if not os.path.exists(path):
+    if config_path:
+      raise AotError(f'no config file {path}')
+    # Baselines without a paper recipe of their own (resnet101, wide_resnet50_2): the base config.
+    from configs import common
+    print(f'note: no configs/{model}.py; using configs.common.base_config({model!r})', file=sys.stderr)
+    return common.base_config(model)
   spec = importlib.util.spec_from_file_location(f'_lgvit_aot_config_{model}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
