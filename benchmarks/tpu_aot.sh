@@ -1,31 +1,34 @@
 #!/bin/bash
-# Generates the raw logs behind benchmarks/tpu_aot.md, one model per process, most important first.
+# Generates the raw logs behind benchmarks/tpu_aot.md, one model per process, most telling first.
 #   nohup bash benchmarks/tpu_aot.sh > benchmarks/tpu_aot_logs/run.log 2>&1 &
-# Every row is appended to benchmarks/tpu_aot_logs/<name>.log as soon as its compile ends.
+# Each row is appended to benchmarks/tpu_aot_logs/<table>.log as soon as its compile ends, and
+# `python benchmarks/tpu_aot_table.py` turns the logs into the tables.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/tpu_aot_logs
 mkdir -p $OUT
-FLAGSHIPS="nommer_b cotnet50 se_cotnetd152 salg_s lesa_wrn50"
-run() {  # run LOGNAME ARGS...
+FLAGSHIPS=${FLAGSHIPS:-"cotnet50 lesa_wrn50 se_cotnetd152 salg_s nommer_b"}
+run() {  # run TABLE ARGS...
   local log=$OUT/$1.log; shift
   echo "### $(date -u +%FT%TZ) python -m lgvit.aot $*" >> $log
   $PY -m lgvit.aot "$@" 2>&1 | grep -E '^(v[0-9]|model |\||error)' >> $log
 }
-# 1. The multi-host (4 hosts, 16 chips) compile: the sharding over several processes.
-run multihost_v4_32 --topology v4:2x2x4 --models resnet50 --dtype bfloat16 --batch-per-chip 32 --search none
-# 2. Flagships at their recipe batch on v5e-8: native and CPU-rewrite kernels.
+done_in() { grep -q "^| $2 |" $OUT/$1.log 2>/dev/null; }  # skip what a log already holds
+# 1. The multi-host compile (v4-32: 4 hosts, 16 chips): the sharding over several processes.
+done_in multihost_v4_32 resnet50 || run multihost_v4_32 --topology v4:2x2x4 --models resnet50 --dtype bfloat16 \
+  --batch-per-chip 32 --search none
+# 2. Flagships at their recipe batch on v5e-8, native and CPU-rewrite kernels.
 for m in $FLAGSHIPS; do
-  run v5e8_native --topology v5e:2x4 --models $m --dtype bfloat16 --search one --bytes
-  run v5e8_cpu --topology v5e:2x4 --models $m --dtype bfloat16 --search none --bytes --kernels cpu
+  done_in v5e8_native $m || run v5e8_native --topology v5e:2x4 --models $m --dtype bfloat16 --search one --bytes
+  done_in v5e8_cpu $m || run v5e8_cpu --topology v5e:2x4 --models $m --dtype bfloat16 --search none --bytes --kernels cpu
 done
 # 3. Flagships on v4-8, then every other variant on both.
 for m in $FLAGSHIPS; do
-  run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
+  done_in v4_8 $m || run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
 done
 OTHERS=$($PY -c "from lgvit.models import list_models; print(' '.join(n for n in list_models() if n not in '$FLAGSHIPS'.split()))")
 for m in $OTHERS; do
-  run v5e8_native --topology v5e:2x4 --models $m --dtype bfloat16 --search one --bytes
-  run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
+  done_in v5e8_native $m || run v5e8_native --topology v5e:2x4 --models $m --dtype bfloat16 --search one --bytes
+  done_in v4_8 $m || run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
 done

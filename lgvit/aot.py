@@ -131,12 +131,20 @@ def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
 
 
 def load_config(model: str, config_path: str = ''):
-  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it."""
+  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it.
+
+  A registered model without a config file gets ``configs.common.base_config`` (SGD, batch 256).
+  """
   path, _, arg = (config_path or str(REPO / 'configs' / f'{model}.py')).partition(':')
-  if not os.path.exists(path):
-    raise AotError(f'no config {path} for model {model!r}; pass --config FILE.py')
   if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs import each other as the package `configs`
+  if not os.path.exists(path):
+    if config_path:
+      raise AotError(f'no config file {path}')
+    # Baselines without a paper recipe of their own (resnet101, wide_resnet50_2): the base config.
+    from configs import common
+    print(f'note: no configs/{model}.py; using configs.common.base_config({model!r})', file=sys.stderr)
+    return common.base_config(model)
   spec = importlib.util.spec_from_file_location(f'_lgvit_aot_config_{model}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -160,41 +168,48 @@ class Compiled:
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
 
 
-def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
-  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
+  """The jitted train (or inference) step of ``config`` and abstract arguments for a global ``batch``.
+
+  With a ``mesh``, the state is replicated and the batch sharded over its ``data`` axis, as in
+  ``lgvit.train``; without one, the arguments carry no sharding (for ``jax.export``).
+  """
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
-  from lgvit import optim, train
+  from lgvit import modeling, optim, train
 
-  mesh = train.make_mesh(devices)
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  batch = batch_per_chip * len(devices)
+  replicated = NamedSharding(mesh, P()) if mesh is not None else None
+  sharded = NamedSharding(mesh, P('data')) if mesh is not None else None
   size = config.image_size
-  model = train.build_model(config)
-  abstract_vars = jax.eval_shape(lambda: train.init_variables(model, size, config.seed))
+  model = modeling.build_model(config)
+  abstract_vars = jax.eval_shape(lambda: modeling.init_variables(model, size, config.seed))
 
   def spec(tree, sharding):
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharded)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
-  if mode == 'train':
-    # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
-    steps_per_epoch = max(1_281_167 // config.batch_size, 1)
-    total_steps = int(config.num_epochs * steps_per_epoch)
-    schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
-    state = spec(jax.eval_shape(functools.partial(train.create_state, model, tx, config)), replicated)
-    args = (state, {'image': images, 'label': labels, 'valid': labels},
-            jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
-    step = jax.jit(train.make_train_step(model, tx, config, schedule), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-  else:
-    args = (spec(abstract_vars, replicated),
-            {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
-    step = jax.jit(train.make_eval_step(model, config), out_shardings=replicated)
+  placed = {} if mesh is None else {'out_shardings': (replicated, replicated) if mode == 'train' else replicated}
+  if mode == 'infer':
+    args = (spec(abstract_vars, replicated), {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
+    return jax.jit(train.make_eval_step(model, config), **placed), args
+  # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
+  steps_per_epoch = max(1_281_167 // config.batch_size, 1)
+  schedule = optim.lr_schedule(config, steps_per_epoch, int(config.num_epochs * steps_per_epoch))
+  tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
+  state = spec(jax.eval_shape(functools.partial(train.create_state, model, tx, config)), replicated)
+  args = (state, {'image': images, 'label': labels, 'valid': labels},
+          jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+  step = train.make_train_step(model, tx, config, schedule)
+  return jax.jit(step, donate_argnums=0 if mesh is not None else (), **placed), args
+
+
+def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
+  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+  from lgvit import train
+  step, args = step_and_args(config, batch_per_chip * len(devices), mode, train.make_mesh(devices))
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -205,6 +220,19 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
                   float(cost.get('bytes accessed', math.nan)) / batch_per_chip, mem.argument_size_in_bytes,
                   mem.temp_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                   mem.generated_code_size_in_bytes)
+
+
+def export_step(config, platform: str, batch: int = 2, mode: str = 'train'):
+  """``jax.export`` of the step for ``platform`` ('cuda', 'tpu', ...) with the native kernels.
+
+  Lowering only: it shows that every op of the model has a lowering on that platform, without its
+  compiler.
+  """
+  import jax
+  from lgvit.models import kernels
+  with kernels.force('native'):
+    step, args = step_and_args(config, batch, mode)
+    return jax.export.export(step, platforms=[platform])(*args)
 
 
 def largest_fitting_batch(measure, hbm: int, first: Compiled, search: str = 'verify') -> str:

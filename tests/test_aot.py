@@ -81,3 +81,14 @@ def test_tiny_train_step_compiles_for_a_tpu_topology():
   got = dict(zip(header, cells))
   assert got['batch/chip'] == '16' and got['fits'] == 'yes' and got['HBM GiB'] == '16.00'
   assert float(got['GFLOP/img']) > 0 and float(got['temp GiB']) > 0
+
+
+def test_native_train_step_lowers_for_cuda():
+  # No GPU here: jax.export runs the CUDA lowering rules only. The demo CoTNet has grouped convs,
+  # CoT aggregation and BatchNorms: every op with two kernel paths.
+  config = aot.load_config('cotnet50', os.path.join(REPO, 'configs', 'cotnet50.py') + ':demo')
+  config.dtype = 'bfloat16'
+  exported = aot.export_step(config, 'cuda')
+  assert exported.platforms == ('cuda',)
+  text = exported.mlir_module()
+  assert 'feature_group_count = 4' in text  # the native grouped conv, not the CPU split

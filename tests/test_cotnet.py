@@ -11,7 +11,8 @@ from conftest import fixture_json, fixture_npz, init_shapes
 from lgvit.convert import ConversionError, StateDictConverter, from_torch
 from lgvit.convert.cotnet import convert_cot_layer
 from lgvit.models import create_model, layers
-from lgvit.models.cotnet import (CoTLayer, CoTSpatial, blur_pool, local_aggregation, local_aggregation_patches)
+from lgvit.models.cotnet import CoTLayer, CoTSpatial, local_aggregation, local_aggregation_patches
+from lgvit.models.layers import blur_pool
 
 
 def nhwc(a):

@@ -26,7 +26,7 @@ def convert_cot_layer(conv: StateDictConverter, tkey: str, fpath: tuple, context
 
 
 def convert_split_attn(conv: StateDictConverter, tkey: str, fpath: tuple):
-  """timm ``SplitAttnConv2d`` (radix 1) -> :class:`lgvit.models.cotnet.SplitAttnConv`."""
+  """timm ``SplitAttnConv2d`` (radix 1) -> :class:`lgvit.models.layers.SplitAttnConv`."""
   conv.conv(f'{tkey}.conv', fpath + ('conv',))
   conv.bn(f'{tkey}.bn0', fpath + ('bn0',))
   conv.conv(f'{tkey}.fc1', fpath + ('gate', 'fc1'))

@@ -109,29 +109,6 @@ def local_aggregation_patches(value: Array, weights: Array, *, kernel_size: int 
 
 
 # --------------------------------------------------------------------------------------------
-# Anti-aliased downsampling of SE-CoTNetD-152.
-# --------------------------------------------------------------------------------------------
-
-
-def blur_pool(x: Array) -> Array:
-  """timm's ``BlurPool2d(filt_size=3, stride=2)``: reflect pad 1, depthwise [1,2,1]^T[1,2,1]/16, stride 2.
-
-  Computed separably as strided slices (no parameters, no grouped conv).
-  """
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
-  ho = (x.shape[1] - 3) // 2 + 1
-  wo = (x.shape[2] - 3) // 2 + 1
-  rows = x[:, 0:2 * ho - 1:2] + 2 * x[:, 1:2 * ho:2] + x[:, 2:2 * ho + 1:2]
-  out = rows[:, :, 0:2 * wo - 1:2] + 2 * rows[:, :, 1:2 * wo:2] + rows[:, :, 2:2 * wo + 1:2]
-  return out * (1.0 / 16.0)
-
-
-def _check_strides(strides: int, who: str):
-  if strides not in (1, 2):
-    raise ValueError(f'{who}: strides must be 1 or 2, got {strides}')
-
-
-# --------------------------------------------------------------------------------------------
 # The CoT layer (CoXt with cardinality 2).
 # --------------------------------------------------------------------------------------------
 
@@ -158,7 +135,7 @@ class CoTLayer(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> Array:
     if self.context not in CONTEXTS:
       raise ValueError(f'CoTLayer: context must be one of {CONTEXTS}, got {self.context!r}')
-    _check_strides(self.strides, 'CoTLayer')
+    layers.check_strides(self.strides, 'CoTLayer')
     if self.strides == 2 and not self.blur:
       x = layers.avg_pool(x, 3, 2, 1)
     dim, k, card = x.shape[-1], self.kernel_size, self.cardinality
@@ -209,33 +186,7 @@ class CoTLayer(nn.Module):
     return self._downsample_after(weights[..., 0] * k2 + weights[..., 1] * k1)
 
   def _downsample_after(self, y: Array) -> Array:
-    return blur_pool(y) if self.strides == 2 and self.blur else y
-
-
-# --------------------------------------------------------------------------------------------
-# SE-CoTNetD's "S" block: split attention with radix 1.
-# --------------------------------------------------------------------------------------------
-
-
-class SplitAttnConv(nn.Module):
-  """timm ``SplitAttnConv2d`` with radix 1: 3x3 conv -> BN -> SiLU, gated by an SE MLP with BN.
-
-  The gate (mean -> 1x1 conv -> BN -> SiLU -> 1x1 conv -> sigmoid, hidden max(C/4, 32)) acts on the
-  3x3 path, before the bottleneck's conv3; it is the "SE" of SE-CoTNetD.
-  """
-  width: int
-  strides: int = 1
-  blur: bool = False
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    _check_strides(self.strides, 'SplitAttnConv')
-    conv_strides = 1 if self.blur else self.strides
-    y = layers.Conv2d(self.width, 3, conv_strides, 1, kernel_init=layers.kaiming_normal_fan_out, name='conv')(x)
-    y = nn.silu(layers.BatchNorm(name='bn0')(y, train=train))
-    y = layers.SqueezeExcite(max(self.width // 4, 32), act=nn.silu, use_bn=True,
-                             kernel_init=layers.kaiming_normal_fan_out, name='gate')(y, train=train)
-    return blur_pool(y) if self.strides == 2 and self.blur else y
+    return layers.blur_pool(y) if self.strides == 2 and self.blur else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +235,7 @@ class CoTSpatial:
     if kind == 'cot':
       return CoTLayer(self.cardinality, context=self.context, strides=stride, blur=self.blur_pool, name=name)
     if kind == 'split_attn':
-      return SplitAttnConv(width, stride, self.blur_pool, name=name)
+      return layers.SplitAttnConv(width, stride, self.blur_pool, name=name)
     if self.blur_pool:
       raise ValueError("CoTSpatial: blur_pool is only implemented for CoT and 'split_attn' blocks")
     return layers.ConvBN(width, 3, stride, groups=self.cardinality, name=name)

@@ -253,6 +253,23 @@ class Mlp(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+def attention_residual(x: Array, attention: nn.Module, *, train: bool, drop_path: float = 0.0,
+                       drop_rate: Optional[float] = None, dtype: Optional[Dtype] = None, norm_name: str = 'norm1',
+                       drop_path_name: Optional[str] = None) -> Array:
+  """The first half of a pre-norm Transformer block: ``x + DropPath(Dropout(attention(LayerNorm(x))))``.
+
+  ``attention`` is the block's own named submodule (window or global attention, NomMer's
+  synergistic context), called as ``attention(y, train=train)``. ``drop_rate=None`` adds no
+  Dropout (the attention module has its own). As in :func:`mlp_residual`, the modules created here
+  belong to the calling block, so parameter paths and dropout/drop-path RNGs are those of the
+  written-out form.
+  """
+  y = attention(layer_norm(norm_name, dtype=dtype)(x), train=train)
+  if drop_rate is not None:
+    y = nn.Dropout(drop_rate, deterministic=not train)(y)
+  return x + DropPath(drop_path, name=drop_path_name)(y, train=train)
+
+
 def mlp_residual(x: Array, *, mlp_ratio: float, train: bool, drop_rate: float = 0.0, drop_path: float = 0.0,
                  dtype: Optional[Dtype] = None, norm_name: str = 'norm2', mlp_name: str = 'mlp',
                  drop_path_name: Optional[str] = None) -> Array:
@@ -264,6 +281,28 @@ def mlp_residual(x: Array, *, mlp_ratio: float, train: bool, drop_rate: float = 
   y = layer_norm(norm_name, dtype=dtype)(x)
   y = Mlp(int(x.shape[-1] * mlp_ratio), dropout=drop_rate, dtype=dtype, name=mlp_name)(y, train=train)
   return x + DropPath(drop_path, name=drop_path_name)(y, train=train)
+
+
+def classifier_head(x: Array, num_classes: int, *, train: bool = False, norm_name: Optional[str] = None,
+                    drop_rate: float = 0.0, name: str = 'head', kernel_init: Initializer = normal_002,
+                    bias_init: Initializer = nn.initializers.zeros, dtype: Optional[Dtype] = None,
+                    head_dtype: Optional[Dtype] = None) -> Array:
+  """Every family's classifier tail: [LayerNorm] -> global average pool -> [Dropout] -> Dense.
+
+  ``x`` is the last stage's map (B, H, W, C), averaged over H, W in float32, or an already pooled
+  (B, C) vector (NomMer's class token). ``num_classes=0`` returns the pooled features. The
+  ``features_only`` convention of every model: with it set, ``__call__`` returns the list of its
+  four stage maps (NHWC, strides 4/8/16/32 unless the family dilates) instead of calling this head.
+  """
+  if norm_name is not None:
+    x = layer_norm(norm_name, dtype=dtype)(x)
+  if x.ndim == 4:
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  if not num_classes:
+    return x
+  if drop_rate:
+    x = nn.Dropout(drop_rate, deterministic=not train)(x)
+  return nn.Dense(num_classes, kernel_init=kernel_init, bias_init=bias_init, dtype=head_dtype, name=name)(x)
 
 
 def relative_position_index(window: int | Sequence[int]) -> np.ndarray:
@@ -437,6 +476,47 @@ class SqueezeExcite(nn.Module):
     s = self.act(s)
     s = Conv2d(x.shape[-1], 1, use_bias=True, kernel_init=self.kernel_init, dtype=self.dtype, name='fc2')(s)
     return x * jax.nn.sigmoid(s)
+
+
+def blur_pool(x: Array) -> Array:
+  """timm's ``BlurPool2d(filt_size=3, stride=2)``: reflect pad 1, depthwise [1,2,1]^T[1,2,1]/16, stride 2.
+
+  Computed separably as strided slices (no parameters, no grouped conv).
+  """
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  ho = (x.shape[1] - 3) // 2 + 1
+  wo = (x.shape[2] - 3) // 2 + 1
+  rows = x[:, 0:2 * ho - 1:2] + 2 * x[:, 1:2 * ho:2] + x[:, 2:2 * ho + 1:2]
+  out = rows[:, :, 0:2 * wo - 1:2] + 2 * rows[:, :, 1:2 * wo:2] + rows[:, :, 2:2 * wo + 1:2]
+  return out * (1.0 / 16.0)
+
+
+def check_strides(strides: int, who: str):
+  """The stride of a 3x3 replacement in a bottleneck: 1 or 2."""
+  if strides not in (1, 2):
+    raise ValueError(f'{who}: strides must be 1 or 2, got {strides}')
+
+
+class SplitAttnConv(nn.Module):
+  """timm ``SplitAttnConv2d`` with radix 1: 3x3 conv -> BN -> SiLU, gated by an SE MLP with BN.
+
+  The gate (mean -> 1x1 conv -> BN -> SiLU -> 1x1 conv -> sigmoid, hidden max(C/4, 32)) acts on the
+  3x3 path, before the bottleneck's conv3; it is the "SE" of SE-CoTNetD. With ``blur`` a stride of 2
+  is a :func:`blur_pool` after the gate instead of a strided conv.
+  """
+  width: int
+  strides: int = 1
+  blur: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    check_strides(self.strides, 'SplitAttnConv')
+    conv_strides = 1 if self.blur else self.strides
+    y = Conv2d(self.width, 3, conv_strides, 1, kernel_init=kaiming_normal_fan_out, name='conv')(x)
+    y = nn.silu(BatchNorm(name='bn0')(y, train=train))
+    y = SqueezeExcite(max(self.width // 4, 32), act=nn.silu, use_bn=True, kernel_init=kaiming_normal_fan_out,
+                      name='gate')(y, train=train)
+    return blur_pool(y) if self.strides == 2 and self.blur else y
 
 
 # --------------------------------------------------------------------------------------------

@@ -247,9 +247,9 @@ class SNomMerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    y = layers.layer_norm('norm1', dtype=self.dtype)(x)
-    y = SynergisticContext(**self.context, dtype=self.dtype, name='context')(y, train=train)
-    x = x + layers.DropPath(self.drop_path, name='drop_path1')(y, train=train)
+    context = SynergisticContext(**self.context, dtype=self.dtype, name='context')
+    x = layers.attention_residual(x, context, drop_path=self.drop_path, dtype=self.dtype, train=train,
+                                  drop_path_name='drop_path1')
     return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
                                drop_path_name='drop_path2')
 
@@ -263,9 +263,8 @@ class GNomMerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    y = layers.layer_norm('norm1', dtype=self.dtype)(x)
-    y = global_attention(self.num_heads, self.dtype, 'attn')(y, train=train)
-    x = x + layers.DropPath(self.drop_path, name='drop_path1')(y, train=train)
+    x = layers.attention_residual(x, global_attention(self.num_heads, self.dtype, 'attn'), drop_path=self.drop_path,
+                                  dtype=self.dtype, train=train, drop_path_name='drop_path1')
     return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
                                drop_path_name='drop_path2')
 
@@ -372,10 +371,8 @@ class NomMer(nn.Module):
     features.append(x[:, 1:].reshape(b, h, w, c))
     if self.features_only:
       return features
-    x = layers.layer_norm('head_norm', dtype=self.dtype)(x[:, 0])
-    if not self.num_classes:
-      return x
-    return nn.Dense(self.num_classes, kernel_init=layers.normal_002, dtype=self.dtype, name='head')(x)
+    return layers.classifier_head(x[:, 0], self.num_classes, norm_name='head_norm', dtype=self.dtype,
+                                  head_dtype=self.dtype)
 
   def position_embedding(self, h: int, w: int, c: int) -> Array:
     """The stage-3 ``pos_embedding`` (1, S/16, S/16, 4C); its shape records the training size."""

@@ -115,13 +115,9 @@ class ResNet(nn.Module):
       features.append(x)
     if self.features_only:
       return features
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    fan_in = x.shape[-1]
-    return nn.Dense(self.num_classes, kernel_init=layers.torch_default_kernel_init,
-                    bias_init=layers.torch_default_bias_init(fan_in), name='fc')(x)
+    return layers.classifier_head(x, self.num_classes, train=train, drop_rate=self.drop_rate, name='fc',
+                                  kernel_init=layers.torch_default_kernel_init,
+                                  bias_init=layers.torch_default_bias_init(x.shape[-1]))
 
 
 def _create_resnet(name: str, **kwargs) -> ResNet:

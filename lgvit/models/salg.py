@@ -295,10 +295,10 @@ class LocalGlobalBlock(nn.Module):
       return x, None
     agr = seq[:, h * w:]
     if self.propagate and self.inter_region == 'msa':
-      y = layers.MultiHeadAttention(heads, dropout=self.drop_rate, dtype=self.dtype, precision=self.precision,
-                                    name='inter_attn')(layers.layer_norm('inter_norm1', dtype=self.dtype)(agr),
-                                                       train=train)
-      agr = agr + layers.DropPath(self.drop_path)(y, train=train)
+      attention = layers.MultiHeadAttention(heads, dropout=self.drop_rate, dtype=self.dtype, precision=self.precision,
+                                            name='inter_attn')
+      agr = layers.attention_residual(agr, attention, drop_path=self.drop_path, dtype=self.dtype, train=train,
+                                      norm_name='inter_norm1')
       agr = layers.mlp_residual(agr, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
                                 dtype=self.dtype, train=train, norm_name='inter_norm2', mlp_name='inter_mlp')
     elif self.propagate and self.inter_region == 'ap':
@@ -357,9 +357,9 @@ class GlobalBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    y = layers.MultiHeadAttention(self.num_heads, dropout=self.drop_rate, dtype=self.dtype, precision=self.precision,
-                                  name='attn')(layers.layer_norm('norm1', dtype=self.dtype)(x), train=train)
-    x = x + layers.DropPath(self.drop_path)(y, train=train)
+    attention = layers.MultiHeadAttention(self.num_heads, dropout=self.drop_rate, dtype=self.dtype,
+                                          precision=self.precision, name='attn')
+    x = layers.attention_residual(x, attention, drop_path=self.drop_path, dtype=self.dtype, train=train)
     return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
                                dtype=self.dtype, train=train)
 
@@ -470,11 +470,7 @@ class SALG(nn.Module):
       features.append(x)
     if self.features_only:
       return features
-    x = layers.layer_norm('norm', dtype=self.dtype)(x)
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if not self.num_classes:
-      return x
-    return nn.Dense(self.num_classes, kernel_init=layers.normal_002, name='head')(x)
+    return layers.classifier_head(x, self.num_classes, norm_name='norm', dtype=self.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

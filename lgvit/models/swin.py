@@ -88,11 +88,10 @@ class SwinBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    y = layers.layer_norm('norm1', dtype=self.dtype)(x)
-    y = layers.WindowAttention(self.num_heads, self.window, self.shift, dtype=self.dtype, precision=self.precision,
-                               name='attn')(y, train=train)
-    y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
-    x = x + layers.DropPath(self.drop_path)(y, train=train)
+    attention = layers.WindowAttention(self.num_heads, self.window, self.shift, dtype=self.dtype,
+                                       precision=self.precision, name='attn')
+    x = layers.attention_residual(x, attention, drop_rate=self.drop_rate, drop_path=self.drop_path, dtype=self.dtype,
+                                  train=train)
     return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
                                dtype=self.dtype, train=train)
 
@@ -143,11 +142,7 @@ class SwinTransformer(nn.Module):
       features.append(x)
     if self.features_only:
       return features
-    x = layers.layer_norm('norm', dtype=self.dtype)(x)
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if not self.num_classes:
-      return x
-    return nn.Dense(self.num_classes, kernel_init=layers.normal_002, name='head')(x)
+    return layers.classifier_head(x, self.num_classes, norm_name='norm', dtype=self.dtype)
 
 
 def resize_relative_table(table: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
