@@ -48,8 +48,9 @@ class SmoothNet(nn.Module):
 def config():
   c = resnet50.get_config('demo')
   c.unlock()
-  c.schedule, c.warmup_epochs, c.lr = 'constant', 0.0, 0.1
-  c.mixup_alpha, c.cutmix_alpha, c.label_smoothing, c.ema_decay = 0.8, 1.0, 0.1, 0.9
+  c.schedule.update(decay='constant', warmup_epochs=0.0, lr=0.1)
+  c.aug.update(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+  c.ema_decay = 0.9
   return c
 
 
@@ -64,9 +65,9 @@ def one_step(devices):
   mesh = train.make_mesh(devices)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   model = SmoothNet()
-  schedule = optim.lr_schedule(c, 100, 100)
+  schedule = optim.lr_schedule(c.schedule, c.batch_size, 100, 100)
   variables = train.init_variables(model, IMAGE, 0)
-  tx = optim.make_optimizer(c, variables['params'], schedule)
+  tx = optim.make_optimizer(c.optim, variables['params'], schedule)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
                            ema_params=variables['params'], ema_batch_stats=variables['batch_stats'])
