@@ -1,8 +1,9 @@
 """Train and evaluate an lgvit model on TFDS.
 
     python main.py --config=configs/nommer_b.py --workdir=gs://bucket/nommer_b
+    python main.py --config=configs/nommer.py:variant=b,res=384 --workdir=gs://bucket/nommer_b_384
     python main.py --config=configs/resnet50.py:demo --workdir=/tmp/demo
-    python main.py --config=configs/resnet50.py --workdir=... --config.batch_size=256 --config.num_epochs=90
+    python main.py --config=configs/resnet50.py --workdir=... --config.batch_size=256 --config.schedule.lr=0.2
 
 Rerunning the same command resumes from the latest checkpoint in the workdir; after a SIGTERM the
 run checkpoints at the next step and exits with status 75 (EX_TEMPFAIL: rerun it). On several hosts,
@@ -17,7 +18,8 @@ from ml_collections import config_flags
 
 from lgvit import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :demo.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with optional arguments, e.g. '
+                                         'configs/nommer.py:variant=b,demo.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and logs.')
 _MULTIHOST = flags.DEFINE_bool('multihost', None, 'Call jax.distributed.initialize() (default: auto-detect).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs '

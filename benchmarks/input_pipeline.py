@@ -81,17 +81,17 @@ class _Repeated:
 def _config(randaugment: str, interpolation: str, batch: int):
   c = common.base_config('resnet50')
   c.batch_size = batch
-  c.interpolation = interpolation
-  c.randaugment = randaugment
-  c.shuffle_buffer = 1024
+  c.data.interpolation = interpolation
+  c.aug.randaugment = randaugment
+  c.data.shuffle_buffer = 1024
   return c
 
 
 def _measure(config, builder, *, examples: int, batch: int) -> tuple[float, float, float]:
   """(steady-state images/s, CPU ms per image, seconds to the first batch) over one epoch."""
   start = time.perf_counter()
-  ds = pipeline.train_dataset(config, builder, epoch=0, start_step=0, steps_per_epoch=examples // batch,
-                              process_index=0, process_count=1)
+  ds = pipeline.train_dataset(config.data, config.aug, builder, batch_size=batch, seed=config.seed, epoch=0,
+                              start_step=0, steps_per_epoch=examples // batch, process_index=0, process_count=1)
   batches = pipeline.as_numpy(ds)
   for _ in range(2):  # tracing, function instantiation, shuffle-buffer fill, thread pools
     next(batches)

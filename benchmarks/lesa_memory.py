@@ -62,7 +62,7 @@ def measure(name: str, batch: int, size: int, steps: int) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from lgvit import optim, train
+  from lgvit import modeling, optim, train
   from lgvit.models.layers import count_params
 
   path, extra_kwargs = MODELS[name]
@@ -71,14 +71,14 @@ def measure(name: str, batch: int, size: int, steps: int) -> dict:
   spec.loader.exec_module(module)
   config = module.get_config()
   config.unlock()
-  config.batch_size, config.image_size, config.num_classes = batch, size, 1000
+  config.batch_size, config.data.image_size, config.num_classes = batch, size, 1000
   for k, v in extra_kwargs.items():
     config.model_kwargs[k] = v
 
-  model = train.build_model(config)
-  variables = train.init_variables(model, size, seed=0)
-  schedule = optim.lr_schedule(config, steps_per_epoch=100, total_steps=10_000)
-  tx = optim.make_optimizer(config, variables['params'], schedule)
+  model = modeling.build_model(config)
+  variables = modeling.init_variables(model, size, seed=0)
+  schedule = optim.lr_schedule(config.schedule, config.batch_size, steps_per_epoch=100, total_steps=10_000)
+  tx = optim.make_optimizer(config.optim, variables['params'], schedule)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']))
   rng = np.random.default_rng(0)

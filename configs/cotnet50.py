@@ -1,19 +1,12 @@
-"""CoTNet-50, official 350-epoch recipe (JDAI-CV/CoTNet cot_experiments/cotnet50, spec section 6).
+"""CoTNet-50 with the official 350-epoch recipe.
 
-    python main.py --config=configs/cotnet50.py --workdir=gs://bucket/cotnet50
-        # ImageNet: expect 81.3% top-1 (paper Table 4)
-    python main.py --config=configs/cotnet50.py:demo --workdir=/tmp/cotnet50_demo
-        # embedded digits, a few CPU minutes
+``configs/cotnet.py`` with ``variant=cotnet50`` fixed (recipe and sources there).
 
-Global batch 640 (8 GPUs x 80), SGD-Nesterov lr 0.25, weight decay 4e-05, drop path 0.1, dropout 0.25 before
-the classifier, EMA 0.9999 picking the best checkpoint; the demo keeps CoT blocks, 16/32/64/128 wide.
+    python main.py --config=configs/cotnet50.py --workdir=...          # ImageNet
+    python main.py --config=configs/cotnet50.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
+from configs import common, cotnet
 
 
 def get_config(arg=None):
-  c = common.base_config('cotnet50')
-  common.cotnet_style(c, batch=640, lr=0.25, weight_decay=4e-05)
-  return common.finalize(c, arg, num_epochs=25.0,
-                         demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1), stage_planes=(16, 32, 64, 128),
-                                                stem_width=16, drop_rate=0.0))
+  return cotnet.get_config(common.with_arg('variant=cotnet50', arg))

@@ -1,19 +1,12 @@
-"""CoTNeXt-101 (2x48d), official 350-epoch recipe (JDAI-CV/CoTNet cot_experiments/cotnext101_2x48d, spec section 6).
+"""CoTNeXt-101 (2x48d) with the official 350-epoch recipe.
 
-    python main.py --config=configs/cotnext101_2x48d.py --workdir=gs://bucket/cotnext101_2x48d
-        # ImageNet: expect 83.2% top-1 (paper Table 4)
-    python main.py --config=configs/cotnext101_2x48d.py:demo --workdir=/tmp/cotnext101_2x48d_demo
-        # embedded digits, a few CPU minutes
+``configs/cotnet.py`` with ``variant=cotnext101_2x48d`` fixed (recipe and sources there).
 
-Global batch 512 (8 GPUs x 64), SGD-Nesterov lr 0.2, weight decay 6e-05, drop path 0.1, dropout 0.25 before
-the classifier, EMA 0.9999 picking the best checkpoint; the demo keeps CoXt blocks, 32/64/128/256 wide.
+    python main.py --config=configs/cotnext101_2x48d.py --workdir=...          # ImageNet
+    python main.py --config=configs/cotnext101_2x48d.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
+from configs import common, cotnet
 
 
 def get_config(arg=None):
-  c = common.base_config('cotnext101_2x48d')
-  common.cotnet_style(c, batch=512, lr=0.2, weight_decay=6e-05)
-  return common.finalize(c, arg, num_epochs=25.0,
-                         demo_model_kwargs=dict(stage_depths=(1, 1, 1, 1), stage_planes=(16, 32, 64, 128),
-                                                base_width=64, stem_width=16, drop_rate=0.0))
+  return cotnet.get_config(common.with_arg('variant=cotnext101_2x48d', arg))

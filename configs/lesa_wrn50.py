@@ -1,16 +1,12 @@
-"""LESA-WRN50: Wide-ResNet-50-2 with LESA layers in stages 3-4 and a stride-1 last stage.
+"""LESA-WRN50 with the official recipe.
 
-    python main.py --config=configs/lesa_wrn50.py --workdir=gs://bucket/lesa_wrn50  # ImageNet, expect ~80.2% top-1
-    python main.py --config=configs/lesa_wrn50.py:demo --workdir=/tmp/demo         # embedded digits, CPU minutes
+``configs/lesa.py`` with ``variant=lesa_wrn50`` fixed (recipe and sources there).
 
-Recipe: identical to LESA-ResNet50 (official README). Expected top-1 80.18 (README; paper Tab. 2: 80.2).
-Source: github.com/Chenglin-Yang/LESA_classification, docs/official_code.md (LESA recipe).
+    python main.py --config=configs/lesa_wrn50.py --workdir=...          # ImageNet
+    python main.py --config=configs/lesa_wrn50.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
-from configs.lesa_resnet50 import DEMO_MODEL, DEMO_OPTIONS
+from configs import common, lesa
 
 
 def get_config(arg=None):
-  c = common.base_config('lesa_wrn50')
-  common.lesa_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, **DEMO_OPTIONS)
+  return lesa.get_config(common.with_arg('variant=lesa_wrn50', arg))

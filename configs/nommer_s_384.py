@@ -1,20 +1,12 @@
-"""NomMer-S fine-tuned at 384 from the 224 model (window 12, DCT blocks 8/4; paper top-1 84.6%).
+"""NomMer-S fine-tuned at 384 from the 224 run.
 
-    python main.py --config=configs/nommer_s_384.py --workdir=workdirs/nommer_s_384 \\
-        --config.init_from=workdirs/nommer_s                                     # default: that 224 run
+``configs/nommer.py`` with ``variant=s,res=384`` fixed (recipe and sources there).
 
-init_from loads the 224 checkpoint and resizes the relative position tables (13x13 -> 23x23) and the
-stage-3 position embedding (14x14 -> 24x24) bicubically. Recipe: common.finetune_style, i.e. the
-paper's 30 epochs at batch 512, lr 1e-5, wd 1e-8, the rest Swin's fine-tune defaults. The official
-code has no 384 configs (window 7 cannot tile 384 inputs). The :demo variant trains from scratch
-like the 224 demo.
+    python main.py --config=configs/nommer_s_384.py --workdir=...          # ImageNet
+    python main.py --config=configs/nommer_s_384.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
-from configs.nommer_t import DEMO_MODEL
+from configs import common, nommer
 
 
 def get_config(arg=None):
-  c = common.base_config('nommer_s_384')
-  common.deit_style(c, drop_path=0.3)
-  common.finetune_style(c, init_from='' if arg == 'demo' else 'workdirs/nommer_s')
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL)
+  return nommer.get_config(common.with_arg('variant=s,res=384', arg))

@@ -1,16 +1,12 @@
-"""SA-ResNet50: the paper's self-attention baseline, LESA's binary term alone (Tab. 2 and 6).
+"""SA-ResNet50 (LESA's binary term alone) with the LESA recipe.
 
-    python main.py --config=configs/sa_resnet50.py --workdir=gs://bucket/sa_r50  # ImageNet, expect ~78.7% top-1
-    python main.py --config=configs/sa_resnet50.py:demo --workdir=/tmp/demo     # embedded digits, CPU minutes
+``configs/lesa.py`` with ``variant=sa_resnet50`` fixed (recipe and sources there).
 
-Not in the official code (built from the paper); trained with the LESA recipe ("the setting is the
-same as the main experiments", Sec. 5). Expected top-1 78.69 (paper Tab. 6).
+    python main.py --config=configs/sa_resnet50.py --workdir=...          # ImageNet
+    python main.py --config=configs/sa_resnet50.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
-from configs.lesa_resnet50 import DEMO_MODEL, DEMO_OPTIONS
+from configs import common, lesa
 
 
 def get_config(arg=None):
-  c = common.base_config('sa_resnet50')
-  common.lesa_style(c)
-  return common.finalize(c, arg, demo_model_kwargs=DEMO_MODEL, **DEMO_OPTIONS)
+  return lesa.get_config(common.with_arg('variant=sa_resnet50', arg))

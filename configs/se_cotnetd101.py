@@ -1,20 +1,12 @@
-"""SE-CoTNetD-101, official 350-epoch recipe (JDAI-CV/CoTNet cot_experiments/se_cotnetd_101, spec section 6).
+"""SE-CoTNetD-101 with the official 350-epoch recipe.
 
-    python main.py --config=configs/se_cotnetd101.py --workdir=gs://bucket/se_cotnetd101
-        # ImageNet: expect 83.2% top-1 (paper Table 4)
-    python main.py --config=configs/se_cotnetd101.py:demo --workdir=/tmp/se_cotnetd101_demo
-        # embedded digits, a few CPU minutes
+``configs/cotnet.py`` with ``variant=se_cotnetd101`` fixed (recipe and sources there).
 
-Global batch 512 (8 GPUs x 64), SGD-Nesterov lr 0.2, weight decay 4e-05, drop path 0.1, dropout 0.25 before
-the classifier, EMA 0.9999 picking the best checkpoint; the demo keeps the block types: S blocks 16/32 wide in
-res2/res3, a CoT then an S block 64 wide in res4, a CoT block 128 wide in res5.
+    python main.py --config=configs/se_cotnetd101.py --workdir=...          # ImageNet
+    python main.py --config=configs/se_cotnetd101.py:demo --workdir=...     # embedded digits, CPU minutes
 """
-from configs import common
+from configs import common, cotnet
 
 
 def get_config(arg=None):
-  c = common.base_config('se_cotnetd101')
-  common.cotnet_style(c, batch=512, lr=0.2, weight_decay=4e-05)
-  return common.finalize(c, arg, num_epochs=25.0,
-                         demo_model_kwargs=dict(stage_depths=(1, 1, 2, 1), stage_planes=(16, 32, 64, 128),
-                                                stem_width=8, drop_rate=0.0))
+  return cotnet.get_config(common.with_arg('variant=se_cotnetd101', arg))

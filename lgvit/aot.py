@@ -182,7 +182,7 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
 
   replicated = NamedSharding(mesh, P()) if mesh is not None else None
   sharded = NamedSharding(mesh, P('data')) if mesh is not None else None
-  size = config.image_size
+  size = config.data.image_size
   model = modeling.build_model(config)
   abstract_vars = jax.eval_shape(lambda: modeling.init_variables(model, size, config.seed))
 
@@ -197,8 +197,9 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
     return jax.jit(train.make_eval_step(model, config), **placed), args
   # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
   steps_per_epoch = max(1_281_167 // config.batch_size, 1)
-  schedule = optim.lr_schedule(config, steps_per_epoch, int(config.num_epochs * steps_per_epoch))
-  tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
+  schedule = optim.lr_schedule(config.schedule, config.batch_size, steps_per_epoch,
+                              int(config.num_epochs * steps_per_epoch))
+  tx = optim.make_optimizer(config.optim, abstract_vars['params'], schedule)
   state = spec(jax.eval_shape(functools.partial(train.create_state, model, tx, config)), replicated)
   args = (state, {'image': images, 'label': labels, 'valid': labels},
           jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))

@@ -63,14 +63,14 @@ def export(workdir: str, out: str, prefer_ema: bool = True) -> dict[str, Any]:
   variables = jax.tree_util.tree_map(np.asarray, variables)
   model = modeling.build_model(config)
   os.makedirs(out, exist_ok=True)
-  meta = {'model': config.model, 'num_classes': config.num_classes, 'dataset': config.dataset,
-          'image_size': config.image_size,
-          'crop_pct': config.crop_pct, 'interpolation': config.interpolation,
+  data = config.data
+  meta = {'model': config.model, 'num_classes': config.num_classes, 'dataset': data.dataset,
+          'image_size': data.image_size, 'crop_pct': data.crop_pct, 'interpolation': data.interpolation,
           'model_kwargs': config.model_kwargs.to_dict(), 'workdir': os.path.abspath(workdir)}
   checkpoint.save_variables(os.path.join(out, layout.EXPORT_VARIABLES), variables, meta)
   np.savez(os.path.join(out, layout.EXPORT_NPZ), **flatten(variables))
   with open(os.path.join(out, layout.EXPORT_FUNCTION), 'wb') as f:
-    f.write(serialize(model, variables, config.image_size))
+    f.write(serialize(model, variables, data.image_size))
   layout.write_json(os.path.join(out, layout.EXPORT_META), meta)
   return meta
 

@@ -10,50 +10,51 @@ import jax.numpy as jnp
 import optax
 
 
-def scaled_lrs(config) -> tuple[float, float, float]:
-  """(base, warmup start, min) LR after the linear batch-size scaling of the recipe."""
-  scale = config.batch_size / config.lr_base_batch if config.lr_base_batch else 1.0
-  other = scale if config.lr_scale_warmup_min else 1.0
-  return config.lr * scale, config.warmup_lr * other, config.min_lr * other
+def scaled_lrs(schedule, batch_size: int) -> tuple[float, float, float]:
+  """(base, warmup start, min) LR of ``config.schedule`` after the linear batch-size scaling of the recipe."""
+  scale = batch_size / schedule.lr_base_batch if schedule.lr_base_batch else 1.0
+  other = scale if schedule.lr_scale_warmup_min else 1.0
+  return schedule.lr * scale, schedule.warmup_lr * other, schedule.min_lr * other
 
 
-def lr_schedule(config, steps_per_epoch: int, total_steps: int) -> Callable[[jax.Array], jax.Array]:
-  """Warm-up + cosine (timm ``CosineLRScheduler`` semantics, or LESA's warm-up prefix).
+def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """Warm-up + cosine of ``config.schedule`` (timm ``CosineLRScheduler`` semantics, or LESA's warm-up prefix).
 
-  * ``schedule_unit='step'``: t counts iterations; ``'epoch'``: t = floor(step / steps_per_epoch)
+  * ``unit='step'``: t counts iterations; ``'epoch'``: t = floor(step / steps_per_epoch)
     (timm ``t_in_epochs``, CoTNet).
   * ``warmup_prefix=False`` (timm): lr(t) = warmup for t < T_w, else the cosine evaluated at t over
     [0, T]. ``True`` (LESA): the cosine starts after the warm-up and spans T - T_w.
   """
-  base, warm_lr, min_lr = scaled_lrs(config)
-  if config.get('warmup_lr_is_lr_per_epoch_step', False):
+  base, warm_lr, min_lr = scaled_lrs(schedule, batch_size)
+  if schedule.get('warmup_lr_is_lr_per_epoch_step', False):
     warm_lr = base / steps_per_epoch
-  per_epoch = config.schedule_unit == 'epoch'
-  if config.schedule_unit not in ('step', 'epoch'):
-    raise ValueError(f"schedule_unit must be 'step' or 'epoch', got {config.schedule_unit!r}")
+  per_epoch = schedule.unit == 'epoch'
+  if schedule.unit not in ('step', 'epoch'):
+    raise ValueError(f"schedule.unit must be 'step' or 'epoch', got {schedule.unit!r}")
   unit = steps_per_epoch if per_epoch else 1
   t_total = max(total_steps / unit, 1.0) if not per_epoch else max(math.ceil(total_steps / steps_per_epoch), 1)
-  t_warm = config.warmup_epochs * (1 if per_epoch else steps_per_epoch)
+  t_warm = schedule.warmup_epochs * (1 if per_epoch else steps_per_epoch)
+  decay, warmup_prefix = schedule.decay, schedule.warmup_prefix
 
-  def schedule(step):
+  def lr_at(step):
     step = jnp.asarray(step, jnp.float32)
     t = jnp.floor(step / unit) if per_epoch else step
-    if config.schedule == 'constant':
+    if decay == 'constant':
       main = jnp.full_like(t, base)
-    elif config.schedule == 'cosine':
-      if config.warmup_prefix:
+    elif decay == 'cosine':
+      if warmup_prefix:
         frac = jnp.clip((t - t_warm) / jnp.maximum(t_total - t_warm, 1.0), 0.0, 1.0)
       else:
         frac = jnp.clip(t / t_total, 0.0, 1.0)
       main = min_lr + 0.5 * (base - min_lr) * (1.0 + jnp.cos(jnp.pi * frac))
     else:
-      raise ValueError(f"schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+      raise ValueError(f"schedule.decay must be 'cosine' or 'constant', got {decay!r}")
     if t_warm > 0:
       warm = warm_lr + t * (base - warm_lr) / t_warm
       return jnp.where(t < t_warm, warm, main)
     return main
 
-  return schedule
+  return lr_at
 
 
 def weight_decay_mask(params, rule: str):
@@ -67,19 +68,20 @@ def weight_decay_mask(params, rule: str):
   return flax.traverse_util.unflatten_dict(mask)
 
 
-def make_optimizer(config, params, schedule) -> optax.GradientTransformation:
-  mask = weight_decay_mask(params, config.wd_exclude)
+def make_optimizer(optim, params, schedule) -> optax.GradientTransformation:
+  """The optimiser of ``optim.optim``, its learning rate following ``schedule``."""
+  mask = weight_decay_mask(params, optim.wd_exclude)
   chain = []
-  if config.grad_clip_norm:
-    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.optimizer == 'sgd':
+  if optim.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+  if optim.optimizer == 'sgd':
     # PyTorch SGD: L2 decay added to the gradient before momentum (coupled).
-    if config.weight_decay:
-      chain.append(optax.add_decayed_weights(config.weight_decay, mask))
-    chain.append(optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
-  elif config.optimizer == 'adamw':
-    chain.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                             weight_decay=config.weight_decay, mask=mask))
+    if optim.weight_decay:
+      chain.append(optax.add_decayed_weights(optim.weight_decay, mask))
+    chain.append(optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
+  elif optim.optimizer == 'adamw':
+    chain.append(optax.adamw(schedule, b1=optim.adam_b1, b2=optim.adam_b2, eps=optim.adam_eps,
+                             weight_decay=optim.weight_decay, mask=mask))
   else:
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optim.optimizer!r}")
   return optax.chain(*chain)

@@ -177,8 +177,9 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     if model and model != config.model:
       raise LoadError(f'--model {model}, but {path} holds a {config.model} run')
     variables = checkpoint.load_variables(os.path.join(path, layout.BEST) if best else path, prefer_ema=prefer_ema)
-    net, name, dataset = modeling.build_model(config), config.model, config.dataset
-    num_classes, size, crop_pct, interp = config.num_classes, config.image_size, config.crop_pct, config.interpolation
+    net, name, dataset = modeling.build_model(config), config.model, config.data.dataset
+    num_classes, size, crop_pct, interp = (config.num_classes, config.data.image_size, config.data.crop_pct,
+                                           config.data.interpolation)
   else:
     meta = layout.read_export_meta(path) if kind == layout.EXPORT else checkpoint.read_meta(path)
     name = model or meta.get('model')
@@ -207,11 +208,12 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   from lgvit.models import model_info
   model = modeling.build_model(config)
   if variables is None:
-    variables = modeling.init_variables(model, config.image_size, seed)
+    variables = modeling.init_variables(model, config.data.image_size, seed)
   variables = jax.tree_util.tree_map(np.asarray, variables)
+  data = config.data
   return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
-                     image_size=config.image_size, crop_pct=config.crop_pct, interpolation=config.interpolation,
-                     class_names=class_names(config.dataset, config.num_classes), source='config')
+                     image_size=data.image_size, crop_pct=data.crop_pct, interpolation=data.interpolation,
+                     class_names=class_names(data.dataset, config.num_classes), source='config')
 
 
 def _head_classes(variables) -> Optional[int]:

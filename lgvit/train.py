@@ -121,23 +121,23 @@ def ema_update(ema, new, decay):
 
 
 def make_train_step(model, tx, config, schedule):
-  dtype = compute_dtype(config)
+  dtype, aug = compute_dtype(config), config.aug
 
   def train_step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
     k_mix, k_erase, *k_streams = jax.random.split(key, 2 + len(RNG_STREAMS))
     images = normalize(batch['image'])
-    if config.random_erase_prob > 0:  # per image, before mixing, as timm does
-      images = augment.random_erasing(k_erase, images, config.random_erase_prob, config.random_erase_mode)
+    if aug.random_erase_prob > 0:  # per image, before mixing, as timm does
+      images = augment.random_erasing(k_erase, images, aug.random_erase_prob, aug.random_erase_mode)
     images, targets = mixup_lib.mixup_cutmix(
-        k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob, switch_prob=config.mixup_switch_prob,
-        smoothing=config.label_smoothing)
+        k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha, prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob,
+        smoothing=aug.label_smoothing)
     rngs = dict(zip(RNG_STREAMS, k_streams))
     # Unreadable images keep their slot (see lgvit.data.pipeline) but stay out of the loss, and so do
     # the images that Mixup/CutMix blended with them.
     valid = batch['valid'].astype(jnp.float32) if 'valid' in batch else jnp.ones(batch['label'].shape, jnp.float32)
-    weight = valid * valid[::-1] if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) else valid
+    weight = valid * valid[::-1] if (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) else valid
 
     def loss_fn(params):
       logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats}, images.astype(dtype),
@@ -195,7 +195,7 @@ def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]
 
 def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict[str, float]:
   local_batch = config.eval_batch_size // jax.process_count()
-  ds, _ = pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
+  ds, _ = pipeline.eval_dataset(config.data, builder, local_batch=local_batch, process_index=jax.process_index(),
                                 process_count=jax.process_count(), split=split)
   totals = None
   for batch in pipeline.as_numpy(ds):
@@ -257,24 +257,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool,
   check_config(config)
   if config.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.matmul_precision)
-  builder = pipeline.get_builder(config.dataset, config.data_dir)
-  n_train = pipeline.num_examples(builder, config.train_split)
-  n_eval = pipeline.num_examples(builder, config.eval_split)  # a missing eval split fails before training
+  builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
+  n_train = pipeline.num_examples(builder, config.data.train_split)
+  n_eval = pipeline.num_examples(builder, config.data.eval_split)  # a missing eval split fails before training
   if pipeline.num_classes(builder) != config.num_classes:
-    raise ConfigError(f'{config.dataset} has {pipeline.num_classes(builder)} classes but config.num_classes is '
+    raise ConfigError(f'{config.data.dataset} has {pipeline.num_classes(builder)} classes but config.num_classes is '
                       f'{config.num_classes}; set --config.num_classes={pipeline.num_classes(builder)}')
   try:
-    steps_per_epoch = pipeline.steps_per_epoch(config, n_train, jax.process_count())
+    steps_per_epoch = pipeline.steps_per_epoch(config.data, config.batch_size, n_train, jax.process_count())
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if steps_per_epoch == 0:
     raise ConfigError(f'batch_size {config.batch_size} is larger than the {n_train} training examples')
   total_steps = config.num_train_steps if config.num_train_steps > 0 else int(config.num_epochs * steps_per_epoch)
-  schedule = optim.lr_schedule(config, steps_per_epoch, total_steps)
+  schedule = optim.lr_schedule(config.schedule, config.batch_size, steps_per_epoch, total_steps)
   model = build_model(config)
   # Abstract init first: an impossible image size fails here with the model's own message.
-  abstract_vars = jax.eval_shape(functools.partial(init_variables, model, config.image_size, config.seed))
-  tx = optim.make_optimizer(config, abstract_vars['params'], schedule)
+  abstract_vars = jax.eval_shape(functools.partial(init_variables, model, config.data.image_size, config.seed))
+  tx = optim.make_optimizer(config.optim, abstract_vars['params'], schedule)
   mesh = make_mesh()
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   create = functools.partial(create_state, model, tx, config)
@@ -313,7 +313,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool,
 
 
 def create_state(model, tx, config) -> TrainState:
-  variables = init_variables(model, config.image_size, config.seed)
+  variables = init_variables(model, config.data.image_size, config.seed)
   params, bs = variables['params'], variables['batch_stats']
   ema = config.ema_decay > 0
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bs, opt_state=tx.init(params),
@@ -437,9 +437,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
   with bookkeeping.SigtermFlag() as sigterm:
     while loop.step < run.total_steps:
       epoch, in_epoch = divmod(loop.step, run.steps_per_epoch)
-      ds = pipeline.train_dataset(config, run.builder, epoch=epoch, start_step=in_epoch,
-                                  steps_per_epoch=run.steps_per_epoch, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+      ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
+                                  epoch=epoch, start_step=in_epoch, steps_per_epoch=run.steps_per_epoch,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
       for batch in pipeline.as_numpy(ds):
         loop = train_one_step(run, loop, batch, key)
         due_log, due_eval, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in

@@ -364,14 +364,14 @@ def test_training_pipeline_with_randaugment_is_deterministic_and_resumable(tmp_p
   from configs import resnet50
   from lgvit.data import pipeline
   c = resnet50.get_config('demo')
-  c.data_dir = str(tmp_path)
-  c.randaugment = 'rand-m9-mstd0.5-inc1'
+  c.data.data_dir = str(tmp_path)
+  c.aug.randaugment = 'rand-m9-mstd0.5-inc1'
   c.batch_size = 8
-  builder = pipeline.get_builder('lgvit_digits', c.data_dir)
+  builder = pipeline.get_builder('lgvit_digits', c.data.data_dir)
 
   def images(start):
-    ds = pipeline.train_dataset(c, builder, epoch=1, start_step=start, steps_per_epoch=3, process_index=0,
-                                process_count=1)
+    ds = pipeline.train_dataset(c.data, c.aug, builder, batch_size=c.batch_size, seed=c.seed, epoch=1,
+                                start_step=start, steps_per_epoch=3, process_index=0, process_count=1)
     return np.concatenate([b['image'] for b in pipeline.as_numpy(ds)])
 
   full = images(0)

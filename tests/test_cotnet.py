@@ -403,11 +403,11 @@ def test_configs_build_their_models(variant):
   from lgvit.models import model_info
   module = importlib.import_module(f'configs.{variant}')
   full, demo = module.get_config(), module.get_config('demo')
-  assert (full.image_size, full.crop_pct) == (model_info(variant).input_size, model_info(variant).crop_pct)
+  assert (full.data.image_size, full.data.crop_pct) == (model_info(variant).input_size, model_info(variant).crop_pct)
   for c in (full, demo):
     model = create_model(c.model, num_classes=c.num_classes, **c.model_kwargs)
     assert type(model.make_spatial) is CoTSpatial
-  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=demo.image_size)
+  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=demo.data.image_size)
 
 
 @pytest.mark.slow

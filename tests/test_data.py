@@ -10,15 +10,15 @@ from lgvit.data import pipeline
 def setup(tmp_path_factory):
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  c.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
   c.batch_size = 8
-  builder = pipeline.get_builder('lgvit_digits', c.data_dir)
+  builder = pipeline.get_builder('lgvit_digits', c.data.data_dir)
   return c, builder
 
 
 def _batches(c, builder, epoch, start, spe=5, proc=(0, 1)):
-  ds = pipeline.train_dataset(c, builder, epoch=epoch, start_step=start, steps_per_epoch=spe,
-                              process_index=proc[0], process_count=proc[1])
+  ds = pipeline.train_dataset(c.data, c.aug, builder, batch_size=c.batch_size, seed=c.seed, epoch=epoch,
+                              start_step=start, steps_per_epoch=spe, process_index=proc[0], process_count=proc[1])
   return list(pipeline.as_numpy(ds))
 
 
@@ -47,12 +47,12 @@ def test_train_stream_is_deterministic_and_resumable(setup):
 
 def test_global_stream_does_not_depend_on_process_count(setup):
   c, builder = setup
-  c.data_shards = 2
+  c.data.shards = 2
   try:
     one = _batches(c, builder, epoch=1, start=1, spe=3)
     halves = [_batches(c, builder, epoch=1, start=1, spe=3, proc=(p, 2)) for p in range(2)]
   finally:
-    c.data_shards = 0
+    c.data.shards = 0
   for s, batch in enumerate(one):
     np.testing.assert_array_equal(batch['image'], np.concatenate([h[s]['image'] for h in halves]))
     np.testing.assert_array_equal(batch['label'], np.concatenate([h[s]['label'] for h in halves]))
@@ -63,7 +63,7 @@ def test_eval_covers_every_example_once(setup, procs):
   c, builder = setup
   seen, steps_each = [], set()
   for p in range(procs):
-    ds, steps = pipeline.eval_dataset(c, builder, local_batch=50, process_index=p, process_count=procs)
+    ds, steps = pipeline.eval_dataset(c.data, builder, local_batch=50, process_index=p, process_count=procs)
     batches = list(pipeline.as_numpy(ds))
     assert len(batches) == steps
     steps_each.add(steps)

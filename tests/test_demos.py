@@ -24,7 +24,7 @@ RECIPE_DEMOS = {'nommer_t': 0.9, 'cotnet50': 0.9, 'salg_st': 0.9}
 def test_demo_with_full_recipe_converges(name, tmp_path):
   workdir = tmp_path / name
   proc = subprocess.run([sys.executable, 'main.py', f'--config=configs/{name}.py:demo_recipe', f'--workdir={workdir}',
-                         f'--config.data_dir={tmp_path / "tfds"}'], cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True,
+                         f'--config.data.data_dir={tmp_path / "tfds"}'], cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True,
                         text=True, timeout=3600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]

@@ -125,7 +125,7 @@ def test_one_train_step_agrees_across_devices_and_processes(tmp_path):
 TRAJECTORY_ARGS = ['--config=configs/swin_st.py:demo', '--config.model_kwargs.depths=(2, 2)',
                    '--config.model_kwargs.num_heads=(1, 2)', '--config.num_train_steps=5', '--config.log_every_steps=1',
                    '--config.checkpoint_every_steps=5', '--config.batch_size=32', '--config.eval_batch_size=64',
-                   '--config.data_shards=2', '--config.eval_every_epochs=100']
+                   '--config.data.shards=2', '--config.eval_every_epochs=100']
 
 
 def _rows(workdir):
@@ -146,7 +146,7 @@ def test_data_stream_and_trajectory_agree_across_devices_and_processes(tmp_path)
   from lgvit.data import pipeline
   data_dir = tmp_path / 'tfds'
   pipeline.get_builder('lgvit_digits', str(data_dir))  # built once, so that the concurrent runs only read it
-  main = [sys.executable, 'main.py', *TRAJECTORY_ARGS, f'--config.data_dir={data_dir}']
+  main = [sys.executable, 'main.py', *TRAJECTORY_ARGS, f'--config.data.data_dir={data_dir}']
   # The two-process run first, on its own: jax.distributed's heartbeats and barriers must not
   # starve behind four other runs on a 2-core machine.
   port = _free_port()

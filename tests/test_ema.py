@@ -21,11 +21,11 @@ class Toy(nn.Module):
 def test_ema_matches_closed_form():
   c = resnet50.get_config('demo')
   c.unlock()
-  c.num_classes, c.ema_decay, c.optimizer, c.lr = 3, 0.9, 'adamw', 0.05
+  c.num_classes, c.ema_decay, c.optim.optimizer, c.schedule.lr = 3, 0.9, 'adamw', 0.05
   model = Toy()
-  schedule = optim.lr_schedule(c, 10, 100)
+  schedule = optim.lr_schedule(c.schedule, c.batch_size, 10, 100)
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 4, 4, 3)), train=False)
-  tx = optim.make_optimizer(c, v['params'], schedule)
+  tx = optim.make_optimizer(c.optim, v['params'], schedule)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=v['params'], batch_stats=v['batch_stats'],
                            opt_state=tx.init(v['params']), ema_params=v['params'], ema_batch_stats=v['batch_stats'])
   step = jax.jit(train.make_train_step(model, tx, c, schedule))

@@ -33,7 +33,7 @@ def test_serialized_inference_matches_apply(family):
 def test_export_cli_from_a_training_workdir(tmp_path):
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data_dir = str(tmp_path / 'tfds')
+  c.data.data_dir = str(tmp_path / 'tfds')
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 2, 1, 2
   c.ema_decay = 0.5
   workdir = str(tmp_path / 'run')

@@ -457,16 +457,17 @@ def test_finetune_step_at_384_from_224_checkpoint():
 @pytest.mark.parametrize('variant,drop_path', [('t', 0.1), ('s', 0.3), ('b', 0.5)])
 def test_configs(variant, drop_path):
   c224 = importlib.import_module(f'configs.nommer_{variant}').get_config()
-  assert (c224.model, c224.image_size, c224.num_epochs) == (f'nommer_{variant}', 224, 300.0)
+  assert (c224.model, c224.data.image_size, c224.num_epochs) == (f'nommer_{variant}', 224, 300.0)
   assert c224.model_kwargs.drop_path_rate == drop_path
-  assert math.isclose(c224.lr * c224.batch_size / c224.lr_base_batch, 1e-3)  # paper: 1e-3 at batch 1024
+  assert math.isclose(c224.schedule.lr * c224.batch_size / c224.schedule.lr_base_batch, 1e-3)  # paper: 1e-3 at batch 1024
   c384 = importlib.import_module(f'configs.nommer_{variant}_384').get_config()
-  assert (c384.model, c384.image_size, c384.num_epochs, c384.batch_size) == (f'nommer_{variant}_384', 384, 30.0, 512)
-  assert c384.init_from and math.isclose(c384.lr, 1e-5) and c384.weight_decay == 1e-8
+  assert (c384.model, c384.data.image_size, c384.num_epochs, c384.batch_size) == (f'nommer_{variant}_384', 384, 30.0,
+                                                                                 512)
+  assert c384.init_from and math.isclose(c384.schedule.lr, 1e-5) and c384.optim.weight_decay == 1e-8
   for cfg in (importlib.import_module(f'configs.nommer_{variant}').get_config('demo'),
               importlib.import_module(f'configs.nommer_{variant}_384').get_config('demo')):
     model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
-    init_shapes(model, cfg.image_size)  # the demo size is valid for the demo window / DCT blocks
+    init_shapes(model, cfg.data.image_size)  # the demo size is valid for the demo window / DCT blocks
 
 
 # ---------------------------------------------------------------------------------------------

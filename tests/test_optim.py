@@ -9,17 +9,18 @@ from lgvit import optim
 
 
 def _cfg(**kw):
-  c = common.base_config('resnet50')
+  """config.schedule of a base config with ``kw`` set."""
+  schedule = common.base_config('resnet50').schedule
   for k, v in kw.items():
-    c[k] = v
-  return c
+    schedule[k] = v
+  return schedule
 
 
 def test_timm_cosine_with_warmup_per_step():
-  c = _cfg(lr=5e-4, lr_base_batch=512, batch_size=1024, warmup_lr=5e-7, min_lr=5e-6, warmup_epochs=2.0,
-           schedule_unit='step', warmup_prefix=False)
+  c = _cfg(lr=5e-4, lr_base_batch=512, warmup_lr=5e-7, min_lr=5e-6, warmup_epochs=2.0, unit='step',
+           warmup_prefix=False)
   spe, total = 10, 100
-  sched = optim.lr_schedule(c, spe, total)
+  sched = optim.lr_schedule(c, 1024, spe, total)
   base, warm, lo = 1e-3, 1e-6, 1e-5
   assert math.isclose(float(sched(0)), warm, rel_tol=1e-5)
   assert math.isclose(float(sched(10)), warm + 10 * (base - warm) / 20, rel_tol=1e-5)
@@ -29,17 +30,17 @@ def test_timm_cosine_with_warmup_per_step():
 
 
 def test_per_epoch_schedule_is_constant_within_an_epoch():
-  c = _cfg(lr=0.1, lr_base_batch=256, batch_size=640, warmup_lr=1e-4, min_lr=1e-5, warmup_epochs=5.0,
-           schedule_unit='epoch', lr_scale_warmup_min=False, num_epochs=350.0)
-  sched = optim.lr_schedule(c, 100, 35000)
+  c = _cfg(lr=0.1, lr_base_batch=256, warmup_lr=1e-4, min_lr=1e-5, warmup_epochs=5.0, unit='epoch',
+           lr_scale_warmup_min=False)
+  sched = optim.lr_schedule(c, 640, 100, 35000)
   assert float(sched(0)) == float(sched(99))
   base = 0.25
   assert math.isclose(float(sched(500)), 1e-5 + 0.5 * (base - 1e-5) * (1 + math.cos(math.pi * 5 / 350)), rel_tol=1e-5)
 
 
 def test_warmup_prefix_cosine_to_zero():
-  c = _cfg(lr=0.05, lr_base_batch=128, batch_size=128, warmup_epochs=5.0, warmup_prefix=True, min_lr=0.0)
-  sched = optim.lr_schedule(c, 10, 950)
+  c = _cfg(lr=0.05, lr_base_batch=128, warmup_epochs=5.0, warmup_prefix=True, min_lr=0.0)
+  sched = optim.lr_schedule(c, 128, 10, 950)
   assert math.isclose(float(sched(50)), 0.05, rel_tol=1e-6)
   assert math.isclose(float(sched(500)), 0.05 * 0.5 * (1 + math.cos(math.pi * 450 / 900)), rel_tol=1e-5)
 

@@ -11,7 +11,7 @@ from lgvit import train
 def _demo(tmp_path, **overrides):
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data_dir = str(tmp_path / 'tfds')
+  c.data.data_dir = str(tmp_path / 'tfds')
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -26,8 +26,8 @@ def test_bfloat16_demo_trains(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_saves_nothing(tmp_path):
-  c = _demo(tmp_path, lr=1e6, num_train_steps=30, log_every_steps=5, checkpoint_every_steps=1000)
-  c.warmup_epochs = 0.0
+  c = _demo(tmp_path, num_train_steps=30, log_every_steps=5, checkpoint_every_steps=1000)
+  c.schedule.lr, c.schedule.warmup_epochs = 1e6, 0.0
   with pytest.raises(train.NonFiniteLossError, match=r'at step \d+'):
     train.train_and_evaluate(c, str(tmp_path / 'run'), async_checkpoints=False)
   ckpts = tmp_path / 'run' / 'checkpoints'

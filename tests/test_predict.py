@@ -44,7 +44,7 @@ def digits_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('predict')
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data_dir = str(root / 'tfds')
+  c.data.data_dir = str(root / 'tfds')
   c.model_kwargs.update(RESNET_TINY)
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 1, 1, 1
   workdir = str(root / 'run')
@@ -62,7 +62,7 @@ def digits_run(tmp_path_factory):
 def expected_top5(config, variables, image_path):
   model = modeling.build_model(config)
   with open(image_path, 'rb') as f:
-    crop = pipeline.eval_image(f.read(), config.image_size, config.crop_pct, config.interpolation)
+    crop = pipeline.eval_image(f.read(), config.data.image_size, config.data.crop_pct, config.data.interpolation)
   logits = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))(variables, crop[None])
   return top5(np.asarray(logits[0]))
 
@@ -91,12 +91,12 @@ def test_eval_image_is_the_eval_pipelines_transform(digits_run):
   config, _, _ = digits_run
   c = config.copy_and_resolve_references()
   c.unlock()
-  c.image_size, c.crop_pct, c.interpolation = 24, 0.875, 'bicubic'
-  builder = pipeline.get_builder(c.dataset, c.data_dir)
-  ds, _ = pipeline.eval_dataset(c, builder, local_batch=4, process_index=0, process_count=1)
+  c.data.image_size, c.data.crop_pct, c.data.interpolation = 24, 0.875, 'bicubic'
+  builder = pipeline.get_builder(c.data.dataset, c.data.data_dir)
+  ds, _ = pipeline.eval_dataset(c.data, builder, local_batch=4, process_index=0, process_count=1)
   batch = next(pipeline.as_numpy(ds))
   import tensorflow_datasets as tfds
-  raw = builder.as_dataset(split=c.eval_split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+  raw = builder.as_dataset(split=c.data.eval_split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
   for i, example in enumerate(tfds.as_numpy(raw.take(4))):
     crop = pipeline.eval_image(example['image'], 24, 0.875, 'bicubic')
     np.testing.assert_array_equal(crop, batch['image'][i])

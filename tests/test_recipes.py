@@ -50,8 +50,8 @@ def expected_lr(step, spe, batch, peak, warm, low, warm_ep, epochs, unit, prefix
 def test_config_builds_and_demo_is_small(name):
   module = importlib.import_module(f'configs.{name}')
   full, demo = module.get_config(), module.get_config('demo')
-  assert full.dataset == 'imagenet2012' and full.num_classes == 1000
-  assert demo.dataset == 'lgvit_digits' and demo.num_classes == 10 and demo.image_size <= 64
+  assert full.data.dataset == 'imagenet2012' and full.num_classes == 1000
+  assert demo.data.dataset == 'lgvit_digits' and demo.num_classes == 10 and demo.data.image_size <= 64
   with pytest.raises(Exception):
     full.no_such_field = 1  # locked: unknown override keys are errors
   create_model(full.model, **full.model_kwargs)  # full-config kwargs are accepted by the model
@@ -61,18 +61,18 @@ def test_config_builds_and_demo_is_small(name):
 def test_schedule_and_decay_match_the_paper(name):
   batch, peak, warm, low, warm_ep, epochs, unit, prefix, opt, wd, decay_1d = PAPER[name]
   c = importlib.import_module(f'configs.{name}').get_config()
-  assert (c.batch_size, c.optimizer, c.num_epochs, c.weight_decay) == (batch, opt, epochs, wd)
+  assert (c.batch_size, c.optim.optimizer, c.num_epochs, c.optim.weight_decay) == (batch, opt, epochs, wd)
   spe = common.IMAGENET_TRAIN_EXAMPLES // batch
   total = int(epochs * spe)
-  sched = optim.lr_schedule(c, spe, total)
+  sched = optim.lr_schedule(c.schedule, c.batch_size, spe, total)
   points = [0, int(warm_ep * spe), total // 2, total - 1]
   for step in points:
     want = expected_lr(step, spe, batch, peak, warm, low, warm_ep, epochs, unit, prefix)
     assert math.isclose(float(sched(step)), want, rel_tol=2e-4, abs_tol=1e-9), (name, step)
-  assert math.isclose(optim.scaled_lrs(c)[0], peak, rel_tol=1e-6)
+  assert math.isclose(optim.scaled_lrs(c.schedule, c.batch_size)[0], peak, rel_tol=1e-6)
   model = create_model(c.model, **c.model_kwargs)
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, c.image_size, c.image_size, 3)), train=False))['params']
-  flat = jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params, c.wd_exclude))
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, c.data.image_size, c.data.image_size, 3)), train=False))['params']
+  flat = jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params, c.optim.wd_exclude))
   one_d = [m for p, m in flat if jax.tree_util.keystr(p).endswith("['bias']") or "['scale']" in jax.tree_util.keystr(p)]
   kernels = [m for p, m in flat if jax.tree_util.keystr(p).endswith("['kernel']")]
   assert all(kernels) and one_d and all(m == decay_1d for m in one_d)

@@ -75,8 +75,8 @@ def tiny_imagenet(tmp_path_factory):
 def test_main_trains_and_evaluates_on_tfds_imagenet(tiny_imagenet, tmp_path):
   """Also: unreadable images (2 of 20 train, 1 of 8 validation) are skipped and counted, not a crash."""
   workdir = tmp_path / 'run'
-  proc = run_main(f'--config={DEMO}', '--config.dataset=imagenet2012', '--config.num_classes=1000',
-                  f'--config.data_dir={tiny_imagenet}', '--config.batch_size=5', '--config.eval_batch_size=4',
+  proc = run_main(f'--config={DEMO}', '--config.data.dataset=imagenet2012', '--config.num_classes=1000',
+                  f'--config.data.data_dir={tiny_imagenet}', '--config.batch_size=5', '--config.eval_batch_size=4',
                   '--config.num_train_steps=8', '--config.log_every_steps=2', '--config.checkpoint_every_steps=8',
                   workdir=workdir)
   assert 'step 8/8' in proc.stdout
@@ -120,7 +120,7 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   """SIGKILL in the middle of a checkpoint save, then twice at random moments; the final params and
   metrics.jsonl equal an uninterrupted run's bit for bit."""
   args = [f'--config={DEMO}', '--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
-          '--config.log_every_steps=5', f'--config.data_dir={tmp_path / "tfds"}']
+          '--config.log_every_steps=5', f'--config.data.data_dir={tmp_path / "tfds"}']
   reference = tmp_path / 'reference'
   run_main(*args, workdir=reference)
 
@@ -152,8 +152,8 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
 @pytest.mark.parametrize('overrides,expect', [
     (['--config.model=resnet5'], "Unknown model 'resnet5'. Did you mean 'resnet50'"),
     (['--config.batch_sizee=8'], 'Did you mean "batch_size"'),
-    (['--config.image_size=16'], 'at least 32x32'),
-    (['--config.dataset=imagenet2012', '--config.num_classes=1000'], 'tfds build imagenet2012 --manual_dir'),
+    (['--config.data.image_size=16'], 'at least 32x32'),
+    (['--config.data.dataset=imagenet2012', '--config.num_classes=1000'], 'tfds build imagenet2012 --manual_dir'),
     (['--config.batch_size=7'], None),  # checked below with 2 devices
 ])
 def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
@@ -161,7 +161,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
   if expect is None:
     env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
     expect = 'not divisible by the 2 devices'
-  proc = run_main(f'--config={DEMO}', f'--config.data_dir={tmp_path / "tfds"}', *overrides,
+  proc = run_main(f'--config={DEMO}', f'--config.data.data_dir={tmp_path / "tfds"}', *overrides,
                   workdir=tmp_path / 'w', check=False, **env)
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
@@ -172,7 +172,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
 def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   # 60 steps: the signal is handled at the first step boundary after it arrives (~step 6).
   args = [f'--config={DEMO}', '--config.num_train_steps=60', '--config.checkpoint_every_steps=1000',
-          '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+          '--config.log_every_steps=1', f'--config.data.data_dir={tmp_path / "tfds"}']
   workdir = tmp_path / 'run'
   proc = subprocess.Popen([sys.executable, 'main.py', f'--workdir={workdir}', *args], cwd=REPO, env=subprocess_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -191,7 +191,7 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
-          f'--config.data_dir={tmp_path / "tfds"}']
+          f'--config.data.data_dir={tmp_path / "tfds"}']
   workdir = tmp_path / 'run'
   run_main(*args, '--config.num_train_steps=10', workdir=workdir)
   for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*'):
@@ -210,7 +210,7 @@ def _tree_snapshot(root: pathlib.Path) -> dict[str, bytes]:
 def test_other_architecture_is_refused_and_init_from_names_mismatches(tmp_path):
   """A workdir of another architecture is refused untouched; init_from with other shapes names them."""
   common = [f'--config={DEMO}', '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
-            '--config.log_every_steps=1', f'--config.data_dir={tmp_path / "tfds"}']
+            '--config.log_every_steps=1', f'--config.data.data_dir={tmp_path / "tfds"}']
   workdir = tmp_path / 'run'
   run_main(*common, workdir=workdir)
   before = _tree_snapshot(workdir)

@@ -59,7 +59,7 @@ def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
     if name.startswith('imagenet2012'):
       hint = (f' Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into MANUAL_DIR, then run '
               f'`tfds build {name} --manual_dir=MANUAL_DIR --data_dir={where}`.')
-    raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data_dir).{hint}')
+    raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data.data_dir).{hint}')
   return builder
 
 
@@ -184,44 +184,46 @@ def _example_seed(seed: int, epoch: int, shard: int):
   return make
 
 
-def data_shards(config, process_count: int) -> int:
-  """Number of input shards; fixed by config so the stream does not depend on the host count."""
-  shards = config.data_shards or process_count
+def data_shards(data, process_count: int) -> int:
+  """Number of input shards; fixed by ``config.data.shards`` so the stream does not depend on the host count."""
+  shards = data.shards or process_count
   if shards % process_count:
-    raise ValueError(f'data_shards={shards} must be a multiple of the {process_count} processes')
+    raise ValueError(f'data.shards={shards} must be a multiple of the {process_count} processes')
   return shards
 
 
-def steps_per_epoch(config, n_examples: int, process_count: int) -> int:
-  shards = data_shards(config, process_count)
-  if config.batch_size % shards:
-    raise ValueError(f'batch_size {config.batch_size} must be divisible by data_shards={shards}')
-  return (n_examples // shards) // (config.batch_size // shards)
+def steps_per_epoch(data, batch_size: int, n_examples: int, process_count: int) -> int:
+  shards = data_shards(data, process_count)
+  if batch_size % shards:
+    raise ValueError(f'batch_size {batch_size} must be divisible by data.shards={shards}')
+  return (n_examples // shards) // (batch_size // shards)
 
 
-def shard_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, shard_batch: int,
-                  shard: int, shard_count: int) -> tf.data.Dataset:
-  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC."""
-  split = process_split(config.train_split, shard, shard_count)
-  epoch_seed = (config.seed * 1_000_003 + epoch * 1_009 + shard) % (2**31 - 1)
+def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
+                  shard_batch: int, shard: int, shard_count: int) -> tf.data.Dataset:
+  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC.
+
+  ``data`` and ``aug`` are the config's sections of those names."""
+  split = process_split(data.train_split, shard, shard_count)
+  epoch_seed = (seed * 1_000_003 + epoch * 1_009 + shard) % (2**31 - 1)
   read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, try_autocache=False)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                           decoders={'image': tfds.decode.SkipDecoding()})
-  if config.cache_train:
+  if data.cache_train:
     ds = ds.cache()
-  ds = ds.shuffle(config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
   ds = ds.take(steps_per_epoch * shard_batch)
   ds = ds.enumerate()
   ds = ds.skip(start_step * shard_batch)  # resume: skip consumed records before decoding them
-  seed_of = _example_seed(config.seed, epoch, shard)
-  method = config.interpolation
-  randaug = _randaugment_fn(config)
+  seed_of = _example_seed(seed, epoch, shard)
+  method = data.interpolation
+  randaug = _randaugment_fn(aug)
 
   def preprocess(pos, example):
     seeds = tf.random.experimental.stateless_split(seed_of(pos), 3)
-    image = _decode_and_random_crop(example['image'], seeds[0], config.image_size, tuple(config.crop_scale),
-                                    tuple(config.crop_ratio), method)
-    if config.hflip:
+    image = _decode_and_random_crop(example['image'], seeds[0], data.image_size, tuple(aug.crop_scale),
+                                    tuple(aug.crop_ratio), method)
+    if aug.hflip:
       flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
       image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
     image = _to_uint8(image)
@@ -231,26 +233,27 @@ def shard_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epo
 
   def unreadable(pos, example):
     del pos
-    return {'image': _placeholder_image(config.image_size), 'label': tf.cast(example['label'], tf.int32),
+    return {'image': _placeholder_image(data.image_size), 'label': tf.cast(example['label'], tf.int32),
             'valid': tf.constant(0, tf.int32)}
 
   ds = _map_or_flag(ds, preprocess, unreadable)
   return ds.batch(shard_batch, drop_remainder=True)
 
 
-def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epoch: int, process_index: int,
-                  process_count: int) -> tf.data.Dataset:
+def train_dataset(data, aug, builder, *, batch_size: int, seed: int, epoch: int, start_step: int,
+                  steps_per_epoch: int, process_index: int, process_count: int) -> tf.data.Dataset:
   """This process's part of the global batches ``start_step ..`` of ``epoch``.
 
   The global batch of a step is the concatenation, in shard order, of one batch from each of
-  ``data_shards`` shards; a process reads the consecutive shards that feed its devices. The global
-  stream is thus the same for any process count that divides ``data_shards``.
+  ``data.shards`` shards; a process reads the consecutive shards that feed its devices. The global
+  stream is thus the same for any process count that divides ``data.shards``.
   """
-  shards = data_shards(config, process_count)
+  shards = data_shards(data, process_count)
   per_process = shards // process_count
-  shard_batch = config.batch_size // shards
-  parts = [shard_dataset(config, builder, epoch=epoch, start_step=start_step, steps_per_epoch=steps_per_epoch,
-                         shard_batch=shard_batch, shard=process_index * per_process + i, shard_count=shards)
+  shard_batch = batch_size // shards
+  parts = [shard_dataset(data, aug, builder, seed=seed, epoch=epoch, start_step=start_step,
+                         steps_per_epoch=steps_per_epoch, shard_batch=shard_batch,
+                         shard=process_index * per_process + i, shard_count=shards)
            for i in range(per_process)]
   ds = parts[0] if per_process == 1 else tf.data.Dataset.zip(tuple(parts)).map(
       lambda *bs: {k: tf.concat([b[k] for b in bs], axis=0) for k in bs[0]})
@@ -261,21 +264,21 @@ def train_dataset(config, builder, *, epoch: int, start_step: int, steps_per_epo
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _randaugment_fn(config):
-  if not config.randaugment:
+def _randaugment_fn(aug):
+  if not aug.randaugment:
     return None
   from lgvit.data import augment  # TF-heavy; only recipes with RandAugment need it
-  return augment.randaugment_from_policy(config.randaugment)
+  return augment.randaugment_from_policy(aug.randaugment)
 
 
-def eval_dataset(config, builder, *, local_batch: int, process_index: int, process_count: int,
+def eval_dataset(data, builder, *, local_batch: int, process_index: int, process_count: int,
                  split: Optional[str] = None) -> tuple[tf.data.Dataset, int]:
   """Every example of this process's shard exactly once, padded to a whole number of batches.
 
   Returns the dataset and the number of batches, which is the same on every process (shards are
   padded with ``mask == 0`` examples up to the largest shard).
   """
-  split = split or config.eval_split
+  split = split or data.eval_split
   total = num_examples(builder, split)
   shard = process_split(split, process_index, process_count)
   largest = -(-total // process_count)
@@ -283,17 +286,17 @@ def eval_dataset(config, builder, *, local_batch: int, process_index: int, proce
   ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
 
   def preprocess(example):
-    image = _decode_and_center_crop(example['image'], config.image_size, config.crop_pct, config.interpolation)
+    image = _decode_and_center_crop(example['image'], data.image_size, data.crop_pct, data.interpolation)
     return {'image': _to_uint8(image), 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32),
             'unreadable': tf.constant(0, tf.int32)}
 
   def unreadable(example):
-    return {'image': _placeholder_image(config.image_size), 'label': tf.cast(example['label'], tf.int32),
+    return {'image': _placeholder_image(data.image_size), 'label': tf.cast(example['label'], tf.int32),
             'mask': tf.constant(0, tf.int32), 'unreadable': tf.constant(1, tf.int32)}
 
   ds = _map_or_flag(ds, preprocess, unreadable)
   pad = {
-      'image': tf.zeros((config.image_size, config.image_size, 3), tf.uint8),
+      'image': tf.zeros((data.image_size, data.image_size, 3), tf.uint8),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0, tf.int32),
       'unreadable': tf.constant(0, tf.int32),

@@ -48,8 +48,10 @@ class SmoothNet(nn.Module):
 def config():
   c = resnet50.get_config('demo')
   c.unlock()
-  c.schedule, c.warmup_epochs, c.lr, c.image_size = 'constant', 0.0, 0.1, IMAGE
-  c.mixup_alpha, c.cutmix_alpha, c.label_smoothing, c.ema_decay = 0.8, 1.0, 0.1, 0.9
+  c.data.image_size = IMAGE
+  c.schedule.update(decay='constant', warmup_epochs=0.0, lr=0.1)
+  c.aug.update(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+  c.ema_decay = 0.9
   return c
 
 
@@ -64,9 +66,9 @@ def one_step(devices):
   mesh = train.make_mesh(devices)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   model = SmoothNet()
-  schedule = optim.lr_schedule(c, 100, 100)
-  abstract = jax.eval_shape(lambda: train.init_variables(model, c.image_size, c.seed))
-  tx = optim.make_optimizer(c, abstract['params'], schedule)
+  schedule = optim.lr_schedule(c.schedule, c.batch_size, 100, 100)
+  abstract = jax.eval_shape(lambda: train.init_variables(model, c.data.image_size, c.seed))
+  tx = optim.make_optimizer(c.optim, abstract['params'], schedule)
   state = jax.device_put(train.create_state(model, tx, c), replicated)
   batch = example_batch()
   per_process = GLOBAL_BATCH // jax.process_count()

@@ -1,0 +1,107 @@
+"""Every config file and argument loads, locks and builds; arguments and overrides reach the right fields."""
+import importlib
+import pathlib
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from lgvit.models import list_models, model_info
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem not in ('__init__', 'common'))
+FAMILIES = {  # family config -> the values of its `variant` argument (and other arguments)
+    'resnet': [f'variant={v}' for v in ('resnet50', 'wide_resnet50_2', 'resnet101')],
+    'nommer': [f'variant={v},res={r}' for v in 'tsb' for r in (224, 384)],
+    'cotnet': [f'variant={v}' for v in list_models('cotnet')],
+    'lesa': [f'variant={v}' for v in list_models('lesa')],
+    'salg': [f'variant={v[len("salg_"):]}' for v in list_models('salg')],
+    'swin': [f'variant={v[len("swin_"):]}' for v in list_models('swin')],
+}
+CASES = [(f, a) for f in FILES for a in (None, 'demo', 'demo_recipe')]
+CASES += [(f, f'{a},{mode}' if mode else a) for f, args in FAMILIES.items() for a in args
+          for mode in (None, 'demo', 'demo_recipe')]
+
+
+@pytest.mark.parametrize('name,arg', CASES)
+def test_every_config_and_argument_loads_and_locks(name, arg):
+  c = importlib.import_module(f'configs.{name}').get_config(arg)
+  assert c.model in list_models()
+  demo = bool(arg) and 'demo' in arg
+  assert c.data.dataset == ('lgvit_digits' if demo else 'imagenet2012')
+  if demo:
+    assert c.init_from == '' and c.data.image_size == 32  # a demo trains from scratch on 32px digits
+  else:
+    assert c.data.image_size == model_info(c.model).input_size
+  for section in (c, c.data, c.aug, c.optim, c.schedule):
+    with pytest.raises(AttributeError):
+      section.no_such_field = 1  # locked: a misspelled override is an error
+
+
+def test_families_cover_every_registered_model_and_thin_files_equal_them():
+  covered = {importlib.import_module(f'configs.{f}').get_config(a).model for f, args in FAMILIES.items() for a in args}
+  assert covered == set(list_models())
+  for thin, (family, arg) in {'nommer_b': ('nommer', 'variant=b'), 'nommer_s_384': ('nommer', 'variant=s,res=384'),
+                              'se_cotnetd152': ('cotnet', 'variant=se_cotnetd152'),
+                              'salg_t_msa': ('salg', 'variant=t_msa')}.items():
+    for mode in ('', 'demo_recipe'):
+      want = importlib.import_module(f'configs.{family}').get_config(common.with_arg(arg, mode))
+      assert importlib.import_module(f'configs.{thin}').get_config(mode or None).to_dict() == want.to_dict()
+
+
+def test_384_fine_tunes_from_the_224_run_except_in_demos():
+  from configs import nommer
+  assert nommer.get_config('variant=b,res=384').init_from == 'workdirs/nommer_b'
+  assert nommer.get_config('variant=b,res=384,demo').init_from == ''
+  assert nommer.get_config('variant=b,res=384,demo_recipe').init_from == ''  # kept it before
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('variant=x', "unknown NomMer variant 'x'"),
+    ('size=b', "unknown config argument 'size'"),
+    ('variant=b,variant=t', 'given twice'),
+    ('res=big', 'is not a int'),
+    ('variant', 'needs a value'),
+    ('res=256', 'unknown NomMer resolution 256'),
+])
+def test_bad_arguments_are_clear_errors(arg, message):
+  from configs import nommer
+  with pytest.raises(ValueError, match=message):
+    nommer.get_config(arg)
+
+
+def parse_command_line(*args):
+  """The config main.py's --config flag builds from ``args``."""
+  argv = ['main.py', *args]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
+                                           sys_argv=argv)
+  values(argv)
+  return holder.value
+
+
+def test_command_line_arguments_and_section_overrides():
+  c = parse_command_line('--config=configs/nommer.py:variant=b,res=384,demo', '--config.batch_size=8',
+                         '--config.data.image_size=64', '--config.schedule.lr=0.5', '--config.model_kwargs.window=2')
+  assert (c.model, c.batch_size, c.data.image_size, c.schedule.lr, c.model_kwargs.window) == (
+      'nommer_b_384', 8, 64, 0.5, 2)
+  with pytest.raises((flags.Error, KeyError, AttributeError)):
+    parse_command_line('--config=configs/resnet50.py:demo', '--config.data.imagesize=64')
+
+
+def test_workdirs_with_the_old_flat_config_still_load(tmp_path):
+  import json
+
+  from lgvit import workdir
+  flat = {'model': 'resnet50', 'model_kwargs': {}, 'num_classes': 10, 'dataset': 'lgvit_digits', 'image_size': 32,
+          'crop_pct': 1.0, 'interpolation': 'bicubic', 'data_shards': 2, 'schedule': 'constant', 'schedule_unit': 'epoch',
+          'lr': 0.5, 'optimizer': 'adamw', 'mixup_alpha': 0.8, 'batch_size': 64}
+  (tmp_path / 'config.json').write_text(json.dumps(flat))
+  c = workdir.read_config(str(tmp_path))
+  assert (c.data.image_size, c.data.interpolation, c.data.shards, c.schedule.decay, c.schedule.unit, c.schedule.lr,
+          c.optim.optimizer, c.aug.mixup_alpha, c.batch_size) == (32, 'bicubic', 2, 'constant', 'epoch', 0.5, 'adamw',
+                                                                  0.8, 64)
+  base = common.base_config()
+  sections = {(s, k) for s in ('data', 'aug', 'optim', 'schedule') for k in base[s]}
+  assert {*workdir._MOVED.values(), ('schedule', 'decay')} == sections  # every field that moved is mapped
