@@ -283,6 +283,47 @@ def mlp_residual(x: Array, *, mlp_ratio: float, train: bool, drop_rate: float = 
   return x + DropPath(drop_path, name=drop_path_name)(y, train=train)
 
 
+class HierarchicalTransformer(nn.Module, kw_only=True):
+  """The fields Swin and SALG share after their own architecture fields (keyword-only, so a
+  subclass's fields keep their positions): MLP ratio, head, regularisation, outputs, numerics.
+  ``features_only`` returns the stage maps instead of logits (see :func:`classifier_head`)."""
+  mlp_ratio: float = 4.0
+  num_classes: int = 1000
+  drop_rate: float = 0.0
+  drop_path_rate: float = 0.1
+  features_only: bool = False
+  dtype: Optional[Dtype] = jnp.float32
+  precision: Any = None
+
+
+class PreNormBlock(nn.Module):
+  """The hyper-parameters every pre-norm Transformer block here shares (Swin, SALG, NomMer).
+
+  A block subclasses it, adds its own fields keyword-only (``class Block(PreNormBlock,
+  kw_only=True)``) and builds itself with :func:`pre_norm_block` in its compact ``__call__``.
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_rate: float = 0.0
+  drop_path: float = 0.0
+  dtype: Optional[Dtype] = None
+  precision: Any = None
+
+
+def pre_norm_block(x: Array, attention: nn.Module, *, mlp_ratio: float, train: bool, drop_path: float = 0.0,
+                   drop_rate: float = 0.0, attention_drop_rate: Optional[float] = None, dtype: Optional[Dtype] = None,
+                   prefix: str = '', drop_path_names: tuple = (None, None)) -> Array:
+  """A whole pre-norm Transformer block: :func:`attention_residual`, then :func:`mlp_residual`.
+
+  The norms and MLP are named ``{prefix}norm1``, ``{prefix}norm2``, ``{prefix}mlp`` in the calling
+  block; ``drop_rate`` is the MLP's dropout and ``attention_drop_rate`` the one after attention.
+  """
+  x = attention_residual(x, attention, train=train, drop_path=drop_path, drop_rate=attention_drop_rate, dtype=dtype,
+                         norm_name=f'{prefix}norm1', drop_path_name=drop_path_names[0])
+  return mlp_residual(x, mlp_ratio=mlp_ratio, train=train, drop_rate=drop_rate, drop_path=drop_path, dtype=dtype,
+                      norm_name=f'{prefix}norm2', mlp_name=f'{prefix}mlp', drop_path_name=drop_path_names[1])
+
+
 def classifier_head(x: Array, num_classes: int, *, train: bool = False, norm_name: Optional[str] = None,
                     drop_rate: float = 0.0, name: str = 'head', kernel_init: Initializer = normal_002,
                     bias_init: Initializer = nn.initializers.zeros, dtype: Optional[Dtype] = None,

@@ -113,10 +113,10 @@ def blockwise_idct(z: Array, block: int) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def global_attention(num_heads: int, dtype, name: str) -> layers.MultiHeadAttention:
+def global_attention(num_heads: int, dtype, name: str, precision=None) -> layers.MultiHeadAttention:
   """The official global MHSA: qkv without bias (``to_qkv``), output Linear with bias (``to_out``)."""
   return layers.MultiHeadAttention(num_heads, qkv_bias=False, qkv_name='to_qkv', proj_name='to_out', dtype=dtype,
-                                   name=name)
+                                   precision=precision, name=name)
 
 
 class BottleneckContext(nn.Module):
@@ -238,6 +238,11 @@ class SynergisticContext(nn.Module):
     return sum(weights[..., i:i + 1] * x for i, x in enumerate(xs))
 
 
+# The blocks' two DropPaths are named (as in the official modules); a module's name is its path,
+# which seeds its drop-path RNG.
+_DROP_PATH_NAMES = ('drop_path1', 'drop_path2')
+
+
 class SNomMerBlock(nn.Module):
   """x + DropPath(SynergisticContext(LN(x))), then x + DropPath(FFN(LN(x)))."""
   context: dict  # SynergisticContext fields
@@ -248,25 +253,18 @@ class SNomMerBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     context = SynergisticContext(**self.context, dtype=self.dtype, name='context')
-    x = layers.attention_residual(x, context, drop_path=self.drop_path, dtype=self.dtype, train=train,
-                                  drop_path_name='drop_path1')
-    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
-                               drop_path_name='drop_path2')
+    return layers.pre_norm_block(x, context, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype,
+                                 train=train, drop_path_names=_DROP_PATH_NAMES)
 
 
-class GNomMerBlock(nn.Module):
+class GNomMerBlock(layers.PreNormBlock):
   """Pre-norm global MHSA + FFN block over tokens (B, n, d)."""
-  num_heads: int
-  mlp_ratio: float
-  drop_path: float = 0.0
-  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = layers.attention_residual(x, global_attention(self.num_heads, self.dtype, 'attn'), drop_path=self.drop_path,
-                                  dtype=self.dtype, train=train, drop_path_name='drop_path1')
-    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_path=self.drop_path, dtype=self.dtype, train=train,
-                               drop_path_name='drop_path2')
+    return layers.pre_norm_block(x, global_attention(self.num_heads, self.dtype, 'attn', self.precision),
+                                 mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
+                                 dtype=self.dtype, train=train, drop_path_names=_DROP_PATH_NAMES)
 
 
 class MergeBlock(nn.Module):
@@ -357,7 +355,7 @@ class NomMer(nn.Module):
     x = x + self.position_embedding(h, w, c).astype(x.dtype)
     x = x.reshape(b, h * w, c)
     for i in range(self.depths[2]):
-      x = GNomMerBlock(self.num_heads[2], self.mlp_ratios[2], dpr[2][i], dtype=self.dtype,
+      x = GNomMerBlock(self.num_heads[2], self.mlp_ratios[2], drop_path=dpr[2][i], dtype=self.dtype,
                        name=f'stage3_block{i}')(x, train=train)
     features.append(x.reshape(b, h, w, c))
 
@@ -366,7 +364,7 @@ class NomMer(nn.Module):
     cls = self.param('cls_token', nn.initializers.normal(1.0), (1, 1, c), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x.reshape(b, h * w, c)], axis=1)
     for i in range(self.depths[3]):
-      x = GNomMerBlock(self.num_heads[3], self.mlp_ratios[3], dpr[3][i], dtype=self.dtype,
+      x = GNomMerBlock(self.num_heads[3], self.mlp_ratios[3], drop_path=dpr[3][i], dtype=self.dtype,
                        name=f'stage4_block{i}')(x, train=train)
     features.append(x[:, 1:].reshape(b, h, w, c))
     if self.features_only:

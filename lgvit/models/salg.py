@@ -226,7 +226,7 @@ def fold_coverage(y: Array, region_size: int, pad: int, nh: int, nw: int) -> Arr
 # ---------------------------------------------------------------------------------------------
 
 
-class LocalGlobalBlock(nn.Module):
+class LocalGlobalBlock(layers.PreNormBlock, kw_only=True):
   """Intra-region attention with AGR tokens (Eq. 2), then inter-region propagation (Eq. 3 / 4).
 
   ``__call__(x, agr, regions)``: x (B, H, W, C); agr (B, K, C) or None (no AGR tokens); regions
@@ -235,17 +235,11 @@ class LocalGlobalBlock(nn.Module):
   ``propagate=False`` skips the inter-region step; a stage does so in its last block, whose AGR
   tokens are dropped anyway.
   """
-  num_heads: int
   region_size: int
   pad: int
   inter_region: str = 'ap'  # 'ap' | 'msa' | 'none'
   propagate: bool = True
   agr_position_bias: bool = True  # a learnable per-head scalar on every logit involving the AGR token
-  mlp_ratio: float = 4.0
-  drop_rate: float = 0.0
-  drop_path: float = 0.0
-  dtype: Optional[Any] = None
-  precision: Any = None
 
   @nn.compact
   def __call__(self, x: Array, agr: Optional[Array], regions: Array, *, train: bool = False):
@@ -297,10 +291,8 @@ class LocalGlobalBlock(nn.Module):
     if self.propagate and self.inter_region == 'msa':
       attention = layers.MultiHeadAttention(heads, dropout=self.drop_rate, dtype=self.dtype, precision=self.precision,
                                             name='inter_attn')
-      agr = layers.attention_residual(agr, attention, drop_path=self.drop_path, dtype=self.dtype, train=train,
-                                      norm_name='inter_norm1')
-      agr = layers.mlp_residual(agr, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
-                                dtype=self.dtype, train=train, norm_name='inter_norm2', mlp_name='inter_mlp')
+      agr = layers.pre_norm_block(agr, attention, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                                  drop_path=self.drop_path, dtype=self.dtype, train=train, prefix='inter_')
     elif self.propagate and self.inter_region == 'ap':
       agr = jnp.broadcast_to(jnp.mean(agr, axis=1, keepdims=True), agr.shape)
     return x, agr
@@ -338,30 +330,23 @@ class SALGStage(nn.Module):
         agr = agr + means
     depth = len(self.drop_paths)
     for i, rate in enumerate(self.drop_paths):
-      x, agr = LocalGlobalBlock(self.num_heads, self.region_size, self.pad, self.inter_region,
-                                propagate=i < depth - 1, agr_position_bias=self.agr_position_bias,
+      x, agr = LocalGlobalBlock(self.num_heads, region_size=self.region_size, pad=self.pad,
+                                inter_region=self.inter_region, propagate=i < depth - 1, agr_position_bias=self.agr_position_bias,
                                 mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
                                 drop_path=rate, dtype=self.dtype, precision=self.precision,
                                 name=f'block{i}')(x, agr, regions, train=train)
     return x
 
 
-class GlobalBlock(nn.Module):
+class GlobalBlock(layers.PreNormBlock):
   """Plain pre-norm Transformer block over all tokens of (B, N, C): stage 4."""
-  num_heads: int
-  mlp_ratio: float = 4.0
-  drop_rate: float = 0.0
-  drop_path: float = 0.0
-  dtype: Optional[Any] = None
-  precision: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     attention = layers.MultiHeadAttention(self.num_heads, dropout=self.drop_rate, dtype=self.dtype,
                                           precision=self.precision, name='attn')
-    x = layers.attention_residual(x, attention, drop_path=self.drop_path, dtype=self.dtype, train=train)
-    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
-                               dtype=self.dtype, train=train)
+    return layers.pre_norm_block(x, attention, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                                 drop_path=self.drop_path, dtype=self.dtype, train=train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +378,7 @@ class ConvPatchEmbed(nn.Module):
     return layers.layer_norm('norm', dtype=self.dtype)(x)
 
 
-class SALG(nn.Module):
+class SALG(layers.HierarchicalTransformer):
   """SALG; the defaults give SALG-T with average-pooling propagation.
 
   The last stage is the plain global one; every earlier stage is a SALG stage with coverage pad
@@ -415,13 +400,6 @@ class SALG(nn.Module):
   stem_width: Optional[int] = None  # channels after the first stem conv; None: embed_dim // 2
   stem_norm: str = 'batch'  # 'batch' | 'none' (conv bias instead)
   stem_act: str = 'gelu'  # 'gelu' | 'relu'
-  mlp_ratio: float = 4.0
-  num_classes: int = 1000
-  drop_rate: float = 0.0
-  drop_path_rate: float = 0.1
-  features_only: bool = False
-  dtype: Any = jnp.float32
-  precision: Any = None
 
   def check_fields(self):
     n = self.name or 'SALG'

@@ -75,41 +75,27 @@ class PatchMerging(nn.Module):
                     name='reduction')(x)
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(layers.PreNormBlock, kw_only=True):
   """x + DropPath(W-MSA/SW-MSA(LN(x))), then x + DropPath(MLP(LN(x))), on (B, H, W, C)."""
-  num_heads: int
   window: int
   shift: int = 0
-  mlp_ratio: float = 4.0
-  drop_rate: float = 0.0
-  drop_path: float = 0.0
-  dtype: Optional[Any] = None
-  precision: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     attention = layers.WindowAttention(self.num_heads, self.window, self.shift, dtype=self.dtype,
                                        precision=self.precision, name='attn')
-    x = layers.attention_residual(x, attention, drop_rate=self.drop_rate, drop_path=self.drop_path, dtype=self.dtype,
-                                  train=train)
-    return layers.mlp_residual(x, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, drop_path=self.drop_path,
-                               dtype=self.dtype, train=train)
+    return layers.pre_norm_block(x, attention, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                                 attention_drop_rate=self.drop_rate, drop_path=self.drop_path, dtype=self.dtype,
+                                 train=train)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(layers.HierarchicalTransformer):
   """Swin Transformer; the defaults give Swin-T."""
   embed_dim: int = 96
   depths: Sequence[int] = (2, 2, 6, 2)
   num_heads: Sequence[int] = (3, 6, 12, 24)
   window: int = 7
   patch_size: int = 4
-  mlp_ratio: float = 4.0
-  num_classes: int = 1000
-  drop_rate: float = 0.0
-  drop_path_rate: float = 0.1
-  features_only: bool = False
-  dtype: Any = jnp.float32
-  precision: Any = None
 
   def check_input(self, x: Array):
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -137,7 +123,7 @@ class SwinTransformer(nn.Module):
         x = PatchMerging(2 * x.shape[-1], dtype=self.dtype, name=f'merge{s}')(x)
       window, shift = stage_window(x.shape[1], x.shape[2], self.window)
       for b in range(depth):
-        x = SwinBlock(heads, window, shift if b % 2 else 0, self.mlp_ratio, self.drop_rate, dpr[s][b],
+        x = SwinBlock(heads, self.mlp_ratio, self.drop_rate, dpr[s][b], window=window, shift=shift if b % 2 else 0,
                       dtype=self.dtype, precision=self.precision, name=f'stage{s + 1}_{b}')(x, train=train)
       features.append(x)
     if self.features_only:
