@@ -191,7 +191,7 @@ def test_batched_masked_attention_matches_region_by_region(inter_region, use_agr
   x = jax.random.normal(kx, (2, h, w, c))
   agr = jax.random.normal(ka, (2, 9, c)) if use_agr else None
   regions, _ = salg.segment_regions(x, s, p)
-  block = salg.LocalGlobalBlock(heads, s, p, inter_region, mlp_ratio=2.0)
+  block = salg.LocalGlobalBlock(heads, region_size=s, pad=p, inter_region=inter_region, mlp_ratio=2.0)
   params = _randomized(block.init(kp, x, agr, regions)['params'], kp)
   with jax.default_matmul_precision('highest'):
     x_out, agr_out = jax.jit(lambda prm, x, a, r: block.apply({'params': prm}, x, a, r))(params, x, agr, regions)
@@ -214,12 +214,12 @@ def test_base_model_ablation_is_swin_without_shift():
   heads, s, c = 2, 4, 8
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 8, 12, c))
   regions, _ = salg.segment_regions(x, s, 0)
-  block = salg.LocalGlobalBlock(heads, s, 0, 'none')
+  block = salg.LocalGlobalBlock(heads, region_size=s, pad=0, inter_region='none')
   params = _randomized(block.init(jax.random.PRNGKey(5), x, None, regions)['params'], jax.random.PRNGKey(6))
   ours, _ = block.apply({'params': params}, x, None, regions)
   swin_params = {'norm1': params['norm1'], 'norm2': params['norm2'], 'mlp': params['mlp'],
                  'attn': {'rel_pos': params['rel_pos'], 'attn': {'qkv': params['qkv'], 'proj': params['proj']}}}
-  theirs = swin.SwinBlock(heads, s, 0).apply({'params': swin_params}, x)
+  theirs = swin.SwinBlock(heads, window=s, shift=0).apply({'params': swin_params}, x)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-4)
 
 

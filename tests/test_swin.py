@@ -54,7 +54,7 @@ def shifted_window_block_numpy(params, x, heads, window, shift):
 def test_shifted_window_block_matches_pairwise_definition(shift):
   heads, window, c = 2, 4, 8
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, c))
-  block = swin.SwinBlock(heads, window, shift, mlp_ratio=2.0)
+  block = swin.SwinBlock(heads, window=window, shift=shift, mlp_ratio=2.0)
   params = _randomized(block.init(jax.random.PRNGKey(1), x)['params'], jax.random.PRNGKey(2))
   with jax.default_matmul_precision('highest'):
     ours = np.asarray(block.apply({'params': params}, x))
