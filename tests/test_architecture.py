@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from conftest import subprocess_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -84,8 +86,7 @@ def test_inference_modules_do_not_import_training_or_tensorflow():
 
 
 def test_export_predict_visualize_run_without_tensorflow(tmp_path):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]), TF_CPP_MIN_LOG_LEVEL='3')
-  env.pop('XLA_FLAGS', None)
+  env = subprocess_env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
   proc = subprocess.run([sys.executable, 'tests/helpers/inference_without_tf.py', str(tmp_path)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,12 +6,12 @@ flip only), so their plain demos (tested in their families' files) already train
 Run by hand: ``pytest -m slow tests/test_demos.py``.
 """
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ RECIPE_DEMOS = {'nommer_t': 0.9, 'cotnet50': 0.9, 'salg_st': 0.9}
 def test_demo_with_full_recipe_converges(name, tmp_path):
   workdir = tmp_path / name
   proc = subprocess.run([sys.executable, 'main.py', f'--config=configs/{name}.py:demo_recipe', f'--workdir={workdir}',
-                         f'--config.data.data_dir={tmp_path / "tfds"}'], cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True,
-                        text=True, timeout=3600)
+                         f'--config.data.data_dir={tmp_path / "tfds"}'], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=3600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   final = [r for r in rows if 'eval_top1' in r][-1]
