@@ -104,6 +104,12 @@ class BestCheckpointer:
     self.manager = _manager(os.path.join(workdir, layout.BEST), keep=1, async_save=False)
 
   def save(self, step: int, variables, meta: dict[str, Any]):
+    # A best/ step at or after ``step`` was saved by a run killed before its next training checkpoint:
+    # this run resumed from an earlier step and has just reached (and recomputed) that eval again.
+    # Orbax refuses to save an existing step, and keeping the later one would make max_to_keep=1 drop
+    # the step saved now, so the abandoned future goes first.
+    for stale in [s for s in self.manager.all_steps() if s >= step]:
+      self.manager.delete(stale)
     self.manager.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
 
