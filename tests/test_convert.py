@@ -111,3 +111,46 @@ def test_official_style_training_checkpoint_loads_without_trusting_pickle(tmp_pa
   assert _convert(path, tmp_path / 'out') == 0
   loaded = checkpoint.load_variables(str(tmp_path / 'out'))
   np.testing.assert_array_equal(loaded['params']['fc']['bias'], sd['module.fc.bias'].numpy())
+
+
+@pytest.mark.parametrize('case,expect', [
+    ('truncated.npz', 'is not a .npz archive'),
+    ('garbage.npz', 'is not a .npz archive'),
+    ('truncated.safetensors', 'is not a readable .safetensors file'),
+    ('bad_kwargs', '--model_kwargs is not a JSON dict'),
+    ('list_kwargs', '--model_kwargs is a JSON list, not a dict'),
+    ('existing_out', 'already exists and is not empty'),
+    ('other_model', 'state_dict does not fit resnet50'),
+])
+def test_bad_convert_inputs_are_one_line_errors_and_write_nothing(tmp_path, capsys, case, expect):
+  from safetensors.numpy import save_file
+  sd = torchvision_state_dict(np.random.default_rng(3))
+  np.savez(tmp_path / 'good.npz', **sd)
+  save_file(sd, str(tmp_path / 'good.safetensors'))
+  checkpoint_file, kwargs = tmp_path / 'good.npz', None
+  if case.startswith('truncated'):
+    checkpoint_file = tmp_path / case
+    checkpoint_file.write_bytes((tmp_path / f'good{checkpoint_file.suffix}').read_bytes()[:3000])
+  elif case == 'garbage.npz':
+    checkpoint_file = tmp_path / case
+    checkpoint_file.write_bytes(b'\x80\x04 not numpy at all' * 50)
+  elif case == 'bad_kwargs':
+    kwargs = '{stage_depths: 1}'
+  elif case == 'list_kwargs':
+    kwargs = '[1, 1, 1, 1]'
+  elif case == 'other_model':
+    kwargs = '{"stage_depths": [2, 2, 2, 2], "stage_planes": [4, 8, 8, 8], "stem_width": 8}'
+  out = tmp_path / 'out'
+  if case == 'existing_out':
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+  before = sorted(p.name for p in tmp_path.rglob('*'))
+  argv = ['--model', 'resnet50', '--checkpoint', str(checkpoint_file), '--out', str(out), '--image_size', '64']
+  if kwargs is not None:
+    argv += ['--model_kwargs', kwargs]
+  else:
+    argv += ['--model_kwargs', '{"stage_depths": [1, 1, 1, 1], "stage_planes": [4, 8, 8, 8], "stem_width": 8}']
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and expect in err[0], err
+  assert sorted(p.name for p in tmp_path.rglob('*')) == before

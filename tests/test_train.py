@@ -116,18 +116,19 @@ def _kill_at_random_moment(args, workdir, rng, max_delay_s):
   return delay
 
 
-def _kill_at(moment, args, workdir):
+def _kill_at(moment, args, workdir, **env):
   """Runs main.py under tests/helpers/kill_at.py, which SIGKILLs it at ``moment``; returns the process."""
   proc = subprocess.run([sys.executable, 'tests/helpers/kill_at.py', moment, f'--workdir={workdir}', *args],
-                        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                        cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
   assert proc.returncode == -signal.SIGKILL, (moment, proc.stdout[-2000:], proc.stderr[-2000:])
   return proc
 
 
 def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
-  """SIGKILL in the middle of a checkpoint save, right after a best/ save that the next checkpoint
-  does not cover yet, then twice at random moments; the final params, best/ and metrics.jsonl equal an
-  uninterrupted run's bit for bit."""
+  """SIGKILL while config.json is written, in the middle of a checkpoint save, right after a best/ save
+  that the next checkpoint does not cover yet, while metrics.jsonl is rewritten, in the middle of a
+  best/ save, then twice at random moments; the final params, best/ and metrics.jsonl equal an
+  uninterrupted run's bit for bit. Each rerun also finds the killed run's lock, which must not stop it."""
   # Evals at steps 11, 22, 33 and 40 (half an epoch of 22 steps), checkpoints every 5 steps: every eval
   # that improves saves best/ between two checkpoints.
   args = [f'--config={DEMO}', '--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
@@ -137,6 +138,9 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
 
   workdir = tmp_path / 'killed'
   checkpoints = workdir / 'checkpoints'
+  # While config.json is written (a fresh workdir), then while the save of step 10 is in flight.
+  _kill_at('replace:config.json', args, workdir)
+  assert not (workdir / 'config.json').exists() and json.loads((workdir / 'lock').read_text())['pid']  # a stale lock
   _kill_at('path:checkpoints/10.orbax-checkpoint-tmp*', args, workdir)
   assert any(p.name.startswith('10.orbax-checkpoint-tmp') for p in checkpoints.iterdir())  # killed mid-save
   assert not (checkpoints / '10').exists() and (checkpoints / '5').is_dir()
@@ -144,6 +148,9 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   # checkpoint, which the next rerun, resuming from step 10, must save again.
   _kill_at('path:best/11', args, workdir)
   assert (workdir / 'best' / '11').is_dir() and max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) < 11
+  # While metrics.jsonl is rewritten at resume, then in the middle of that best/ save of step 11.
+  _kill_at('replace:metrics.jsonl', args, workdir)
+  _kill_at('path:best/*.orbax-checkpoint-tmp*', args, workdir)
 
   seed = int(os.environ.get('LGVIT_KILL_SEED', time.time_ns() % 2**31))
   rng = random.Random(seed)

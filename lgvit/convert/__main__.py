@@ -9,6 +9,7 @@ unknown source runs no code. One that needs full unpickling is refused unless `-
 """
 import argparse
 import json
+import os
 import sys
 
 from lgvit import cli
@@ -40,6 +41,12 @@ def convert(args):
     overrides = json.loads(args.model_kwargs)
   except json.JSONDecodeError as e:
     raise ConversionError(f'--model_kwargs is not a JSON dict ({e})') from None
+  if not isinstance(overrides, dict):
+    raise ConversionError(f'--model_kwargs is a JSON {type(overrides).__name__}, not a dict '
+                          '(e.g. \'{"drop_path_rate": 0.1}\')')
+  if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+    raise ConversionError(f'--out {args.out} already exists and is not empty; give a new directory (nothing '
+                          'was written)')
   state_dict = load_state_dict_file(args.checkpoint, prefer_ema=args.ema, trust_pickle=args.trust_pickle)
   if args.num_classes is None:
     heads = [v.shape[0] for k, v in state_dict.items()

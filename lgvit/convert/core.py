@@ -203,7 +203,7 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *, image_size: Op
   if misshaped:
     problems.append(f'mis-shaped ({len(misshaped)}): ' + '; '.join(misshaped))
   if problems:
-    raise ConversionError(f'state_dict does not fit {model_name}:\n  ' + '\n  '.join(problems))
+    raise ConversionError(f'state_dict does not fit {model_name}: ' + '; '.join(problems))
   variables = flax.traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in conv.out.items()})
   return dict(variables)
 
@@ -271,12 +271,24 @@ def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool
       raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors)')
     return {k: to_numpy(v) for k, v in obj.items() if hasattr(v, 'shape')}
   if path.endswith('.npz'):
-    with np.load(path) as z:
-      keys = list(z.keys())
-      if any(k.startswith('sd/') for k in keys):
-        return {k[3:]: z[k] for k in keys if k.startswith('sd/')}
-      return {k: z[k] for k in keys}
+    import zipfile
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and blame 'object data'
+      raise ConversionError(f'{path} is not a .npz archive (truncated, or another format under that name)')
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        if any(k.startswith('sd/') for k in keys):
+          return {k[3:]: z[k] for k in keys if k.startswith('sd/')}
+        return {k: z[k] for k in keys}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+      raise ConversionError(f'{path} is not a readable .npz archive ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:200]})') from None
   if path.endswith('.safetensors'):
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
-    return load_file(path)
+    try:
+      return load_file(path)
+    except (SafetensorError, OSError) as e:
+      raise ConversionError(f'{path} is not a readable .safetensors file (truncated?): '
+                            f'{str(e).splitlines()[0][:200]}') from None
   raise ConversionError(f'unknown checkpoint format {path!r}: use .pth/.pt, .npz or .safetensors')
