@@ -277,7 +277,7 @@ def test_nan_stop_names_a_finished_checkpoint_and_exits_cleanly(tmp_path):
   named = err.split('last good checkpoint: ')[1].split(')')[0]
   assert os.path.isdir(named) and not named.endswith('tmp'), err
   assert not list((workdir / 'checkpoints').glob('*.orbax-checkpoint-tmp*'))  # the pending save finished
-  assert 'Error' not in proc.stderr.replace(err, '')  # no asyncio tracebacks after it
+  assert 'asyncio' not in proc.stderr and 'Exception in thread' not in proc.stderr  # no tracebacks after it
 
 
 def test_sigterm_right_after_resuming_exits_75(tmp_path):
