@@ -1,13 +1,20 @@
 """Checkpoints: orbax managers for training state, the best weights, and loading weights to init from.
 
 Where each lives in a workdir is ``lgvit.workdir``'s business. Orbax finalises a step directory only
-after every file is written, so a save killed half-way is never picked up. A finalised step that
-fails to restore (truncated or corrupt files) is skipped in favour of the previous one, the fallback
-is logged, and the bad step is moved (not deleted) to ``corrupt_checkpoints/`` so that training can
-write that step again.
+after every file is written, so a save killed half-way is never picked up. Before it does, each
+training checkpoint gets ``lgvit_checksums.json`` (SHA-256 of every file of its items), so changed
+bytes are caught at restore as well as missing or truncated files. A finalised step that fails to
+restore or to verify is skipped in favour of the previous one, the fallback is logged, and the bad
+step is moved (not deleted) to ``corrupt_checkpoints/`` so that training can write that step again.
+A checkpoint whose state has another structure than the run's (another optimiser, EMA switched on)
+is refused rather than taken for corrupt. A save that fails (disk full, in orbax's background
+thread too) stops the run with a :class:`~lgvit.errors.CheckpointError`.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
 import os
 import re
@@ -29,9 +36,95 @@ log = logging.getLogger(__name__)
 ResizeRules = Mapping[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]]
 
 
-def _manager(directory: str, keep: Optional[int], async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+CHECKSUMS = 'lgvit_checksums.json'
+
+
+def _manager(directory: str, keep: Optional[int], async_save: bool = True,
+             after_write: Optional[Callable[[], None]] = None) -> ocp.CheckpointManager:
+  async_options = ocp.AsyncOptions(post_finalization_callback=after_write) if async_save and after_write else None
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                                         async_options=async_options)
   return ocp.CheckpointManager(directory, options=options)
+
+
+def _item_files(step_dir: str) -> list[str]:
+  """The files of a step's items (state/, meta/), relative to the step; orbax's own step-level
+  metadata is rewritten as the step is finalised, so it is left out."""
+  out = []
+  for item in sorted(os.listdir(step_dir)):
+    if os.path.isdir(os.path.join(step_dir, item)):
+      for root, _, files in os.walk(os.path.join(step_dir, item)):
+        out += [os.path.relpath(os.path.join(root, f), step_dir) for f in files]
+  return sorted(out)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_checksums(step_dir: str):
+  sums = {f: _sha256(os.path.join(step_dir, f)) for f in _item_files(step_dir)}
+  tmp = os.path.join(step_dir, CHECKSUMS + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(sums, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+
+
+def verify_checksums(step_dir: str) -> bool:
+  """Raises ValueError naming the first file whose bytes changed; False if the step has no checksums
+  (written by an older lgvit, or by a multi-process run)."""
+  path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    expected = json.load(f)
+  found = _item_files(step_dir)
+  for name in sorted(set(expected) | set(found)):
+    if name not in found:
+      raise ValueError(f'{name} is missing')
+    if name not in expected:
+      raise ValueError(f'{name} was not part of the checkpoint')
+    if _sha256(os.path.join(step_dir, name)) != expected[name]:
+      raise ValueError(f'{name} does not match its SHA-256 checksum')
+  return True
+
+
+def _tree_paths(tree) -> dict[str, tuple[int, ...]]:
+  """'opt_state/1/0/trace/fc/bias' -> shape, for a state tree or orbax's metadata of one."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+    out[key] = tuple(getattr(leaf, 'shape', ()))
+  return out
+
+
+class StateMismatchError(CheckpointError):
+  """The checkpoint's state has another structure than the run's (e.g. another optimiser)."""
+
+
+class _SaveErrors(logging.Handler):
+  """Keeps the last error that orbax only logs: a failed background save is logged and skipped."""
+
+  def __init__(self):
+    super().__init__(logging.ERROR)
+    self.last: Optional[str] = None
+
+  def emit(self, record):
+    if record.exc_info and record.exc_info[1] is not None:
+      e = record.exc_info[1]
+      self.last = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+
+
+def _save_failed(step: int, reason: str, directory: str, finished: list[int]) -> CheckpointError:
+  intact = f'checkpoints {finished} are intact' if finished else 'no earlier checkpoint exists'
+  return CheckpointError(f'saving the checkpoint of step {step} in {directory} failed ({reason}); the run stops '
+                         f'here. The {intact}: fix the cause (free disk space?) and rerun the same command to resume.')
 
 
 class TrainCheckpointer:
@@ -41,7 +134,22 @@ class TrainCheckpointer:
     self.workdir = workdir
     self.directory = os.path.join(workdir, layout.CHECKPOINTS)
     self.keep, self.async_save = keep, async_save
-    self.manager = _manager(self.directory, keep, async_save)
+    self.pending: Optional[int] = None  # the step whose (async) save has not been confirmed yet
+    self.errors = _SaveErrors()
+    logging.getLogger('absl').addHandler(self.errors)
+    self.manager = self._new_manager()
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    # Checksums are computed in orbax's background thread, after the items are written and before the
+    # step directory is renamed into place: a step that exists has its checksums. Multi-process runs
+    # write their shards from several hosts, so they go without.
+    seal = self._seal_pending if jax.process_count() == 1 else None
+    return _manager(self.directory, self.keep, self.async_save, after_write=seal)
+
+  def _seal_pending(self):
+    tmp = glob.glob(os.path.join(self.directory, f'{self.pending}.orbax-checkpoint-tmp*'))
+    if len(tmp) == 1:
+      write_checksums(tmp[0])
 
   def _quarantine(self, steps: list[int]):
     """Moves unreadable steps to ``corrupt_checkpoints/`` (kept for inspection, never deleted)."""
@@ -56,15 +164,62 @@ class TrainCheckpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('lgvit quarantine')
     self.manager.close()
-    self.manager = _manager(self.directory, self.keep, self.async_save)
+    self.manager = self._new_manager()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def finished_steps(self) -> list[int]:
+    """The steps whose directories orbax has finalised (not those still being written)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+
+  def _confirm_pending(self):
+    """Raises if the last save did not produce its step directory (orbax only logs such failures)."""
+    step, self.pending = self.pending, None
+    if step is None or jax.process_index() != 0 or step in self.finished_steps():
+      return
+    raise _save_failed(step, self.errors.last or 'see the log above', self.directory, self.finished_steps())
+
+  def check(self):
+    """Raises now if the pending background save has already failed (instead of at the next save)."""
+    if self.pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
   def save(self, step: int, state, meta: dict[str, Any], force: bool = False) -> bool:
-    return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=force)
+    self.wait()
+    self.pending = step
+    try:
+      saved = self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=force)
+    except OSError as e:
+      self.pending = None
+      raise _save_failed(step, f'{type(e).__name__}: {e.strerror or e}', self.directory,
+                         self.finished_steps()) from None
+    if not saved:
+      self.pending = None
+    elif not self.async_save and jax.process_count() == 1:
+      write_checksums(os.path.join(self.directory, str(step)))
+    return saved
+
+  def _check_structure(self, step: int, abstract_state):
+    try:
+      saved = _tree_paths(ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), 'state')).item_metadata)
+    except Exception:  # noqa: BLE001 - unreadable metadata: the restore reports it as corrupt
+      return
+    wanted = _tree_paths(abstract_state)
+    if not saved or saved == wanted:  # no metadata (truncated files): the restore reports it as corrupt
+      return
+    only_saved, only_wanted = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    shapes = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    details = '; '.join(f'{what} ({len(keys)}): {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
+                        for what, keys in (('only in the checkpoint', only_saved), ('only in this run', only_wanted),
+                                           ('other shapes', shapes)) if keys)
+    raise StateMismatchError(f'checkpoint step {step} in {self.directory} holds a training state of another '
+                             f'structure than this config builds ({details})')
 
   def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest checkpoint that reads back whole; None if there is none."""
@@ -72,13 +227,19 @@ class TrainCheckpointer:
     bad = []
     for i, step in enumerate(steps):
       try:
+        verify_checksums(os.path.join(self.directory, str(step)))
+        self._check_structure(step, abstract_state)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      except StateMismatchError:
+        raise  # a healthy checkpoint of another config: falling back would find the same
       except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
         older = f'falling back to step {steps[i + 1]}' if i + 1 < len(steps) else 'no older checkpoint left'
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); %s', step, self.directory,
                     type(e).__name__, str(e).splitlines()[0][:200], older)
-        print(f'WARNING: checkpoint step {step} is corrupt or incomplete ({type(e).__name__}); {older}.', flush=True)
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}' if isinstance(e, ValueError) else \
+            type(e).__name__
+        print(f'WARNING: checkpoint step {step} is corrupt or incomplete ({reason}); {older}.', flush=True)
         bad.append(step)
         continue
       if bad:
@@ -90,22 +251,43 @@ class TrainCheckpointer:
     return None
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for the pending save; raises if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax re-raises a failed finalisation here
+      step, self.pending = self.pending, None
+      raise _save_failed(step, f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}',
+                         self.directory, self.finished_steps()) from None
+    self._confirm_pending()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+      logging.getLogger('absl').removeHandler(self.errors)
 
 
 class BestCheckpointer:
   """Keeps the variables (params + batch_stats) with the best eval metric."""
 
   def __init__(self, workdir: str):
-    self.manager = _manager(os.path.join(workdir, layout.BEST), keep=1, async_save=False)
+    self.directory = os.path.join(workdir, layout.BEST)
+    self.manager = _manager(self.directory, keep=1, async_save=False)
 
   def save(self, step: int, variables, meta: dict[str, Any]):
-    self.manager.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
+    # A best/ step at or after ``step`` was saved by a run killed before its next training checkpoint:
+    # this run resumed from an earlier step and has just reached (and recomputed) that eval again.
+    # Orbax refuses to save an existing step, and keeping the later one would make max_to_keep=1 drop
+    # the step saved now, so the abandoned future goes first.
+    for stale in [s for s in self.manager.all_steps() if s >= step]:
+      self.manager.delete(stale)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                                      meta=ocp.args.JsonSave(meta)), force=True)
+    except OSError as e:
+      raise _save_failed(step, f'{type(e).__name__}: {e.strerror or e}', self.directory,
+                         sorted(self.manager.all_steps())) from None
 
   def close(self):
     self.manager.close()
@@ -149,6 +331,7 @@ def _latest_training_variables(workdir: str, prefer_ema: bool) -> dict[str, Any]
   mngr = _manager(os.path.join(workdir, layout.CHECKPOINTS), keep=None, async_save=False)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
+      verify_checksums(os.path.join(mngr.directory, str(step)))
       state = restore_on_this_host(os.path.join(mngr.directory, str(step), 'state'))
     except Exception as e:  # noqa: BLE001
       print(f'WARNING: {workdir} checkpoint step {step} unreadable ({type(e).__name__}); trying an older one.')

@@ -250,6 +250,9 @@ def load_source(args: argparse.Namespace) -> LoadedModel:
 
 
 def missing_files_error(paths: Sequence[str]) -> Optional[str]:
+  folders = [p for p in paths if os.path.isdir(p)]
+  if folders:
+    return f"{', '.join(folders)}: a directory, not an image file (give the image files, e.g. {folders[0]}/*.jpg)"
   missing = [p for p in paths if not os.path.isfile(p)]
   return f"no such image file: {', '.join(missing)}" if missing else None
 

@@ -13,10 +13,19 @@ The loop (:func:`train_and_evaluate`) runs train steps and, when it is time (:fu
 periodic actions, each a function from the loop's state to the next: :func:`flush_history` (fetches
 the step metrics, stops on a non-finite loss), :func:`log_row`, :func:`evaluate_and_keep_best` and
 :func:`checkpoint`. A SIGTERM ends the run at a step boundary with a checkpoint and the status
-:data:`PREEMPTED`; ``main.py`` turns that into exit status 75.
+:data:`PREEMPTED`; ``main.py`` turns that into exit status 75. The handler is in place from the very
+start, so a SIGTERM during setup or compilation ends the same way.
+
+Before anything is written to the workdir the config and the workdir are validated
+(:func:`check_config`, ``lgvit.workdir.check_writable_workdir``, the saved config and the
+checkpoint's state structure); then the run takes the workdir's lock
+(``lgvit.bookkeeping.WorkdirLock``: one run per workdir), records its config and trains. The
+metrics of the steps since the last log row travel in each checkpoint's meta, so a resumed run
+logs the same rows as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -35,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
 from lgvit import optim
+from lgvit import workdir as layout
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
@@ -63,7 +73,33 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+#: Config fields that must be positive, and the fields that take one of a few values. Checked before
+#: anything is written (a bad value used to surface as a traceback, some after the workdir was made).
+POSITIVE = ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+            'eval_every_epochs', 'data.image_size', 'data.crop_pct', 'data.shuffle_buffer')
+CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear', 'bicubic'),
+           'schedule.decay': ('cosine', 'constant'), 'schedule.unit': ('step', 'epoch'),
+           'optim.wd_exclude': ('none', '1d_and_bias'), 'matmul_precision': ('default', 'high', 'highest')}
+
+
+def _field(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
 def check_config(config):
+  for name in POSITIVE:
+    value = _field(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+      raise ConfigError(f'{name} must be a positive number, got {value!r} (--config.{name}=...)')
+  for name, choices in CHOICES.items():
+    if _field(config, name) not in choices:
+      raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {_field(config, name)!r} "
+                        f'(--config.{name}=...)')
+  if config.num_train_steps <= 0 and not config.num_epochs > 0:
+    raise ConfigError(f'the run has no steps: num_train_steps={config.num_train_steps} and num_epochs='
+                      f'{config.num_epochs}; set one of them (--config.num_train_steps=...)')
   if config.batch_size % jax.device_count():
     raise ConfigError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices; '
                       f'use a multiple of {jax.device_count()} (--config.batch_size=...)')
@@ -242,6 +278,7 @@ class LoopState:
   step: int
   best_value: float
   history: tuple = ()  # per-step metrics (device arrays) since the last flush
+  pending: tuple = ()  # per-step metrics (host values) flushed since the last log row
   last_log: tuple[float, int] = (0.0, 0)  # (time, step) of the previous log row
   last_eval: dict = dataclasses.field(default_factory=dict)
 
@@ -251,9 +288,14 @@ def itstime(step: int, every: int, total_steps: int) -> bool:
   return step == total_steps or (every > 0 and step % every == 0)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool,
-          async_checkpoints: bool) -> tuple[Run, LoopState]:
-  """Checks the config against the data and devices, builds the steps, and restores or creates the state."""
+def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, async_checkpoints: bool,
+          cleanup: contextlib.ExitStack) -> tuple[Run, LoopState]:
+  """Checks the config against the data and devices, builds the steps, and restores or creates the state.
+
+  Nothing is written to ``workdir`` until every check passed; what is opened then (the workdir's
+  lock, the checkpointers) is closed by ``cleanup``.
+  """
+  layout.check_writable_workdir(workdir)
   check_config(config)
   if config.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.matmul_precision)
@@ -280,31 +322,43 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool,
   create = functools.partial(create_state, model, tx, config)
   abstract_state = jax.eval_shape(create)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  changes = bookkeeping.check_workdir_config(config, workdir, force_config)
 
-  bookkeeping.check_workdir_config(config, workdir, force_config)
+  cleanup.enter_context(bookkeeping.WorkdirLock(workdir))  # the first write to the workdir
   checkpointer = ckpt.TrainCheckpointer(workdir, config.keep_checkpoints, async_checkpoints)
+  cleanup.callback(checkpointer.close)
   is_main = jax.process_index() == 0
-  restored = checkpointer.restore_latest(jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, state_sharding))
+  try:
+    restored = checkpointer.restore_latest(jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, state_sharding))
+  except ckpt.StateMismatchError as e:
+    why = f"config changes since it was saved: {'; '.join(changes)}" if changes else 'no config field changed'
+    raise ckpt.StateMismatchError(f'{e}; {why}. Such a change cannot resume: use a new --workdir (with '
+                                  f'--config.init_from={workdir} to start from these weights).') from None
   if restored is not None:
     state, meta, start_step = restored
-    loop = LoopState(state, start_step, meta.get('best_value', -1.0))
-    if is_main:
-      print(f'Resuming {workdir} from step {start_step} (checkpoint {checkpointer.directory}/{start_step}).',
+    loop = LoopState(state, start_step, meta.get('best_value', -1.0), pending=tuple(meta.get('pending_rows', ())))
+    run_say = print if is_main else (lambda *a, **k: None)
+    run_say(f'Resuming {workdir} from step {start_step} (checkpoint {checkpointer.directory}/{start_step}).',
             flush=True)
+    for line in changes:
+      run_say(f'Config changed at resume (step {start_step}): {line}', flush=True)
   else:
     state = jax.jit(create, out_shardings=state_sharding)()
     if config.init_from:
       state = init_from_checkpoint(state, tx, config, replicated, state_sharding)
     loop = LoopState(state, 0, -1.0)
+  bookkeeping.record_config(config, workdir, loop.step)
+  best = ckpt.BestCheckpointer(workdir) if is_main or jax.process_count() > 1 else None
+  if best is not None:
+    cleanup.callback(best.close)
   run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps,
             eval_every=max(int(round(config.eval_every_epochs * steps_per_epoch)), 1),
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
             eval_step=jax.jit(make_eval_step(model, config), out_shardings=replicated),
-            batch_sharding=batch_sharding, checkpointer=checkpointer,
-            best=ckpt.BestCheckpointer(workdir) if is_main or jax.process_count() > 1 else None,
+            batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
             log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main)
   run.say(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
@@ -345,20 +399,37 @@ def train_one_step(run: Run, loop: LoopState, batch, key) -> LoopState:
   return dataclasses.replace(loop, train=state, step=loop.step + 1, history=loop.history + (metrics,))
 
 
-def flush_history(run: Run, loop: LoopState) -> tuple[LoopState, list[dict[str, Any]]]:
-  """Fetches the metrics of the steps since the last flush; a non-finite loss stops the run unsaved."""
-  rows = jax.device_get(list(loop.history))
+def _host_row(row: dict[str, Any]) -> dict[str, Any]:
+  """A step's metrics as JSON values (they travel in the checkpoint's meta until their log row)."""
+  return {k: int(v) if k == 'data_fingerprint' else float(v) for k, v in row.items()}
+
+
+def flush_history(run: Run, loop: LoopState) -> LoopState:
+  """Fetches the metrics of the steps since the last flush; a non-finite loss stops the run unsaved.
+
+  The rows join ``loop.pending`` (every step since the last log row, which :func:`log_row` averages).
+  """
+  run.checkpointer.check()  # a failed background save stops the run before more work goes unsaved
+  rows = [_host_row(r) for r in jax.device_get(list(loop.history))]
   losses = np.array([r['loss'] for r in rows])
   bad = np.flatnonzero(~np.isfinite(losses))
   if bad.size:
+    run.checkpointer.wait()  # a save still in flight is either finished or reported before we name one
+    finished = run.checkpointer.finished_steps()
+    last = f'{run.checkpointer.directory}/{finished[-1]}' if finished else 'none, the run has no checkpoint yet'
     raise NonFiniteLossError(f'loss became {losses[bad[0]]} at step {loop.step - len(rows) + bad[0] + 1}; '
-                             f'stopping without saving (last good checkpoint: {run.checkpointer.latest_step()}). '
+                             f'stopping without saving (last good checkpoint: {last}). '
                              'Lower the LR, enable grad clipping or use float32.')
-  return dataclasses.replace(loop, history=()), rows
+  return dataclasses.replace(loop, history=(), pending=loop.pending + tuple(rows))
 
 
-def log_row(run: Run, loop: LoopState, rows: list[dict[str, Any]]) -> LoopState:
-  """One row of the step metrics averaged since the last flush (skipped images summed, fingerprints combined)."""
+def log_row(run: Run, loop: LoopState) -> LoopState:
+  """One row of the step metrics averaged since the last row (skipped images summed, fingerprints combined).
+
+  It covers ``loop.pending``: every step since the previous row, whatever evals or checkpoints
+  flushed the device metrics in between.
+  """
+  rows = loop.pending
   step, total, batch = loop.step, run.total_steps, run.config.batch_size
   now, (t_last, step_last) = time.time(), loop.last_log
   ips = (step - step_last) * batch / max(now - t_last, 1e-9)
@@ -373,7 +444,7 @@ def log_row(run: Run, loop: LoopState, rows: list[dict[str, Any]]) -> LoopState:
   run.log.write(step, row, {'images_per_sec': ips})
   run.say(f"step {step}/{total} | epoch {row['epoch']:.2f} | loss {row['loss']:.4f} | "
           f"lr {row['lr']:.3g} | {ips:.1f} img/s | ETA {bookkeeping.format_duration(eta)}")
-  return dataclasses.replace(loop, last_log=(now, step))
+  return dataclasses.replace(loop, last_log=(now, step), pending=())
 
 
 def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
@@ -411,18 +482,22 @@ def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
 
 
 def checkpoint(run: Run, loop: LoopState) -> LoopState:
-  run.checkpointer.save(loop.step, loop.train, {'step': loop.step, 'best_value': loop.best_value}, force=True)
+  run.checkpointer.save(loop.step, loop.train, {'step': loop.step, 'best_value': loop.best_value,
+                                                'pending_rows': list(loop.pending)}, force=True)
   return loop
 
 
 def finish(run: Run, loop: LoopState, status: str) -> dict[str, Any]:
-  """Closes the checkpointers; the result is ``{'status', 'step', **last eval row}``."""
+  """Waits for the last save; the result is ``{'status', 'step', **last eval row}``.
+
+  A rerun of a finished run reports the eval row its first run logged (or evaluates once if none).
+  """
+  if status == FINISHED and not loop.last_eval:
+    logged = run.log.eval_row(loop.step)
+    loop = dataclasses.replace(loop, last_eval=logged) if logged else evaluate_and_log(run, loop)
+  run.checkpointer.wait()
   if status == PREEMPTED:
-    run.checkpointer.wait()
     run.say(f'Preempted: saved step {loop.step}; rerun the same command to resume.')
-  run.checkpointer.close()
-  if run.best is not None:
-    run.best.close()
   return {'status': status, 'step': loop.step, **loop.last_eval}
 
 
@@ -432,9 +507,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
 
   Returns ``{'status': FINISHED or PREEMPTED, 'step': ..., 'eval_top1': ..., ...}`` (the last eval).
   """
-  run, loop = setup(config, workdir, force_config, async_checkpoints)
   key = jax.random.PRNGKey(config.seed)
-  with bookkeeping.SigtermFlag() as sigterm:
+  # SIGTERM is caught from the start: during setup and compilation too it ends the run as PREEMPTED.
+  with bookkeeping.SigtermFlag() as sigterm, contextlib.ExitStack() as cleanup:
+    run, loop = setup(config, workdir, force_config, async_checkpoints, cleanup)
     while loop.step < run.total_steps:
       epoch, in_epoch = divmod(loop.step, run.steps_per_epoch)
       ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
@@ -446,9 +522,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
                                        (config.log_every_steps, run.eval_every, config.checkpoint_every_steps))
         preempt = bookkeeping.preemption_requested(sigterm, run.checkpointer, loop.step)
         if due_log or due_eval or due_ckpt or preempt:
-          loop, rows = flush_history(run, loop)
+          loop = flush_history(run, loop)
           if due_log:
-            loop = log_row(run, loop, rows)
+            loop = log_row(run, loop)
           if due_eval:
             loop = evaluate_and_keep_best(run, loop)
           if due_ckpt or preempt:
@@ -457,6 +533,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
             return finish(run, loop, PREEMPTED)
         if loop.step >= run.total_steps:
           break
-  if not loop.last_eval:  # resumed a finished run
-    loop = evaluate_and_log(run, loop)
-  return finish(run, loop, FINISHED)
+    return finish(run, loop, FINISHED)

@@ -63,3 +63,94 @@ def test_cli_writes_a_checkpoint_that_loads(tmp_path):
                    '--image_size', '64', '--model_kwargs', kwargs]) == 0
   loaded = checkpoint.load_variables(str(tmp_path / 'out'))
   np.testing.assert_array_equal(loaded['params']['fc']['bias'], sd['module.fc.bias'])
+
+
+class _CreatesFileWhenUnpickled:
+  """What a malicious checkpoint does, harmlessly: unpickling it calls ``open(path, 'w')``."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def _torch_checkpoint(tmp_path, name, **extra):
+  """A .pth shaped like the official training checkpoints: the state_dict under ``state_dict``."""
+  torch = pytest.importorskip('torch')  # requirements-test.txt installs it; skipped only without it
+  sd = {k: torch.from_numpy(v) for k, v in torchvision_state_dict(np.random.default_rng(2)).items()}
+  path = tmp_path / name
+  torch.save({'state_dict': sd, **extra}, path)
+  return str(path), sd
+
+
+def _convert(checkpoint_path, out, *flags):
+  kwargs = '{"stage_depths": [1, 1, 1, 1], "stage_planes": [4, 8, 8, 8], "stem_width": 8}'
+  return cli.main(['--model', 'resnet50', '--checkpoint', checkpoint_path, '--out', str(out), '--image_size', '64',
+                   '--model_kwargs', kwargs, *flags])
+
+
+def test_pickle_that_would_run_code_is_refused_unless_trusted(tmp_path, capsys):
+  marker = tmp_path / 'code_ran'
+  path, _ = _torch_checkpoint(tmp_path, 'evil.pth', payload=_CreatesFileWhenUnpickled(marker))
+  assert _convert(path, tmp_path / 'out') == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: refusing to unpickle') and '--trust-pickle' in err[0], err
+  assert not marker.exists()  # no code ran
+  assert not (tmp_path / 'out').exists()
+  # The opt-in does what it says: full unpickling, which runs the payload (proving the test's pickle is live).
+  assert _convert(path, tmp_path / 'out', '--trust-pickle') == 0
+  assert marker.exists()
+
+
+def test_official_style_training_checkpoint_loads_without_trusting_pickle(tmp_path):
+  """timm/CoTNet save ``args`` (argparse.Namespace), the epoch and numpy metrics beside the weights."""
+  import argparse
+  path, sd = _torch_checkpoint(tmp_path, 'cotnet_style.pth', args=argparse.Namespace(model='resnet50', lr=0.1),
+                               epoch=3, metric=np.float64(79.5), optimizer={'state': {}, 'param_groups': []})
+  assert _convert(path, tmp_path / 'out') == 0
+  loaded = checkpoint.load_variables(str(tmp_path / 'out'))
+  np.testing.assert_array_equal(loaded['params']['fc']['bias'], sd['module.fc.bias'].numpy())
+
+
+@pytest.mark.parametrize('case,expect', [
+    ('truncated.npz', 'is not a .npz archive'),
+    ('garbage.npz', 'is not a .npz archive'),
+    ('truncated.safetensors', 'is not a readable .safetensors file'),
+    ('bad_kwargs', '--model_kwargs is not a JSON dict'),
+    ('list_kwargs', '--model_kwargs is a JSON list, not a dict'),
+    ('existing_out', 'already exists and is not empty'),
+    ('other_model', 'state_dict does not fit resnet50'),
+])
+def test_bad_convert_inputs_are_one_line_errors_and_write_nothing(tmp_path, capsys, case, expect):
+  from safetensors.numpy import save_file
+  sd = torchvision_state_dict(np.random.default_rng(3))
+  np.savez(tmp_path / 'good.npz', **sd)
+  save_file(sd, str(tmp_path / 'good.safetensors'))
+  checkpoint_file, kwargs = tmp_path / 'good.npz', None
+  if case.startswith('truncated'):
+    checkpoint_file = tmp_path / case
+    checkpoint_file.write_bytes((tmp_path / f'good{checkpoint_file.suffix}').read_bytes()[:3000])
+  elif case == 'garbage.npz':
+    checkpoint_file = tmp_path / case
+    checkpoint_file.write_bytes(b'\x80\x04 not numpy at all' * 50)
+  elif case == 'bad_kwargs':
+    kwargs = '{stage_depths: 1}'
+  elif case == 'list_kwargs':
+    kwargs = '[1, 1, 1, 1]'
+  elif case == 'other_model':
+    kwargs = '{"stage_depths": [2, 2, 2, 2], "stage_planes": [4, 8, 8, 8], "stem_width": 8}'
+  out = tmp_path / 'out'
+  if case == 'existing_out':
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+  before = sorted(p.name for p in tmp_path.rglob('*'))
+  argv = ['--model', 'resnet50', '--checkpoint', str(checkpoint_file), '--out', str(out), '--image_size', '64']
+  if kwargs is not None:
+    argv += ['--model_kwargs', kwargs]
+  else:
+    argv += ['--model_kwargs', '{"stage_depths": [1, 1, 1, 1], "stage_planes": [4, 8, 8, 8], "stem_width": 8}']
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and expect in err[0], err
+  assert sorted(p.name for p in tmp_path.rglob('*')) == before

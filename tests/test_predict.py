@@ -172,3 +172,61 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
   checkpoint.save_variables(str(tmp_path / 'anonymous'), {'params': {'w': np.zeros(2)}, 'batch_stats': {}})
   assert predict.main(['--workdir', str(tmp_path / 'anonymous'), str(not_an_image)]) == 2
   assert 'pass --model NAME' in capsys.readouterr().err
+
+
+def _huge_png_header(width, height):
+  """A PNG that declares width x height: enough for a reader to decide before it decodes anything."""
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)) +
+          chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + chunk(b'IEND', b''))
+
+
+def _encoded(image, fmt, **kwargs):
+  buf = io.BytesIO()
+  image.save(buf, format=fmt, **kwargs)
+  return buf.getvalue()
+
+
+@pytest.mark.parametrize('kind,expect', [
+    ('text', 'cannot decode it as an image'),
+    ('empty', 'the file is empty'),
+    ('huge', '400000000 pixels'),
+    ('directory', 'a directory, not an image file'),
+])
+def test_unusable_images_are_one_line_errors(digits_run, tmp_path, capsys, kind, expect):
+  _, workdir, _ = digits_run
+  path = tmp_path / f'{kind}.png'
+  if kind == 'directory':
+    path.mkdir()
+  else:
+    path.write_bytes({'text': b'<html>404</html>', 'empty': b'', 'huge': _huge_png_header(20000, 20000)}[kind])
+  assert predict.main(['--workdir', workdir, str(path)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and expect in err[0], err
+
+
+@pytest.mark.parametrize('kind', ['rgba', 'cmyk', 'sixteen_bit'])
+def test_other_pixel_formats_are_read_as_tensorflow_reads_them(tmp_path, kind):
+  """RGBA loses its alpha, CMYK JPEG becomes RGB, 16-bit grey keeps its high byte (not clipped to white)."""
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+  if kind == 'rgba':
+    data, want = _encoded(Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (24, 20), dtype=np.uint8)])), 'PNG'), rgb
+  elif kind == 'sixteen_bit':
+    grey = rng.integers(0, 65536, (24, 20)).astype(np.uint16)
+    data = _encoded(Image.fromarray(grey), 'PNG')
+    want = np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=-1)
+  else:
+    data = _encoded(Image.fromarray(rgb).convert('CMYK'), 'JPEG', quality=100)
+    want = None
+  got = transforms.decode(data)
+  assert got.shape == (24, 20, 3) and got.dtype == np.uint8
+  if want is not None:
+    np.testing.assert_array_equal(got, want)
+  else:
+    import tensorflow as tf
+    np.testing.assert_allclose(got, tf.io.decode_image(data, channels=3).numpy(), atol=2)

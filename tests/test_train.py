@@ -116,21 +116,41 @@ def _kill_at_random_moment(args, workdir, rng, max_delay_s):
   return delay
 
 
+def _kill_at(moment, args, workdir, **env):
+  """Runs main.py under tests/helpers/kill_at.py, which SIGKILLs it at ``moment``; returns the process."""
+  proc = subprocess.run([sys.executable, 'tests/helpers/kill_at.py', moment, f'--workdir={workdir}', *args],
+                        cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, (moment, proc.stdout[-2000:], proc.stderr[-2000:])
+  return proc
+
+
 def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
-  """SIGKILL in the middle of a checkpoint save, then twice at random moments; the final params and
-  metrics.jsonl equal an uninterrupted run's bit for bit."""
+  """SIGKILL while config.json is written, in the middle of a checkpoint save, right after a best/ save
+  that the next checkpoint does not cover yet, while metrics.jsonl is rewritten, in the middle of a
+  best/ save, then twice at random moments; the final params, best/ and metrics.jsonl equal an
+  uninterrupted run's bit for bit. Each rerun also finds the killed run's lock, which must not stop it."""
+  # Evals at steps 11, 22, 33 and 40 (half an epoch of 22 steps), checkpoints every 5 steps: every eval
+  # that improves saves best/ between two checkpoints.
   args = [f'--config={DEMO}', '--config.num_train_steps=40', '--config.checkpoint_every_steps=5',
-          '--config.log_every_steps=5', f'--config.data.data_dir={tmp_path / "tfds"}']
+          '--config.log_every_steps=5', '--config.eval_every_epochs=0.5', f'--config.data.data_dir={tmp_path / "tfds"}']
   reference = tmp_path / 'reference'
   run_main(*args, workdir=reference)
 
   workdir = tmp_path / 'killed'
-  proc = subprocess.run([sys.executable, 'tests/helpers/kill_during_save.py', '10', f'--workdir={workdir}', *args],
-                        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   checkpoints = workdir / 'checkpoints'
+  # While config.json is written (a fresh workdir), then while the save of step 10 is in flight.
+  _kill_at('replace:config.json', args, workdir)
+  assert not (workdir / 'config.json').exists() and json.loads((workdir / 'lock').read_text())['pid']  # a stale lock
+  _kill_at('path:checkpoints/10.orbax-checkpoint-tmp*', args, workdir)
   assert any(p.name.startswith('10.orbax-checkpoint-tmp') for p in checkpoints.iterdir())  # killed mid-save
   assert not (checkpoints / '10').exists() and (checkpoints / '5').is_dir()
+  # The rerun resumes from step 5 and saves best/ at step 11; the kill leaves a best/ newer than every
+  # checkpoint, which the next rerun, resuming from step 10, must save again.
+  _kill_at('path:best/11', args, workdir)
+  assert (workdir / 'best' / '11').is_dir() and max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) < 11
+  # While metrics.jsonl is rewritten at resume, then in the middle of that best/ save of step 11.
+  _kill_at('replace:metrics.jsonl', args, workdir)
+  _kill_at('path:best/*.orbax-checkpoint-tmp*', args, workdir)
 
   seed = int(os.environ.get('LGVIT_KILL_SEED', time.time_ns() % 2**31))
   rng = random.Random(seed)
@@ -140,9 +160,12 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   assert 'Resuming' in resumed.stdout and 'step 40/40' in resumed.stdout, (seed, delays, resumed.stdout[-2000:])
 
   import jax
-  ref, got = _final_params(reference), _final_params(workdir)
-  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'LGVIT_KILL_SEED={seed} delays={delays}')
+  from lgvit import checkpoint
+  for ref, got in ((_final_params(reference), _final_params(workdir)),
+                   (checkpoint.load_variables(str(reference / 'best')), checkpoint.load_variables(str(workdir / 'best')))):
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'LGVIT_KILL_SEED={seed} delays={delays}')
+  assert sorted(p.name for p in (workdir / 'best').iterdir()) == ['40']
   # metrics.jsonl holds every step's data_fingerprint: the resumed run saw the same data stream.
   rows = [json.loads(l) for l in (reference / 'metrics.jsonl').read_text().splitlines()]
   assert len({r['data_fingerprint'] for r in rows if 'loss' in r}) == 8

@@ -203,41 +203,92 @@ def from_torch(model_name: str, state_dict: Mapping[str, Any], *, image_size: Op
   if misshaped:
     problems.append(f'mis-shaped ({len(misshaped)}): ' + '; '.join(misshaped))
   if problems:
-    raise ConversionError(f'state_dict does not fit {model_name}:\n  ' + '\n  '.join(problems))
+    raise ConversionError(f'state_dict does not fit {model_name}: ' + '; '.join(problems))
   variables = flax.traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in conv.out.items()})
   return dict(variables)
 
 
-def load_state_dict_file(path: str, prefer_ema: bool = False) -> dict[str, np.ndarray]:
+def _safe_globals():
+  """The non-tensor types that real training checkpoints carry, each harmless to rebuild.
+
+  timm (and so CoTNet) saves its ``argparse.Namespace`` under ``args``; metrics logged as numpy
+  scalars pickle as ``numpy.core.multiarray.scalar`` + a dtype (``numpy._core`` under numpy 2).
+  """
+  import argparse
+  out = [argparse.Namespace, np.dtype]
+  scalar = getattr(getattr(np, '_core', np.core).multiarray, 'scalar')
+  out += [(scalar, f'{m}.multiarray.scalar') for m in ('numpy.core', 'numpy._core')]
+  out += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+  return out
+
+
+def _torch_load(path: str, trust_pickle: bool):
+  """``torch.load`` with weights_only=True (nothing but tensors, containers and the allow-list is
+  rebuilt, so a malicious pickle cannot run code); ``trust_pickle`` restores full unpickling."""
+  try:
+    import torch
+  except ImportError:
+    raise ConversionError(f'reading {path} needs PyTorch (pip install torch); .npz and .safetensors do '
+                          'not') from None
+  if trust_pickle:
+    return torch.load(path, map_location='cpu', weights_only=False)
+  import pickle
+  try:
+    with torch.serialization.safe_globals(_safe_globals()):
+      return torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError:
+    try:
+      unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - naming them is a courtesy; the refusal stands either way
+      unsafe = []
+    named = f" (it references {', '.join(unsafe)})" if unsafe else ''
+    raise ConversionError(f'refusing to unpickle {path}: it holds objects other than tensors{named}, and '
+                          'unpickling them can run arbitrary code. If you trust where the file comes from, '
+                          'rerun with --trust-pickle.') from None
+  except (RuntimeError, EOFError, OSError) as e:
+    raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
+
+
+def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool = False) -> dict[str, np.ndarray]:
   """Reads a checkpoint file: ``.pth``/``.pt`` (needs torch), ``.npz``, or ``.safetensors``.
 
   Training-checkpoint wrappers (``model``, ``state_dict``, ``net``; with ``prefer_ema`` first
   ``state_dict_ema``) are unwrapped; the fixtures'
-  ``sd/`` prefix is stripped.
+  ``sd/`` prefix is stripped. A ``.pth`` is read with ``torch.load(weights_only=True)`` unless
+  ``trust_pickle`` (which runs whatever code the pickle names).
   """
   if not os.path.isfile(path):
     raise ConversionError(f'checkpoint file {path} not found')
   if path.endswith(('.pth', '.pt', '.bin', '.tar')):
-    try:
-      import torch
-    except ImportError:
-      raise ConversionError(f'reading {path} needs PyTorch (pip install torch); .npz and .safetensors do '
-                            'not') from None
-    obj = torch.load(path, map_location='cpu', weights_only=False)
+    obj = _torch_load(path, trust_pickle)
     if isinstance(obj, dict):
       keys = ('model', 'state_dict', 'net')
       for key in (('state_dict_ema', 'model_ema') + keys) if prefer_ema else keys:
         if key in obj and isinstance(obj[key], dict):
           obj = obj[key]
           break
+    if not isinstance(obj, dict):
+      raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors)')
     return {k: to_numpy(v) for k, v in obj.items() if hasattr(v, 'shape')}
   if path.endswith('.npz'):
-    with np.load(path) as z:
-      keys = list(z.keys())
-      if any(k.startswith('sd/') for k in keys):
-        return {k[3:]: z[k] for k in keys if k.startswith('sd/')}
-      return {k: z[k] for k in keys}
+    import zipfile
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and blame 'object data'
+      raise ConversionError(f'{path} is not a .npz archive (truncated, or another format under that name)')
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        if any(k.startswith('sd/') for k in keys):
+          return {k[3:]: z[k] for k in keys if k.startswith('sd/')}
+        return {k: z[k] for k in keys}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+      raise ConversionError(f'{path} is not a readable .npz archive ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:200]})') from None
   if path.endswith('.safetensors'):
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
-    return load_file(path)
+    try:
+      return load_file(path)
+    except (SafetensorError, OSError) as e:
+      raise ConversionError(f'{path} is not a readable .safetensors file (truncated?): '
+                            f'{str(e).splitlines()[0][:200]}') from None
   raise ConversionError(f'unknown checkpoint format {path!r}: use .pth/.pt, .npz or .safetensors')

@@ -30,19 +30,40 @@ class UndecodableImageError(ValueError):
   pass
 
 
+#: Images with more pixels are refused before they are decoded (Pillow's own bomb limit): a
+#: 20000x20000 photo would take 1.2 GB decoded, for a crop of a few hundred pixels.
+MAX_PIXELS = 89_478_485
+
+
+def _check_size(width: int, height: int):
+  if width * height > MAX_PIXELS:
+    raise UndecodableImageError(f'{width}x{height} pixels is more than the {MAX_PIXELS:,} this reader decodes; '
+                                'downscale the image first')
+
+
 def decode(data: bytes) -> np.ndarray:
-  """Encoded JPEG/PNG/GIF/BMP bytes -> (H, W, 3) uint8, the pixels ``tf.io.decode_image`` returns."""
+  """Encoded JPEG/PNG/GIF/BMP bytes -> (H, W, 3) uint8, the pixels ``tf.io.decode_image`` returns.
+
+  Alpha is dropped and 16-bit samples keep their high byte, as TensorFlow's uint8 decoding does.
+  """
+  if not data:
+    raise UndecodableImageError('the file is empty')
   if data[:3] == _JPEG_MAGIC:
     import simplejpeg
     try:
+      _check_size(*simplejpeg.decode_jpeg_header(data)[1::-1])
       return simplejpeg.decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
     except ValueError as e:
       raise UndecodableImageError(str(e).splitlines()[0]) from None
   from PIL import Image, UnidentifiedImageError
   try:
     with Image.open(io.BytesIO(data)) as image:
+      _check_size(*image.size)
+      if image.mode.startswith('I;16') or image.mode == 'I':
+        wide = np.asarray(image).astype(np.uint32)
+        return np.repeat(((wide >> 8) & 0xFF).astype(np.uint8)[:, :, None], 3, axis=-1)
       return np.asarray(image.convert('RGB'))
-  except (UnidentifiedImageError, OSError) as e:
+  except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
     raise UndecodableImageError(str(e).splitlines()[0]) from None
 
 
