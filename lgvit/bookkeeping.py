@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import signal
 import socket
@@ -69,6 +70,32 @@ class MetricsLog:
     """The eval row already logged at ``step`` by an earlier run, if any."""
     rows = [r for r in self.rows if r.get('step') == step and 'eval_top1' in r]
     return rows[-1] if rows else None
+
+  def divergence_before(self, step: int, factor: float = 10.0) -> Optional[str]:
+    """A warning if the last train loss logged at or before ``step`` is ``factor`` x the first one.
+
+    After a NaN stop the rerun resumes from the last checkpoint; when the loss had already blown up
+    by then (a run with too high a LR can reach 1e15 before the NaN), that checkpoint diverges again.
+    """
+    if not self.enabled or not os.path.exists(self.path):
+      return None
+    with open(self.path) as f:
+      losses = []
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(row, dict) and 'loss' in row and row.get('step', 0) <= step:
+          losses.append((row['step'], row['loss']))
+    if len(losses) < 2:
+      return None
+    (_, first), (last_step, last) = losses[0], losses[-1]
+    if math.isfinite(last) and last <= factor * first:
+      return None
+    return (f'the loss was already {last:.3g} at step {last_step} (first logged: {first:.3g}), so the '
+            f'checkpoint of step {step} probably holds a diverged state and resuming from it may diverge '
+            'again; start over from an earlier checkpoint (--config.init_from) in a new workdir')
 
   def write(self, step: int, row: dict[str, float], extra: Optional[dict[str, float]] = None):
     """Appends ``row`` to metrics.jsonl; ``extra`` (e.g. images/s, not reproducible) goes to TensorBoard only."""

@@ -417,6 +417,9 @@ def flush_history(run: Run, loop: LoopState) -> LoopState:
     run.checkpointer.wait()  # a save still in flight is either finished or reported before we name one
     finished = run.checkpointer.finished_steps()
     last = f'{run.checkpointer.directory}/{finished[-1]}' if finished else 'none, the run has no checkpoint yet'
+    warning = run.log.divergence_before(finished[-1]) if finished else None
+    if warning:
+      run.say(f'WARNING: {warning}.')
     raise NonFiniteLossError(f'loss became {losses[bad[0]]} at step {loop.step - len(rows) + bad[0] + 1}; '
                              f'stopping without saving (last good checkpoint: {last}). '
                              'Lower the LR, enable grad clipping or use float32.')

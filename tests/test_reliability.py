@@ -280,6 +280,21 @@ def test_nan_stop_names_a_finished_checkpoint_and_exits_cleanly(tmp_path):
   assert 'asyncio' not in proc.stderr and 'Exception in thread' not in proc.stderr  # no tracebacks after it
 
 
+@pytest.mark.parametrize('losses,warned', [((2.3, 1.9, 4e15), True), ((2.3, 1.9, float('nan')), True),
+                                            ((2.3, 2.0, 1.5), False), ((2.3, 40.0, 1.5), False)])
+def test_nan_stop_warns_when_the_last_checkpoint_already_diverged(tmp_path, losses, warned):
+  from lgvit import bookkeeping
+  rows = [{'step': 2 * i + 2, 'loss': loss} for i, loss in enumerate(losses)]
+  rows.insert(1, {'step': 4, 'eval_top1': 0.5, 'eval_loss': 1e9})  # eval rows do not count
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 8, "lo')
+  log = bookkeeping.MetricsLog(str(tmp_path), resume_step=100, enabled=True)
+  warning = log.divergence_before(6)  # the checkpoint of step 6, whose row is the third loss
+  assert (warning is not None) == warned, warning
+  if warned:
+    assert 'step 6' in warning and '--config.init_from' in warning
+  assert log.divergence_before(2) is None  # one row: nothing to compare
+
+
 def test_sigterm_right_after_resuming_exits_75(tmp_path):
   args = [f'--config={DEMO}', '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
           f'--config.data.data_dir={tmp_path / "tfds"}']
