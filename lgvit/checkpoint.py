@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lgvit import workdir as layout
-from lgvit.errors import CheckpointError, WorkdirError
+from lgvit.errors import CheckpointError, WorkdirError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class _SaveErrors(logging.Handler):
   def emit(self, record):
     if record.exc_info and record.exc_info[1] is not None:
       e = record.exc_info[1]
-      self.last = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+      self.last = f'{type(e).__name__}: {first_line(e)}'
 
 
 def _save_failed(step: int, reason: str, directory: str, finished: list[int]) -> CheckpointError:
@@ -236,8 +236,8 @@ class TrainCheckpointer:
       except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
         older = f'falling back to step {steps[i + 1]}' if i + 1 < len(steps) else 'no older checkpoint left'
         log.warning('checkpoint at step %d in %s is unreadable (%s: %s); %s', step, self.directory,
-                    type(e).__name__, str(e).splitlines()[0][:200], older)
-        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}' if isinstance(e, ValueError) else \
+                    type(e).__name__, first_line(e), older)
+        reason = f'{type(e).__name__}: {first_line(e)}' if isinstance(e, ValueError) else \
             type(e).__name__
         print(f'WARNING: checkpoint step {step} is corrupt or incomplete ({reason}); {older}.', flush=True)
         bad.append(step)
@@ -256,8 +256,7 @@ class TrainCheckpointer:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax re-raises a failed finalisation here
       step, self.pending = self.pending, None
-      raise _save_failed(step, f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}',
-                         self.directory, self.finished_steps()) from None
+      raise _save_failed(step, f'{type(e).__name__}: {first_line(e)}', self.directory, self.finished_steps()) from None
     self._confirm_pending()
 
   def close(self):

@@ -39,3 +39,9 @@ class WorkdirError(LgvitError, FileNotFoundError):
 
 class NonFiniteLossError(LgvitError, FloatingPointError):
   """The training loss became NaN or infinite; the run stops without saving."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+  """The first line of ``error``'s message, shortened: what a one-line error quotes of its cause."""
+  text = str(error)
+  return text.splitlines()[0][:limit] if text else ''

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgvit.errors import LgvitError
+from lgvit.errors import LgvitError, first_line
 from lgvit.models import create_model, model_info
 
 
@@ -246,7 +246,7 @@ def _torch_load(path: str, trust_pickle: bool):
                           'unpickling them can run arbitrary code. If you trust where the file comes from, '
                           'rerun with --trust-pickle.') from None
   except (RuntimeError, EOFError, OSError) as e:
-    raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
+    raise ConversionError(f'{path} is not a readable PyTorch checkpoint ({first_line(e)})') from None
 
 
 def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -282,7 +282,7 @@ def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool
         return {k: z[k] for k in keys}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
       raise ConversionError(f'{path} is not a readable .npz archive ({type(e).__name__}: '
-                            f'{str(e).splitlines()[0][:200]})') from None
+                            f'{first_line(e)})') from None
   if path.endswith('.safetensors'):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -290,5 +290,5 @@ def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool
       return load_file(path)
     except (SafetensorError, OSError) as e:
       raise ConversionError(f'{path} is not a readable .safetensors file (truncated?): '
-                            f'{str(e).splitlines()[0][:200]}') from None
+                            f'{first_line(e)}') from None
   raise ConversionError(f'unknown checkpoint format {path!r}: use .pth/.pt, .npz or .safetensors')
