@@ -166,9 +166,6 @@ class TrainCheckpointer:
     self.manager.close()
     self.manager = self._new_manager()
 
-  def latest_step(self) -> Optional[int]:
-    return self.manager.latest_step()
-
   def finished_steps(self) -> list[int]:
     """The steps whose directories orbax has finalised (not those still being written)."""
     if not os.path.isdir(self.directory):
