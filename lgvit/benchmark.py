@@ -125,6 +125,29 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
   }
 
 
+
+def cell_env(threads: int, eigen: bool = False) -> tuple[dict[str, str], list[str]]:
+  """The environment and command prefix of one benchmark process: ``threads=1`` pins it to core 0
+  with single-threaded XLA (as the baselines in docs/official_code.md), 0 leaves XLA its defaults."""
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  if eigen:
+    env['LGVIT_XLA_CPU_EIGEN'] = '1'  # the children set the flag when they import lgvit
+  prefix = []
+  if threads == 1:
+    # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                        ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1').strip()
+    prefix = ['taskset', '-c', '0']
+  return env, prefix
+
+
+def cell_command(name: str, mode: str, *, batch: int, size: int, dtype: str = 'float32', warmup: int = 2,
+                 repeats: int = 5, peak: float = 0.0, kwargs: str = '') -> list[str]:
+  """The command that times one model in a fresh process; it prints the row as JSON on its last line."""
+  return [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(batch), '--size',
+          str(size), '--mode', mode, '--dtype', dtype, '--warmup', str(warmup), '--repeats', str(repeats),
+          '--peak', str(peak), '--kwargs', kwargs]
+
 def print_table(rows: list[dict], peak: float, header: str = ''):
   cols = ['model', 'mode', 'dtype', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_s', 'peak_fraction',
           'xla_mem_mb', 'rss_peak_mb', 'params_m']
@@ -176,24 +199,15 @@ def main(argv=None):
   names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
   for n in names:
     model_info(n)  # unknown names fail here, before any work
-  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
-  if args.xla_cpu_eigen:
-    env['LGVIT_XLA_CPU_EIGEN'] = '1'  # the children set the flag when they import lgvit
-  prefix = []
-  if args.threads == 1:
-    # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                        ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1').strip()
-    prefix = ['taskset', '-c', '0']
+  env, prefix = cell_env(args.threads, args.xla_cpu_eigen)
   peak = float(json.loads(subprocess.run(
       prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
       capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]))
   rows = []
   for name in names:
     size = args.size or model_info(name).input_size
-    cmd = prefix + [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(args.batch), '--size',
-           str(size), '--mode', args.mode, '--dtype', args.dtype, '--warmup', str(args.warmup), '--repeats',
-           str(args.repeats), '--peak', str(peak), '--kwargs', args.kwargs]
+    cmd = prefix + cell_command(name, args.mode, batch=args.batch, size=size, dtype=args.dtype, warmup=args.warmup,
+                                repeats=args.repeats, peak=peak, kwargs=args.kwargs)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
       err = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ['?']

@@ -1,0 +1,155 @@
+"""lgvit vs the authors' PyTorch code, side by side on this machine: one table of ratios.
+
+    TORCH_PY=/path/to/torch-venv/bin/python \\
+    LGVIT_OFFICIAL_NOMMER=... LGVIT_OFFICIAL_COTNET=... LGVIT_OFFICIAL_LESA=... \\
+    .venv/bin/python benchmarks/official/side_by_side.py --rounds 3 --out benchmarks/official/results/NAME
+
+Every cell (model x inference/train x 1/2 cores x side) runs in a fresh process; within a round the
+two sides of a cell run back to back, and the side that goes first alternates between rounds, so
+the machine's drift (tens of percent over minutes on a cloud VM) hits both sides alike. The table
+shows the median images/s of the rounds per side and lgvit / official, against the goal of the CPU
+issue: inference >= 1.5x the official NomMer, CoTNet and LESA code and >= 1.0x the torchvision and
+timm baselines, training >= 1.0x everywhere. Raw rows go to OUT.jsonl as they finish (a rerun with
+the same OUT resumes), the table to OUT.md. PyTorch models: benchmarks/official/torch_models.py.
+lgvit runs at the default flags a user gets (``--lgvit-flags`` adds XLA flags, for experiments).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+from lgvit import benchmark  # noqa: E402
+
+PAIRS = {'nommer_t': 'NomMer-T (official)', 'cotnet50': 'CoTNet-50 (official)',
+         'lesa_resnet50': 'LESA-R50 (official)', 'resnet50': 'torchvision ResNet-50', 'swin_t': 'timm Swin-T'}
+BASELINES = ('resnet50', 'swin_t')
+
+
+def goal(model: str, mode: str) -> float:
+  return 1.5 if mode == 'infer' and model not in BASELINES else 1.0
+
+
+def cpu_model() -> str:
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    fields = dict(l.split(':', 1) for l in out.splitlines() if ':' in l)
+    get = lambda k: fields.get(k, '?').strip()
+    return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}; {get('CPU(s)')} CPUs)"
+  except OSError:
+    return platform.processor() or '?'
+
+
+def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
+  repeats = args.repeats if mode == 'train' else args.infer_repeats
+  warmup = 1 if mode == 'train' else 2
+  if side == 'torch':
+    cmd = [args.torch_python, os.path.join(HERE, 'time_torch.py'), '--model', model, '--mode', mode,
+           '--threads', str(threads), '--batch', str(args.batch), '--repeats', str(repeats)]
+    env = dict(os.environ)
+    if threads == 1:
+      cmd = ['taskset', '-c', '0'] + cmd
+  else:
+    env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
+    if args.lgvit_flags:
+      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + args.lgvit_flags).strip()
+    env['PYTHONPATH'] = ROOT
+    cmd = prefix + benchmark.cell_command(model, mode, batch=args.batch, size=224, warmup=warmup, repeats=repeats,
+                                          peak=1.0)  # the matmul peak is not what this table is about
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+  if proc.returncode:
+    tail = [l for l in proc.stderr.splitlines() if l.strip()][-1:] or ['?']
+    raise SystemExit(f'{side} {model} {mode} {threads}c failed: {tail[0]}')
+  row = json.loads(proc.stdout.strip().splitlines()[-1])
+  row.update(side=side, model=model, mode=mode, threads=threads, wall_s=round(time.perf_counter() - t0, 1),
+             load=round(os.getloadavg()[0], 2))
+  return row
+
+
+def table(rows: list[dict], header: list[str]) -> str:
+  cells: dict = {}
+  for r in rows:
+    cells.setdefault((r['model'], r['mode'], r['threads']), {}).setdefault(r['side'], []).append(r)
+  lines = header + ['', '| model | mode | cores | official img/s | lgvit img/s | lgvit / official | goal | met | rounds |'
+                    ' lgvit compile s | peak RSS MB official / lgvit |', '|' + '---|' * 11]
+  for model in PAIRS:
+    for mode in ('infer', 'train'):
+      for threads in (1, 2):
+        c = cells.get((model, mode, threads))
+        if not c or 'torch' not in c or 'lgvit' not in c:
+          continue
+        t = statistics.median(r['images_per_s'] for r in c['torch'])
+        j = statistics.median(r['images_per_s'] for r in c['lgvit'])
+        ratio, target = j / t, goal(model, mode)
+        compile_s = statistics.median(r['compile_s'] for r in c['lgvit'])
+        rss = f"{max(r['rss_peak_mb'] for r in c['torch']):.0f} / {max(r['rss_peak_mb'] for r in c['lgvit']):.0f}"
+        spread = lambda rs: '' if len(rs) < 2 else f" ({min(r['images_per_s'] for r in rs):.2f}-{max(r['images_per_s'] for r in rs):.2f})"
+        lines.append(f"| {PAIRS[model]} vs `{model}` | {mode} | {threads} | {t:.2f}{spread(c['torch'])} | "
+                     f"{j:.2f}{spread(c['lgvit'])} | **{ratio:.2f}x** | >= {target:.1f}x | "
+                     f"{'yes' if ratio >= target else f'no ({ratio / target - 1:+.0%})'} | "
+                     f"{min(len(c['torch']), len(c['lgvit']))} | {compile_s:.1f} | {rss} |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--models', default=','.join(PAIRS))
+  parser.add_argument('--modes', default='infer,train')
+  parser.add_argument('--threads', default='1,2')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--repeats', type=int, default=5, help='timed train steps per cell')
+  parser.add_argument('--infer-repeats', type=int, default=9, help='timed forwards per cell')
+  parser.add_argument('--torch-python', default=os.environ.get('TORCH_PY', 'python'))
+  parser.add_argument('--lgvit-flags', default='', help='extra XLA_FLAGS for the lgvit side (default: none)')
+  parser.add_argument('--out', required=True, help='writes OUT.jsonl (raw, resumable) and OUT.md (the table)')
+  parser.add_argument('--table-only', action='store_true', help='render OUT.md from OUT.jsonl, run nothing')
+  args = parser.parse_args(argv)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  raw = args.out + '.jsonl'
+  rows = [json.loads(l) for l in open(raw)] if os.path.exists(raw) else []
+  done = {(r['round'], r['side'], r['model'], r['mode'], r['threads']) for r in rows}
+  versions = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__)'],
+                            capture_output=True, text=True).stdout.strip() or '?'
+  import jax, jaxlib  # noqa: E401
+  header = [f'CPU: {cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
+            f'jaxlib {jaxlib.__version__}; lgvit XLA_FLAGS: {args.lgvit_flags or "(defaults)"}; batch {args.batch}, '
+            f'224x224, float32; 1 core = taskset -c 0 on both sides.',
+            f'Command: python benchmarks/official/side_by_side.py ' + ' '.join(argv or sys.argv[1:])]
+  if not args.table_only:
+    models = [m.strip() for m in args.models.split(',') if m.strip()]
+    for m in models:
+      if m not in PAIRS:
+        raise SystemExit(f'no official counterpart for {m!r}; known: {", ".join(PAIRS)}')
+    for rnd in range(args.rounds):
+      for threads in (int(t) for t in args.threads.split(',')):
+        for mode in args.modes.split(','):
+          for model in models:
+            sides = ('torch', 'lgvit') if rnd % 2 == 0 else ('lgvit', 'torch')
+            for side in sides:
+              if (rnd, side, model, mode, threads) in done:
+                continue
+              row = run_cell(side, model, mode, threads, args)
+              row['round'] = rnd
+              rows.append(row)
+              with open(raw, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+              print(f"round {rnd} {side:5s} {model:14s} {mode:5s} {threads}c: {row['images_per_s']:.2f} img/s "
+                    f"(load {row['load']})", flush=True)
+  text = table(rows, header)
+  with open(args.out + '.md', 'w') as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
