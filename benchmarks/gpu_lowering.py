@@ -21,7 +21,7 @@ def main(argv=None) -> int:
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='bfloat16')
   parser.add_argument('--batch', type=int, default=2)
   args = parser.parse_args(argv)
-  names = list_models() if args.models == 'all' else args.models.split(',')
+  names = list_models(task='classification') if args.models == 'all' else args.models.split(',')
   failed = 0
   print(f'| model | {args.mode} step lowers for cuda | StableHLO chars | seconds |\n|---|---|---|---|')
   for name in names:

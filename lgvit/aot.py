@@ -319,7 +319,8 @@ def _run(args) -> int:
   bounds = tuple(int(d) for d in args.chips_per_host.split('x')) if args.chips_per_host else None
   devices = topology_devices(args.topology, bounds)
   hbm = chip_hbm_bytes(devices[0], args.hbm_gib)
-  names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
+  names = (list_models(task='classification') if args.models == 'all'
+           else [n.strip() for n in args.models.split(',') if n.strip()])
   if args.config and len(names) != 1:
     raise AotError('--config needs exactly one --models name')
   try:

@@ -60,11 +60,15 @@ def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'fl
   import jax
   import jax.numpy as jnp
   import optax
-  from lgvit.models import create_model
+  from lgvit.models import create_model, model_info
+  from lgvit.segmentation import upernet_loss
   compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
-  model = create_model(name, **{'num_classes': 1000, **(model_kwargs or {})}, dtype=compute)
+  segmentation = model_info(name).task == 'segmentation'  # UperNet: per-pixel loss, its default classes
+  model = create_model(name, **({} if segmentation else {'num_classes': 1000}), **(model_kwargs or {}), dtype=compute)
   x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3)), compute)
   labels = jnp.arange(batch) % 1000
+  if segmentation:
+    labels = jax.random.randint(jax.random.PRNGKey(1), (batch, size, size), 0, model.num_classes)
   variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
   params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
   rngs = {s: jax.random.PRNGKey(i) for i, s in enumerate(('dropout', 'drop_path', 'gumbel'))}
@@ -77,6 +81,8 @@ def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'fl
     def step(p, s, opt, x):
       def loss_fn(p):
         logits, new_s = model.apply({'params': p, **s}, x, train=True, rngs=rngs, mutable=list(s.keys()))
+        if segmentation:
+          return upernet_loss(logits, labels)[0], new_s
         onehot = jax.nn.one_hot(labels, logits.shape[-1])
         return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits.astype(jnp.float32)), -1)), new_s
 
@@ -196,7 +202,8 @@ def main(argv=None):
     return 0
 
   from lgvit.models import list_models, model_info
-  names = list_models() if args.models == 'all' else [n.strip() for n in args.models.split(',') if n.strip()]
+  names = (list_models(task='classification') if args.models == 'all'
+           else [n.strip() for n in args.models.split(',') if n.strip()])
   for n in names:
     model_info(n)  # unknown names fail here, before any work
   env, prefix = cell_env(args.threads, args.xla_cpu_eigen)

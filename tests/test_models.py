@@ -55,7 +55,7 @@ def test_parameter_count(name):
   assert paper is None or abs(count - paper) / paper <= PAPER_TOLERANCE.get(info.family, 0.03), (count, paper)
 
 
-@pytest.mark.parametrize('name', list_models())
+@pytest.mark.parametrize('name', list_models(task='classification'))  # segmentation: tests/test_segmentation.py
 def test_forward_features_and_train_step(name):
   info = model_info(name)
   model = create_model(name, num_classes=5, **small_kwargs(name))

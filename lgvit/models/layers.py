@@ -190,6 +190,32 @@ def avg_pool(x: Array, window: int, stride: int, padding: int = 0, *, count_incl
   return summed / counts
 
 
+def adaptive_avg_pool(x: Array, output_size: int | Sequence[int]) -> Array:
+  """``torch.nn.AdaptiveAvgPool2d`` on NHWC: output cell i averages rows floor(i*H/s) .. ceil((i+1)*H/s)-1.
+
+  Computed as two small averaging matrices (one einsum), so it is exact and cheap for PPM's scales.
+  """
+  def averaging(size, out):
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+      lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+      m[i, lo:hi] = 1.0 / (hi - lo)
+    return jnp.asarray(m, x.dtype)
+
+  oh, ow = _pairs(output_size)
+  return jnp.einsum('ih,jw,bhwc->bijc', averaging(x.shape[1], oh), averaging(x.shape[2], ow), x)
+
+
+def resize_bilinear(x: Array, size: Sequence[int]) -> Array:
+  """``F.interpolate(mode='bilinear', align_corners=False)`` on NHWC to ``size`` = (H, W): half-pixel
+  centres, edge clamping and, unlike ``jax.image.resize``'s default, no anti-aliasing when shrinking
+  (PyTorch and OpenCV's INTER_LINEAR have none). A no-op at the same size."""
+  h, w = size
+  if tuple(x.shape[1:3]) == (h, w):
+    return x
+  return jax.image.resize(x, (x.shape[0], h, w) + x.shape[3:], 'bilinear', antialias=False)
+
+
 def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
   """``torch.nn.MaxPool2d`` (floor mode, -inf padding) on NHWC."""
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
@@ -465,8 +491,11 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
 class WindowAttention(nn.Module):
   """Window MHSA with a relative position bias (Swin; NomMer's local branch).
 
-  Input (B, H, W, C) with H, W divisible by ``window``. ``shift`` > 0 gives Swin's shifted
-  windows with their mask.
+  Input (B, H, W, C). ``shift`` > 0 gives Swin's shifted windows with their mask. A map that the
+  window does not tile is zero-padded at the bottom/right first and cropped after, with the shift
+  mask of the padded map (the padded tokens are attended to): the rule of Swin's segmentation and
+  detection backbones (mmseg ``ShiftWindowMSA``), which UperNet at 512x512 needs. Classifiers
+  never meet it: their models accept only sizes the windows tile.
   """
   num_heads: int
   window: int
@@ -478,21 +507,23 @@ class WindowAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     b, h, w, c = x.shape
-    if h % self.window or w % self.window:
-      raise ValueError(f'WindowAttention: feature map {h}x{w} is not divisible by window {self.window}')
+    pad_h, pad_w = -h % self.window, -w % self.window
+    if pad_h or pad_w:
+      x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
     if self.shift:
       x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
     windows = window_partition(x, self.window)  # (B, nW, N, C)
     bias = RelativePositionBias(self.window, self.num_heads, name='rel_pos')()
     mask = None
     if self.shift:
-      mask = jnp.asarray(shifted_window_mask(h, w, self.window, self.shift))[None, :, None]
+      mask = jnp.asarray(shifted_window_mask(hp, wp, self.window, self.shift))[None, :, None]
     out = MultiHeadAttention(self.num_heads, self.qkv_bias, dtype=self.dtype, precision=self.precision,
                              name='attn')(windows, bias=bias, mask=mask, train=train)
-    out = window_reverse(out, self.window, h, w)
+    out = window_reverse(out, self.window, hp, wp)
     if self.shift:
       out = jnp.roll(out, (self.shift, self.shift), axis=(1, 2))
-    return out
+    return out[:, :h, :w] if pad_h or pad_w else out
 
 
 # --------------------------------------------------------------------------------------------

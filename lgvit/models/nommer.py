@@ -284,9 +284,11 @@ class MergeBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def valid_size_period(window: int, dct_blocks: Sequence[int], uses_dct: bool = True) -> int:
-  """Image sides must be multiples of this: stage maps S/4, S/8 tile by the window and DCT blocks."""
+def valid_size_period(window: int, dct_blocks: Sequence[int], uses_dct: bool = True, pad_windows: bool = False) -> int:
+  """Image sides must be multiples of this: stage maps S/4, S/8 tile by the window and DCT blocks
+  (by the DCT blocks only with ``pad_windows``, which pads the maps for the windows)."""
   n1, n2 = dct_blocks if uses_dct else (1, 1)
+  window = 1 if pad_windows else window
   return math.lcm(32, 4 * math.lcm(window, n1), 8 * math.lcm(window, n2))
 
 
@@ -309,9 +311,12 @@ class NomMer(nn.Module):
   drop_path_rate: float = 0.1
   features_only: bool = False
   dtype: Any = jnp.float32
+  # Pad the stage-1/2 maps that the local windows do not tile (layers.WindowAttention), as Swin's
+  # segmentation backbone does: UperNet's 512x512 crops (docs/segmentation.md).
+  pad_windows: bool = False
 
   def check_input_size(self, h: int, w: int):
-    period = valid_size_period(self.window, self.dct_blocks, self.global_context != 'none')
+    period = valid_size_period(self.window, self.dct_blocks, self.global_context != 'none', self.pad_windows)
     if h % period == 0 and w % period == 0 and h > 0 and w > 0:
       return
     bad = h if h % period else w
@@ -320,7 +325,8 @@ class NomMer(nn.Module):
     raise InvalidInputSizeError(
         f'{self.name or "NomMer"}: input {h}x{w} does not fit: the stage-1/2 maps (side/4, side/8) must tile by '
         f'window {self.window} and DCT blocks {tuple(self.dct_blocks)}, so each side must be a multiple of '
-        f'{period}; nearest valid size: {nearest}. (The *_384 variants use window 12 for 384 inputs.)')
+        f'{period}; nearest valid size: {nearest}. (The *_384 variants use window 12 for 384 inputs; '
+        'pad_windows=True pads the maps for the windows.)')
 
   def _check_fields(self):
     if self.global_context not in ('dct', 'pool', 'none'):

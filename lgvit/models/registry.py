@@ -28,12 +28,13 @@ class ModelInfo:
   name: str
   family: str
   create: Callable[..., nn.Module]  # the family's _create_<family>(name, **kwargs)
-  params: int  # exact parameter count at 1000 classes and input_size (the official code's where one exists)
+  params: int  # exact parameter count at the default classes (1000; ADE20K's 150 for segmentation) and input_size
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the variant's constructor arguments
   input_size: int = 224
   crop_pct: float = 0.875
   interpolation: str = 'bilinear'
   feature_strides: tuple[int, ...] = (4, 8, 16, 32)  # of the maps that features_only=True returns
+  task: str = 'classification'  # or 'segmentation' (lgvit.models.upernet: per-pixel logits at stride 4)
   paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the paper's figures: params, gmacs, top1
   # init_from at another input size: leaf name -> resize(array, target_shape) (lgvit.checkpoint.adapt_variables).
   resize_rules: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
@@ -68,14 +69,20 @@ def model_info(name: str) -> ModelInfo:
   return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
-  """Builds the registered model ``name``; ``overrides`` replace its constructor arguments."""
+def create_model(name: str, num_classes: Optional[int] = None, **overrides) -> nn.Module:
+  """Builds the registered model ``name``; ``overrides`` replace its constructor arguments.
+
+  ``num_classes`` defaults to the variant's own (150 for the ADE20K segmentation models), else 1000."""
   info = model_info(name)
+  if num_classes is None:
+    num_classes = info.defaults.get('num_classes', 1000)
   try:
     return info.create(name, **{**info.defaults, 'num_classes': num_classes, **overrides})
   except TypeError as e:
     raise TypeError(f'create_model({name!r}): bad override(s) {sorted(overrides)}: {e}') from None
 
 
-def list_models(family: Optional[str] = None) -> list[str]:
-  return sorted(n for n, i in _REGISTRY.items() if family is None or i.family == family)
+def list_models(family: Optional[str] = None, task: Optional[str] = None) -> list[str]:
+  """Registered names, optionally of one family and/or one task ('classification', 'segmentation')."""
+  return sorted(n for n, i in _REGISTRY.items()
+                if (family is None or i.family == family) and (task is None or i.task == task))

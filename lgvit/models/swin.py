@@ -96,12 +96,20 @@ class SwinTransformer(layers.HierarchicalTransformer):
   num_heads: Sequence[int] = (3, 6, 12, 24)
   window: int = 7
   patch_size: int = 4
+  # Pad the maps that the windows do not tile (layers.WindowAttention), as Swin's segmentation
+  # backbone does; then any side divisible by the total stride runs (UperNet at 512, docs/segmentation.md).
+  pad_windows: bool = False
 
   def check_input(self, x: Array):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise InvalidInputSizeError(f'{self.name or "Swin"}: expected NHWC images (B, H, W, 3), got {x.shape}.')
+    stride = self.patch_size * 2**(len(self.depths) - 1)
     for side in x.shape[1:3]:
-      if not _size_is_valid(side, self.patch_size, self.window, len(self.depths)):
+      if self.pad_windows and side % stride:
+        raise InvalidInputSizeError(
+            f'{self.name or "Swin"}: image side {side} is not a multiple of the total stride {stride}; '
+            f'pad or crop to {side // stride * stride or stride} or {(side // stride + 1) * stride}.')
+      if not self.pad_windows and not _size_is_valid(side, self.patch_size, self.window, len(self.depths)):
         sizes = nearest_valid_sizes(side, self.patch_size, self.window, len(self.depths))
         raise InvalidInputSizeError(
             f'{self.name or "Swin"}: image side {side} does not split into {self.window}x{self.window} windows '

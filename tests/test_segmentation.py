@@ -1,0 +1,284 @@
+"""Segmentation: metrics against a numpy brute force, inference modes against each other, UperNet.
+
+docs/segmentation.md describes what is compared with mmsegmentation and why.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lgvit import segmentation as seg
+from lgvit.models import create_model, layers, list_models, model_info
+from lgvit.models.layers import InvalidInputSizeError, count_params
+from conftest import RESNET_TINY, init_shapes, random_variables
+
+# --------------------------------------------------------------------------------------------
+# Metrics.
+# --------------------------------------------------------------------------------------------
+
+
+def brute_force_metrics(labels, preds, k, ignore=255):
+  """Per-pixel loops and per-class sets: the definitions, written out independently."""
+  pairs = [(int(l), int(p)) for l, p in zip(labels.ravel(), preds.ravel()) if l != ignore]
+  iou, acc = [], []
+  for c in range(k):
+    tp = sum(1 for l, p in pairs if l == c and p == c)
+    union = sum(1 for l, p in pairs if l == c or p == c)
+    gt = sum(1 for l, _ in pairs if l == c)
+    iou.append(tp / union if union else None)
+    acc.append(tp / gt if gt else None)
+  mean = lambda v: sum(x for x in v if x is not None) / sum(x is not None for x in v)
+  return dict(IoU=iou, mIoU=mean(iou), mAcc=mean(acc), aAcc=sum(l == p for l, p in pairs) / len(pairs))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_confusion_metrics_match_brute_force_with_ignore_pixels(seed):
+  rng = np.random.default_rng(seed)
+  k = 7
+  labels = rng.integers(0, k - 2, (3, 9, 11))  # classes 5, 6 never in the ground truth
+  labels[rng.random(labels.shape) < 0.2] = 255
+  preds = rng.integers(0, k - 1, labels.shape)  # class 6 absent from both: excluded from the mean
+  cm = jax.jit(seg.confusion_matrix, static_argnums=2)(jnp.asarray(labels), jnp.asarray(preds), k)
+  assert int(cm.sum()) == int((labels != 255).sum())
+  got = seg.metrics_from_confusion(cm)
+  want = brute_force_metrics(labels, preds, k)
+  assert np.isnan(got['IoU'][6]) and want['IoU'][6] is None
+  assert got['IoU'][5] == 0.0  # predicted but never true: counts as 0, as in mmseg
+  np.testing.assert_allclose(got['IoU'][:6], want['IoU'][:6], rtol=1e-12)
+  for key in ('mIoU', 'mAcc', 'aAcc'):
+    assert got[key] == pytest.approx(want[key], rel=1e-12), key
+
+
+def test_confusion_sums_over_batches_and_masks_padded_images():
+  rng = np.random.default_rng(3)
+  labels, preds = rng.integers(0, 4, (4, 6, 6)), rng.integers(0, 4, (4, 6, 6))
+  mask = np.array([1, 1, 0, 1], bool)  # image 2 is eval padding
+  whole = seg.confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), 4, mask=jnp.asarray(mask))
+  parts = sum(seg.confusion_matrix(jnp.asarray(labels[i:i + 1]), jnp.asarray(preds[i:i + 1]), 4) for i in (0, 1, 3))
+  np.testing.assert_array_equal(np.asarray(whole), np.asarray(parts))
+  cm = np.zeros((4, 4), int)
+  np.add.at(cm, (labels[mask].ravel(), preds[mask].ravel()), 1)
+  np.testing.assert_array_equal(np.asarray(whole), cm)
+
+
+def test_ignore_label_pixels_change_nothing():
+  labels = jnp.array([[0, 1, 255, 2]])
+  a = seg.confusion_matrix(labels, jnp.array([[0, 1, 0, 2]]), 3)
+  b = seg.confusion_matrix(labels, jnp.array([[0, 1, 2, 2]]), 3)  # only the ignored pixel's prediction differs
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert seg.metrics_from_confusion(a)['mIoU'] == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing, pooling and the inference modes.
+# --------------------------------------------------------------------------------------------
+
+
+def torch_bilinear_reference(x, size):
+  """F.interpolate(bilinear, align_corners=False) in numpy: half-pixel sources clamped at 0."""
+  def weights(n_in, n_out):
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+      src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+      i0 = min(int(np.floor(src)), n_in - 1)
+      i1, frac = min(i0 + 1, n_in - 1), src - i0
+      m[o, i0] += 1 - frac
+      m[o, i1] += frac
+    return m
+  return np.einsum('ih,jw,bhwc->bijc', weights(x.shape[1], size[0]), weights(x.shape[2], size[1]), x)
+
+
+@pytest.mark.parametrize('size', [(26, 20), (7, 5), (30, 3), (4, 19)])
+def test_resize_bilinear_is_torch_interpolate(size):
+  x = np.random.default_rng(0).standard_normal((2, 13, 10, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(layers.resize_bilinear(jnp.asarray(x), size)),
+                             torch_bilinear_reference(x, size), atol=2e-6)
+
+
+@pytest.mark.parametrize('out', [1, 2, 3, 6, (4, 5)])
+def test_adaptive_avg_pool_is_torch_adaptive_pool(out):
+  x = np.random.default_rng(1).standard_normal((2, 13, 10, 3)).astype(np.float32)
+  oh, ow = (out, out) if isinstance(out, int) else out
+  want = np.zeros((2, oh, ow, 3))
+  for i in range(oh):
+    for j in range(ow):  # PyTorch's bins: [floor(i H / s), ceil((i + 1) H / s))
+      rows = slice(i * 13 // oh, -(-(i + 1) * 13 // oh))
+      cols = slice(j * 10 // ow, -(-(j + 1) * 10 // ow))
+      want[:, i, j] = x[:, rows, cols].mean((1, 2))
+  np.testing.assert_allclose(np.asarray(layers.adaptive_avg_pool(jnp.asarray(x), out)), want, atol=1e-6)
+
+
+def test_rescale_size_is_mmcvs_keep_ratio_rule():
+  assert seg.rescale_size(375, 500, (2048, 512)) == (512, 683)  # short side bound
+  assert seg.rescale_size(256, 2560, (2048, 512)) == (205, 2048)  # long side bound
+  assert seg.rescale_size(512, 512, (1024, 256)) == (256, 256)
+
+
+def test_slide_windows_cover_the_image_like_mmseg():
+  wins = seg.slide_windows(512, 683, (512, 512), (341, 341))
+  assert wins == [(0, 512, 0, 512), (0, 512, 171, 683)]
+  assert seg.slide_windows(40, 30, (512, 512), (341, 341)) == [(0, 40, 0, 30)]
+
+
+def _pointwise(k=5, seed=0):
+  """A per-pixel linear 'model' at stride 1: any window average equals the whole image exactly."""
+  w = jax.random.normal(jax.random.PRNGKey(seed), (3, k))
+  return lambda x: jnp.einsum('bhwc,ck->bhwk', x, w)
+
+
+def _tiny_upernet(num_classes=5):
+  model = create_model('upernet_cotnet50', num_classes=num_classes, backbone='resnet50', backbone_kwargs=RESNET_TINY,
+                       channels=8, aux_channels=4)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = random_variables(model, x, scale=0.3)
+  return model, variables, jax.jit(lambda x: model.apply(variables, x, train=False))
+
+
+def test_sliding_window_equals_whole_image_when_one_window_covers_it():
+  _, _, apply_fn = _tiny_upernet()
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 40, 56, 3))  # padded to 64x64 inside, both ways
+  whole = seg.infer_whole(apply_fn, x)
+  slide = seg.infer_slide(apply_fn, x, crop=(64, 64), stride=(43, 43))
+  assert whole.shape == (1, 40, 56, 5)
+  np.testing.assert_allclose(np.asarray(slide), np.asarray(whole), rtol=0, atol=1e-5)
+
+
+def test_sliding_windows_average_overlaps_exactly():
+  fn = _pointwise()
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 40, 29, 3))
+  windows = seg.slide_windows(40, 29, (16, 16), (11, 11))
+  assert len(windows) == 12 and len({w[:2] for w in windows}) == 4
+  slide = seg.infer_slide(fn, x, crop=(16, 16), stride=(11, 11), size_divisor=1)
+  np.testing.assert_allclose(np.asarray(slide), np.asarray(fn(x)), atol=1e-5)
+
+
+def test_flip_runs_the_mirrored_image_and_mirrors_back():
+  _, _, apply_fn = _tiny_upernet()
+  x = jax.random.normal(jax.random.PRNGKey(3), (1, 32, 64, 3))
+  flipped = seg.infer_whole(apply_fn, x, flip=True)
+  want = seg.infer_whole(apply_fn, x[:, :, ::-1])[:, :, ::-1]
+  np.testing.assert_allclose(np.asarray(flipped), np.asarray(want), atol=1e-6)
+  assert not np.allclose(np.asarray(flipped), np.asarray(seg.infer_whole(apply_fn, x)), atol=1e-3)
+  fn = _pointwise()  # mirror-equivariant: flipping changes nothing
+  np.testing.assert_allclose(np.asarray(seg.infer_whole(fn, x, flip=True, size_divisor=1)), np.asarray(fn(x)),
+                             atol=1e-5)
+
+
+def test_whole_mode_rescales_and_returns_the_original_size():
+  pointwise, seen = _pointwise(), []
+
+  def fn(x):
+    seen.append(x.shape[1:3])
+    return pointwise(x)
+
+  x = jax.random.normal(jax.random.PRNGKey(4), (1, 30, 40, 3))
+  out = seg.infer_whole(fn, x, scale=(100, 45), size_divisor=8)  # -> 45x60, padded to 48x64
+  assert seen == [(48, 64)]
+  want = layers.resize_bilinear(pointwise(layers.resize_bilinear(x, (45, 60))), (30, 40))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+  fn = pointwise
+  probs = seg.infer_multiscale(fn, x, scale=(80, 60), ratios=(0.5, 1.0), size_divisor=1)
+  assert probs.shape == (1, 30, 40, 5)
+  np.testing.assert_allclose(np.asarray(probs.sum(-1)), 1.0, atol=1e-5)
+  with pytest.raises(ValueError, match="mode must be 'whole' or 'slide'"):
+    seg.infer_multiscale(fn, x, mode='tiles')
+
+
+# --------------------------------------------------------------------------------------------
+# UperNet.
+# --------------------------------------------------------------------------------------------
+
+
+def head_params(in_channels, c, k, scales=4, aux_c=256, aux_in=None):
+  """UperHead + FCNHead parameter count by hand (convs without bias before BN; BN scale+bias)."""
+  conv_bn = lambda cin, cout, ks: ks * ks * cin * cout + 2 * cout
+  n = scales * conv_bn(in_channels[-1], c, 1) + conv_bn(in_channels[-1] + scales * c, c, 3)
+  n += sum(conv_bn(ci, c, 1) + conv_bn(c, c, 3) for ci in in_channels[:-1])
+  n += conv_bn(len(in_channels) * c, c, 3) + c * k + k
+  return n + conv_bn(aux_in or in_channels[2], aux_c, 3) + aux_c * k + k
+
+
+@pytest.mark.parametrize('name', list_models('upernet'))
+def test_upernet_counts_are_backbone_plus_the_hand_counted_head(name):
+  info = model_info(name)
+  assert info.task == 'segmentation' and info.input_size == 512
+  shapes = init_shapes(create_model(name), 512)['params']
+  assert count_params(shapes) == info.params
+  backbone = count_params(shapes['backbone'])
+  channels = [shapes['decode_head'][f'lateral{i}']['unit']['conv']['kernel'].shape[2] for i in range(3)]
+  channels.append(shapes['decode_head']['ppm1']['unit']['conv']['kernel'].shape[2])
+  norms = 2 * sum(channels) if 'norm0' in shapes else 0
+  assert info.params == backbone + norms + head_params(channels, 512, 150)
+  assert 'head' not in shapes['backbone'] and 'fc' not in shapes['backbone']  # no classifier
+  paper = info.paper.get('params')
+  assert paper is None or abs(info.params - paper) / paper < 0.01, (info.params, paper)
+
+
+def test_upernet_outputs_stride_4_logits_and_the_aux_head_in_training():
+  model, variables, apply_fn = _tiny_upernet()
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 64, 96, 3))
+  assert apply_fn(x).shape == (2, 16, 24, 5)
+  (logits, aux), state = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                     rngs={'dropout': jax.random.PRNGKey(0), 'drop_path': jax.random.PRNGKey(1)})
+  assert logits.shape == (2, 16, 24, 5) and aux.shape == (2, 4, 6, 5)
+  assert logits.dtype == jnp.float32
+  assert set(state['batch_stats']) == set(variables['batch_stats'])
+  with pytest.raises(InvalidInputSizeError, match='not a multiple of 32; pad it to 64x96'):
+    model.apply(variables, x[:, :40, :70], train=False)
+
+
+def test_default_classes_and_drop_path_reach_the_backbone():
+  model = create_model('upernet_nommer_t')
+  assert model.num_classes == 150 and model.backbone.drop_path_rate == 0.2 and model.backbone.features_only
+  assert create_model('upernet_nommer_b').backbone.drop_path_rate == 0.5
+  assert create_model('upernet_swin_t', drop_path_rate=0.1).backbone.drop_path_rate == 0.1
+  assert create_model('nommer_t').num_classes == 1000
+
+
+@pytest.mark.parametrize('name', ['upernet_nommer_t', 'upernet_swin_t', 'upernet_salg_t', 'upernet_se_cotnetd50',
+                                  'upernet_lesa_resnet50'])
+def test_every_family_runs_at_512(name):
+  """Shapes of the full-size model at the paper's 512x512 crop (jax.eval_shape: traced, not run)."""
+  model = create_model(name)
+  x = jnp.zeros((1, 512, 512, 3))
+  out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0])
+  assert out.shape == (1, 128, 128, 150)
+
+
+def test_window_attention_pads_maps_the_window_does_not_tile():
+  """Swin's segmentation rule: zero-pad bottom/right, shift and mask the padded map, crop back."""
+  x = jax.random.normal(jax.random.PRNGKey(6), (1, 10, 12, 8))
+  padded = jnp.pad(x, ((0, 0), (0, 4), (0, 2), (0, 0)))
+  for shift in (0, 3):
+    attn = layers.WindowAttention(2, 7, shift)
+    variables = attn.init(jax.random.PRNGKey(0), padded)
+    np.testing.assert_allclose(np.asarray(attn.apply(variables, x)),
+                               np.asarray(attn.apply(variables, padded))[:, :10, :12], atol=1e-6)
+
+
+def test_pad_windows_lets_swin_and_nommer_take_512_and_keeps_classifiers_strict():
+  x = jnp.zeros((1, 512, 512, 3))
+  for name in ('swin_t', 'nommer_t'):
+    with pytest.raises(InvalidInputSizeError):
+      jax.eval_shape(lambda: create_model(name).init(jax.random.PRNGKey(0), x, train=False))
+  with pytest.raises(InvalidInputSizeError, match='multiple of the total stride 32'):
+    jax.eval_shape(lambda: create_model('swin_t', pad_windows=True).init(jax.random.PRNGKey(0), x[:, :500],
+                                                                          train=False))
+
+
+def test_pixel_cross_entropy_is_mmsegs_mean_with_ignored_pixels_zero():
+  rng = np.random.default_rng(7)
+  logits = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, (2, 4, 4))
+  labels[0, 0, :2] = 255
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = np.where(labels == 255, 0.0, -np.take_along_axis(logp, np.where(labels == 255, 0, labels)[..., None], -1)[..., 0])
+  got = seg.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+  assert float(got) == pytest.approx(nll.sum() / labels.size, rel=1e-5)  # mmseg default: / every pixel
+  got = seg.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), avg_non_ignore=True)
+  assert float(got) == pytest.approx(nll.sum() / (labels != 255).sum(), rel=1e-5)
+  got = seg.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), mask=jnp.array([0, 1]))
+  assert float(got) == pytest.approx(nll[1].sum() / labels[1].size, rel=1e-5)
+  total, terms = seg.upernet_loss((jnp.asarray(logits), jnp.asarray(logits[:, ::2, ::2])), jnp.asarray(labels))
+  assert float(total) == pytest.approx(float(terms['loss_decode'] + 0.4 * terms['loss_aux']), rel=1e-6)
+  assert float(terms['loss_aux']) != pytest.approx(float(terms['loss_decode']))  # upsampled from stride 2
