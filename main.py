@@ -56,6 +56,10 @@ def main(argv):
   from lgvit import train
 
   def run():
+    if _CONFIG.value.get('task', 'classification') != 'classification':
+      from lgvit.errors import ConfigError
+      raise ConfigError(f"config.task={_CONFIG.value.task!r}: lgvit.train trains classifiers only so far; the "
+                        'segmentation model, metrics and inference are in lgvit.segmentation (docs/segmentation.md)')
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE.value)
     if result['status'] == train.PREEMPTED:
       return EXIT_PREEMPTED

@@ -62,12 +62,13 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   optim.adam_eps = 1e-8
   optim.weight_decay = 1e-4
   optim.wd_exclude = '1d_and_bias'  # 'none' (decay everything) | '1d_and_bias' (no decay on ndim<=1)
+  # | 'mmseg_swin' (no decay on norms, position embedding, relative tables: lgvit.optim.weight_decay_mask)
   optim.grad_clip_norm = 0.0  # global L2 norm; 0 = off
 
   c.schedule = schedule = ml_collections.ConfigDict()
   schedule.lr = 0.1  # base LR at a global batch of lr_base_batch
   schedule.lr_base_batch = 256  # LR scales linearly with batch_size / lr_base_batch; 0 disables scaling
-  schedule.decay = 'cosine'  # 'cosine' | 'constant'
+  schedule.decay = 'cosine'  # 'cosine' | 'constant' | 'poly' (configs/upernet.py adds poly_power, warmup_steps/style)
   schedule.unit = 'step'  # 'step' (per iteration) | 'epoch' (timm t_in_epochs)
   schedule.warmup_epochs = 0.0
   schedule.warmup_lr = 0.0  # warm-up start LR (scaled with the batch like lr)

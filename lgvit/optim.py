@@ -34,7 +34,13 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
   unit = steps_per_epoch if per_epoch else 1
   t_total = max(total_steps / unit, 1.0) if not per_epoch else max(math.ceil(total_steps / steps_per_epoch), 1)
   t_warm = schedule.warmup_epochs * (1 if per_epoch else steps_per_epoch)
+  if schedule.get('warmup_steps', 0) and not per_epoch:  # iteration-based recipes (mmseg: 1500)
+    t_warm = schedule.warmup_steps
   decay, warmup_prefix = schedule.decay, schedule.warmup_prefix
+  power = schedule.get('poly_power', 1.0)
+  mmcv_warmup = schedule.get('warmup_style', 'timm') == 'mmcv'
+  if schedule.get('warmup_style', 'timm') not in ('timm', 'mmcv'):
+    raise ValueError(f"schedule.warmup_style must be 'timm' or 'mmcv', got {schedule.warmup_style!r}")
 
   def lr_at(step):
     step = jnp.asarray(step, jnp.float32)
@@ -47,8 +53,14 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
       else:
         frac = jnp.clip(t / t_total, 0.0, 1.0)
       main = min_lr + 0.5 * (base - min_lr) * (1.0 + jnp.cos(jnp.pi * frac))
+    elif decay == 'poly':  # mmcv PolyLrUpdaterHook: (base - min) (1 - t / T)^power + min
+      main = min_lr + (base - min_lr) * (1.0 - jnp.clip(t / t_total, 0.0, 1.0))**power
     else:
-      raise ValueError(f"schedule.decay must be 'cosine' or 'constant', got {decay!r}")
+      raise ValueError(f"schedule.decay must be 'cosine', 'poly' or 'constant', got {decay!r}")
+    if t_warm > 0 and mmcv_warmup:
+      # mmcv 'linear' warm-up scales the decayed LR: ratio r = warmup_lr / lr rising linearly to 1.
+      ratio = warm_lr / base
+      return jnp.where(t < t_warm, main * (ratio + (1.0 - ratio) * t / t_warm), main)
     if t_warm > 0:
       warm = warm_lr + t * (base - warm_lr) / t_warm
       return jnp.where(t < t_warm, warm, main)
@@ -57,14 +69,24 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
   return lr_at
 
 
+#: mmseg's UperNet-for-Swin ``paramwise_cfg`` custom keys with ``decay_mult=0`` (docs/segmentation.md).
+MMSEG_NO_DECAY = ('pos_embedding', 'relative_position_bias_table')
+
+
 def weight_decay_mask(params, rule: str):
-  """True where weight decay applies. '1d_and_bias': not on ndim<=1 params or '*bias' (timm/Swin)."""
+  """True where weight decay applies. '1d_and_bias': not on ndim<=1 params or '*bias' (timm/Swin).
+  'mmseg_swin': not on the parameters of any module whose name contains 'norm' (the LayerNorms; the
+  heads' BatchNorms are ``bn`` and keep their decay, as in mmseg), nor on the position embedding and
+  the relative position bias tables; biases of convs and linears are decayed, as in mmseg."""
   if rule == 'none':
     return jax.tree_util.tree_map(lambda _: True, params)
-  if rule != '1d_and_bias':
-    raise ValueError(f"wd_exclude must be 'none' or '1d_and_bias', got {rule!r}")
   flat = flax.traverse_util.flatten_dict(params)
-  mask = {k: not (v.ndim <= 1 or k[-1].endswith('bias')) for k, v in flat.items()}
+  if rule == '1d_and_bias':
+    mask = {k: not (v.ndim <= 1 or k[-1].endswith('bias')) for k, v in flat.items()}
+  elif rule == 'mmseg_swin':
+    mask = {k: not (k[-1] in MMSEG_NO_DECAY or any('norm' in part for part in k[:-1])) for k in flat}
+  else:
+    raise ValueError(f"wd_exclude must be 'none', '1d_and_bias' or 'mmseg_swin', got {rule!r}")
   return flax.traverse_util.unflatten_dict(mask)
 
 

@@ -10,7 +10,8 @@ from configs import common
 from lgvit.models import list_models, model_info
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py') if p.stem not in ('__init__', 'common'))
+FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
+               if p.stem not in ('__init__', 'common') and not p.stem.startswith('upernet'))  # below
 FAMILIES = {  # family config -> the values of its `variant` argument (and other arguments)
     'resnet': [f'variant={v}' for v in ('resnet50', 'wide_resnet50_2', 'resnet101')],
     'nommer': [f'variant={v},res={r}' for v in 'tsb' for r in (224, 384)],
@@ -105,3 +106,34 @@ def test_workdirs_with_the_old_flat_config_still_load(tmp_path):
   base = common.base_config()
   sections = {(s, k) for s in ('data', 'aug', 'optim', 'schedule') for k in base[s]}
   assert {*workdir._MOVED.values(), ('schedule', 'decay')} == sections  # every field that moved is mapped
+
+
+def test_upernet_configs_cover_every_segmentation_model_with_the_recipe():
+  from configs import upernet, upernet_nommer_t
+  assert {upernet.get_config(f'backbone={b}').model for b in upernet.BACKBONES} == set(list_models(task='segmentation'))
+  c = upernet.get_config('backbone=swin_t')
+  assert c.task == 'segmentation' and c.num_classes == 150 and c.data.image_size == 512
+  assert c.data.image_size == model_info(c.model).input_size and c.init_from == 'workdirs/swin_t'
+  assert (c.schedule.lr, c.optim.weight_decay, c.optim.wd_exclude) == (6e-5, 0.01, 'mmseg_swin')
+  assert (c.num_train_steps, c.batch_size, c.schedule.warmup_steps, c.seg.aux_weight) == (160_000, 16, 1500, 0.4)
+  assert upernet_nommer_t.get_config().to_dict() == upernet.get_config('backbone=nommer_t').to_dict()
+  for section in (c, c.data, c.aug, c.optim, c.schedule, c.seg):
+    with pytest.raises(AttributeError):
+      section.no_such_field = 1
+  with pytest.raises(ValueError, match='unknown UperNet backbone'):
+    upernet.get_config('backbone=vit')
+  with pytest.raises(ValueError, match="unknown config argument 'demo'"):
+    upernet.get_config('demo')  # no demo dataset yet (issue #19 item 4)
+
+
+def test_main_refuses_a_segmentation_config_in_one_line_before_writing(tmp_path):
+  import subprocess
+  import sys
+  from conftest import subprocess_env
+  workdir = tmp_path / 'w'
+  run = subprocess.run([sys.executable, str(REPO / 'main.py'), '--config=configs/upernet_nommer_t.py',
+                        f'--workdir={workdir}'], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode != 0
+  assert "error: config.task='segmentation': lgvit.train trains classifiers only" in run.stderr + run.stdout
+  assert not workdir.exists()

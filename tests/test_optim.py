@@ -52,3 +52,34 @@ def test_weight_decay_masks():
   assert m['conv']['kernel'] and m['pos_embedding']
   assert not m['conv']['bias'] and not m['bn']['scale']
   assert all(np.ravel(list(optim.weight_decay_mask(params, 'none')['conv'].values())))
+
+
+def test_mmcv_poly_with_linear_warmup_ratio():
+  """mmseg's UperNet schedule: poly power 1 to 0 over 160k, linear warm-up of 1500 iterations, ratio 1e-6."""
+  c = _cfg(lr=6e-5, lr_base_batch=0, decay='poly', poly_power=1.0, warmup_steps=1500, warmup_style='mmcv',
+           warmup_lr=6e-5 * 1e-6, min_lr=0.0)
+  sched = optim.lr_schedule(c, 16, 1263, 160_000)
+  poly = lambda t: 6e-5 * (1 - t / 160_000)
+  assert math.isclose(float(sched(0)), poly(0) * 1e-6, rel_tol=1e-4)
+  k = (1 - 750 / 1500) * (1 - 1e-6)  # mmcv: warmup_lr = regular_lr * (1 - k)
+  assert math.isclose(float(sched(750)), poly(750) * (1 - k), rel_tol=1e-5)
+  assert math.isclose(float(sched(1500)), poly(1500), rel_tol=1e-5)
+  assert math.isclose(float(sched(80_000)), 3e-5, rel_tol=1e-5)
+  assert float(sched(160_000)) == 0.0
+  c.poly_power = 0.9  # read when the schedule is built
+  assert math.isclose(float(optim.lr_schedule(c, 16, 1263, 160_000)(80_000)), 6e-5 * 0.5**0.9, rel_tol=1e-5)
+
+
+def test_mmseg_swin_weight_decay_mask():
+  params = {'backbone': {'stage1_0': {'norm1': {'scale': jnp.zeros(2), 'bias': jnp.zeros(2)},
+                                      'attn': {'rel_pos': {'relative_position_bias_table': jnp.zeros((9, 2))},
+                                               'attn': {'qkv': {'kernel': jnp.zeros((2, 6)), 'bias': jnp.zeros(6)}}}},
+                         'pos_embedding': jnp.zeros((1, 2, 2, 2))},
+            'norm0': {'scale': jnp.zeros(2)},
+            'decode_head': {'fpn0': {'unit': {'conv': {'kernel': jnp.zeros((3, 3, 2, 2))}, 'bn': {'scale': jnp.zeros(2)}}}}}
+  m = optim.weight_decay_mask(params, 'mmseg_swin')
+  b = m['backbone']
+  assert not b['stage1_0']['norm1']['scale'] and not b['stage1_0']['norm1']['bias'] and not m['norm0']['scale']
+  assert not b['stage1_0']['attn']['rel_pos']['relative_position_bias_table'] and not b['pos_embedding']
+  assert b['stage1_0']['attn']['attn']['qkv']['kernel'] and b['stage1_0']['attn']['attn']['qkv']['bias']
+  assert m['decode_head']['fpn0']['unit']['conv']['kernel'] and m['decode_head']['fpn0']['unit']['bn']['scale']
