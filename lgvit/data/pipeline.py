@@ -33,20 +33,31 @@ from lgvit.errors import DatasetNotFoundError
 # ---------------------------------------------------------------------------------------------
 
 
-def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of ``name``, prepared. The embedded digits are built on first use."""
-  tfds.disable_progress_bar()
+def _embedded_builder_class(name: str):
+  """The builder class of an embedded dataset (made from scikit-learn's digits, no download), or None."""
   if name == 'lgvit_digits':
     from lgvit.data.digits import LgvitDigits
-    builder = LgvitDigits(data_dir=data_dir)
+    return LgvitDigits
+  if name == 'lgvit_digits_seg':  # the segmentation demo (docs/segmentation.md)
+    from lgvit.data.digits_seg import LgvitDigitsSeg
+    return LgvitDigitsSeg
+  return None
+
+
+def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``name``, prepared. The embedded digits datasets are built on first use."""
+  tfds.disable_progress_bar()
+  embedded = _embedded_builder_class(name)
+  if embedded is not None:
+    builder = embedded(data_dir=data_dir)
     if not builder.is_prepared():
       import jax
       if jax.process_index() == 0:  # one writer; the others wait for it
         builder.download_and_prepare()
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices('lgvit_digits prepared')
-        builder = LgvitDigits(data_dir=data_dir)
+        multihost_utils.sync_global_devices(f'{name} prepared')
+        builder = embedded(data_dir=data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
