@@ -33,8 +33,5 @@ def test_builder_prepares_both_splits_offline(tmp_path):
 
 
 def _val_digits():
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-  d = load_digits()
-  _, val = train_test_split(np.arange(len(d.target)), test_size=360, random_state=0, stratify=d.target)
-  return d.images[np.sort(val)], d.target[np.sort(val)]
+  digits, splits = digits_seg.load_splits()
+  return digits.images[splits['validation']], digits.target[splits['validation']]

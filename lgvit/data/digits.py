@@ -30,19 +30,22 @@ class LgvitDigits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    digits = load_digits()
-    idx = np.arange(len(digits.target))
-    train_idx, val_idx = train_test_split(idx, test_size=360, random_state=0, stratify=digits.target)
-    return {
-        'train': self._generate_examples(digits, np.sort(train_idx)),
-        'validation': self._generate_examples(digits, np.sort(val_idx)),
-    }
+    digits, splits = load_splits()
+    return {split: self._generate_examples(digits, indices) for split, indices in splits.items()}
 
   def _generate_examples(self, digits, indices):
     for i in indices:
       yield int(i), {'image': to_rgb32(digits.images[i]), 'label': int(digits.target[i])}
+
+
+def load_splits():
+  """sklearn's digits and the sorted indices of the fixed stratified 'train' / 'validation' split."""
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  digits = load_digits()
+  idx = np.arange(len(digits.target))
+  train_idx, val_idx = train_test_split(idx, test_size=360, random_state=0, stratify=digits.target)
+  return digits, {'train': np.sort(train_idx), 'validation': np.sort(val_idx)}
 
 
 def to_rgb32(img8: np.ndarray) -> np.ndarray:

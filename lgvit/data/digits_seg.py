@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lgvit.data.digits import IMAGE_SIZE as DIGIT_SIZE
-from lgvit.data.digits import to_rgb32
+from lgvit.data.digits import LgvitDigits, load_splits, to_rgb32
 
 CANVAS = 64
 NUM_CLASSES = 11  # background + digits 0..9
@@ -52,11 +52,9 @@ def make_example(rng: np.random.Generator, images8: np.ndarray, targets: np.ndar
   return np.round(image).astype(np.uint8), label[..., None]
 
 
-class LgvitDigitsSeg(tfds.core.GeneratorBasedBuilder):
-  """Digits on textured 64x64 canvases with per-pixel labels, 11 classes (TFDS name ``lgvit_digits_seg``)."""
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+class LgvitDigitsSeg(LgvitDigits):
+  """Digits on textured 64x64 canvases with per-pixel labels, 11 classes (TFDS name ``lgvit_digits_seg``);
+  the version and the digit split are ``lgvit_digits``'s."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -70,13 +68,9 @@ class LgvitDigitsSeg(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    digits = load_digits()
-    idx = np.arange(len(digits.target))
-    train_idx, val_idx = train_test_split(idx, test_size=360, random_state=0, stratify=digits.target)
-    return {split: self._generate_examples(split, digits.images[np.sort(ids)], digits.target[np.sort(ids)])
-            for split, ids in (('train', train_idx), ('validation', val_idx))}
+    digits, splits = load_splits()
+    return {split: self._generate_examples(split, digits.images[ids], digits.target[ids])
+            for split, ids in splits.items()}
 
   def _generate_examples(self, split, images8, targets):
     salt = list(SPLIT_SIZES).index(split)
