@@ -21,6 +21,7 @@ Inference takes ``apply_fn(images) -> logits``: NHWC float images whose sides ar
 """
 from __future__ import annotations
 
+import pathlib
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -208,3 +209,37 @@ def upernet_loss(outputs, labels: Array, *, aux_weight: float = 0.4, **kwargs) -
     terms['loss_aux'] = pixel_cross_entropy(aux, labels, **kwargs)
     total = total + aux_weight * terms['loss_aux']
   return total, terms
+
+
+# --------------------------------------------------------------------------------------------
+# Class names, colours and pictures.
+# --------------------------------------------------------------------------------------------
+
+ADE20K_CLASSES_FILE = pathlib.Path(__file__).parent / 'data' / 'ade20k_classes.tsv'
+
+
+def ade20k_classes() -> tuple[list[str], np.ndarray]:
+  """ADE20K's 150 class names (0..149, after reduce_zero_label) and its (150, 3) uint8 colour map."""
+  names, colours = [], []
+  for line in ADE20K_CLASSES_FILE.read_text().splitlines():
+    if line and not line.startswith('#'):
+      name, rgb = line.split('\t')
+      names.append(name)
+      colours.append([int(v) for v in rgb.split()])
+  return names, np.asarray(colours, np.uint8)
+
+
+def colorize(mask, palette, ignore_label: int = IGNORE_LABEL, ignore_colour=(0, 0, 0)) -> np.ndarray:
+  """(H, W) class indices -> (H, W, 3) uint8 colours; ``ignore_label`` (and any index beyond the palette)
+  gets ``ignore_colour``."""
+  mask = np.asarray(mask).astype(np.int64)
+  palette = np.concatenate([np.asarray(palette, np.uint8), np.asarray([ignore_colour], np.uint8)])
+  index = np.where((mask >= 0) & (mask < len(palette) - 1) & (mask != ignore_label), mask, len(palette) - 1)
+  return palette[index]
+
+
+def comparison_picture(image, truth, prediction, palette, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+  """image | ground truth | prediction side by side, (H, 3W, 3) uint8 (the demo picture in docs/)."""
+  image = np.asarray(image, np.uint8)
+  return np.concatenate([image, colorize(truth, palette, ignore_label), colorize(prediction, palette, ignore_label)],
+                        axis=1)

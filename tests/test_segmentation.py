@@ -282,3 +282,15 @@ def test_pixel_cross_entropy_is_mmsegs_mean_with_ignored_pixels_zero():
   total, terms = seg.upernet_loss((jnp.asarray(logits), jnp.asarray(logits[:, ::2, ::2])), jnp.asarray(labels))
   assert float(total) == pytest.approx(float(terms['loss_decode'] + 0.4 * terms['loss_aux']), rel=1e-6)
   assert float(terms['loss_aux']) != pytest.approx(float(terms['loss_decode']))  # upsampled from stride 2
+
+
+def test_ade20k_names_colours_and_colorize():
+  names, palette = seg.ade20k_classes()
+  assert len(names) == 150 and palette.shape == (150, 3) and palette.dtype == np.uint8
+  assert (names[0], names[2], names[12], names[149]) == ('wall', 'sky', 'person', 'flag')
+  assert palette[0].tolist() == [120, 120, 120] and palette[149].tolist() == [92, 0, 255]
+  mask = np.array([[0, 2], [255, 149]])
+  out = seg.colorize(mask, palette)
+  np.testing.assert_array_equal(out, [[palette[0], palette[2]], [[0, 0, 0], palette[149]]])
+  pic = seg.comparison_picture(np.zeros((2, 2, 3)), mask, np.zeros((2, 2), int), palette)
+  assert pic.shape == (2, 6, 3) and (pic[:, 4:] == palette[0]).all()
