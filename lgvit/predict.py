@@ -3,6 +3,7 @@
     python -m lgvit.predict --workdir W image1.jpg image2.png            # training workdir of main.py
     python -m lgvit.predict --workdir EXPORT_DIR image.jpg               # written by python -m lgvit.export
     python -m lgvit.predict --workdir CONVERTED_DIR --model nommer_t x.jpg   # written by python -m lgvit.convert
+    python -m lgvit.predict --workdir W --segment image.jpg --out mask.png   # an upernet_* model (docs/segmentation.md)
 
 prints the top-5 classes of each image with their names. Images go through the model's own
 evaluation transform (its config's or registry entry's image size, crop_pct and interpolation),
@@ -68,6 +69,12 @@ def class_names(dataset: Optional[str], num_classes: int) -> list[str]:
     return [str(i) for i in range(10)]
   if num_classes == 1000 and (dataset is None or dataset.startswith('imagenet2012')):
     return imagenet_class_names()
+  if num_classes == 150 and dataset in (None, 'scene_parse150'):
+    from lgvit.segmentation import ade20k_classes
+    return ade20k_classes()[0]
+  if dataset == 'lgvit_digits_seg' and num_classes == 11:
+    from lgvit.segmentation import DEMO_CLASS_NAMES
+    return list(DEMO_CLASS_NAMES)
   return [f'class {i}' for i in range(num_classes)]
 
 
@@ -140,6 +147,30 @@ class LoadedModel:
     import jax
     logits, inter = self._forward_with_intermediates(self.variables, np.asarray(crops))
     return np.asarray(logits, np.float32), jax.tree_util.tree_map(np.asarray, inter)
+
+  def segment(self, image, scale: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A segmentation model's (H, W) int32 class map of one image (path, bytes or uint8 array) at its own
+    size: mmseg's whole-image inference (:func:`lgvit.segmentation.infer_whole`), resized to ``scale``
+    (e.g. ADE20K's (2048, 512)) first if given."""
+    from lgvit import modeling, segmentation
+    if isinstance(image, (str, os.PathLike, bytes)):
+      from lgvit.data import transforms
+      what = str(image) if not isinstance(image, bytes) else 'image'
+      if not isinstance(image, bytes):
+        with open(image, 'rb') as f:
+          image = f.read()
+      try:
+        image = transforms.decode(image)
+      except transforms.UndecodableImageError as e:
+        raise ImageError(f'{what}: cannot decode it as an image (JPEG, PNG, GIF or BMP): {e}') from None
+    logits = segmentation.infer_whole(self._segment_forward, modeling.normalize(np.asarray(image)[None]), scale=scale)
+    return np.asarray(logits[0].argmax(-1), np.int32)
+
+  @functools.cached_property
+  def _segment_forward(self):
+    import jax
+    apply = jax.jit(lambda variables, x: self.model.apply(variables, x, train=False))
+    return lambda x: apply(self.variables, x)
 
   def classify(self, images: Sequence[Any], k: int = 5, batch_size: int = 32) -> list[list[Prediction]]:
     """Top-``k`` predictions of each image (paths, bytes or arrays; see :meth:`preprocess`)."""
@@ -262,23 +293,65 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   add_source_arguments(parser)
   parser.add_argument('--top', type=int, default=5, help='how many classes to print per image')
-  parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, GIF, BMP)')
+  parser.add_argument('--segment', nargs='+', default=None, metavar='IMAGE',
+                      help='segmentation models: write the colour-coded class map of each image (ADE20K palette)')
+  parser.add_argument('--out', default='', help='with --segment: the PNG to write (one image) or a directory')
+  parser.add_argument('--scale', default='', help="with --segment: resize to fit LONGxSHORT first, e.g. 2048x512 "
+                      "(mmseg's ADE20K test scale); default: the image's own size")
+  parser.add_argument('images', nargs='*', help='image files (JPEG, PNG, GIF, BMP)')
   args = parser.parse_args(argv)
-  missing = missing_files_error(args.images)
-  if missing:
-    print(f'error: {missing}', file=sys.stderr)
+  if not args.images and not args.segment:
+    parser.error('give image files to classify (or --segment IMAGE ... for a segmentation model)')
+  problem = missing_files_error(args.segment or args.images) or (segment_usage_error(args) if args.segment else None)
+  if problem:
+    print(f'error: {problem}', file=sys.stderr)
     return 2
   cli.quiet_logs()
+  return cli.report_errors(functools.partial(segment_images if args.segment else classify_images, args))
 
-  def run():
-    loaded = load_source(args)
-    results = loaded.classify(args.images, k=args.top)
-    print(f'{loaded.name} from {loaded.source} ({loaded.image_size}px, crop_pct {loaded.crop_pct}, '
-          f'{loaded.interpolation})')
-    for image, predictions in zip(args.images, results):
-      print(format_predictions(image, predictions))
 
-  return cli.report_errors(run)
+def classify_images(args: argparse.Namespace):
+  loaded = load_source(args)
+  results = loaded.classify(args.images, k=args.top)
+  print(f'{loaded.name} from {loaded.source} ({loaded.image_size}px, crop_pct {loaded.crop_pct}, '
+        f'{loaded.interpolation})')
+  for image, predictions in zip(args.images, results):
+    print(format_predictions(image, predictions))
+
+
+def _scale(text: str) -> Optional[tuple[int, ...]]:
+  return tuple(int(v) for v in text.lower().split('x')) if text else None
+
+
+def segment_usage_error(args: argparse.Namespace) -> Optional[str]:
+  if not args.out:
+    return '--out is required with --segment (a .png file, or a directory for several images)'
+  if len(args.segment) > 1 and not os.path.isdir(args.out):
+    return f'--out {args.out}: give an existing directory for {len(args.segment)} images'
+  try:
+    _scale(args.scale)
+  except ValueError:
+    return f'--scale {args.scale!r}: use LONGxSHORT, e.g. 2048x512'
+  return None
+
+
+def segment_images(args: argparse.Namespace):
+  """``--segment``: one colour-coded PNG per image, and the classes that cover most of it."""
+  from PIL import Image
+  from lgvit import segmentation
+  from lgvit.models import model_info
+  loaded = load_source(args)
+  if model_info(loaded.name).task != 'segmentation':
+    raise LoadError(f'--segment needs a segmentation model (upernet_*); {loaded.source} holds {loaded.name}')
+  palette = segmentation.palette_for(len(loaded.class_names))
+  for image in args.segment:
+    labels = loaded.segment(image, _scale(args.scale))
+    out = os.path.join(args.out, pathlib.Path(image).stem + '_mask.png') if len(args.segment) > 1 else args.out
+    Image.fromarray(segmentation.colorize(labels, palette)).save(out)
+    counts = np.bincount(labels.ravel(), minlength=len(loaded.class_names))
+    top = np.argsort(-counts, kind='stable')[:args.top]
+    shares = ', '.join(f'{loaded.class_names[i]} {100 * counts[i] / labels.size:.1f}%' for i in top if counts[i])
+    print(f'{image} -> {out}: {shares}')
 
 
 if __name__ == '__main__':

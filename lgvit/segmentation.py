@@ -216,6 +216,8 @@ def upernet_loss(outputs, labels: Array, *, aux_weight: float = 0.4, **kwargs) -
 # --------------------------------------------------------------------------------------------
 
 ADE20K_CLASSES_FILE = pathlib.Path(__file__).parent / 'data' / 'ade20k_classes.tsv'
+#: The embedded demo dataset's classes (lgvit_digits_seg, lgvit/data/digits_seg.py).
+DEMO_CLASS_NAMES = ('background',) + tuple(str(d) for d in range(10))
 
 
 def ade20k_classes() -> tuple[list[str], np.ndarray]:
@@ -243,3 +245,9 @@ def comparison_picture(image, truth, prediction, palette, ignore_label: int = IG
   image = np.asarray(image, np.uint8)
   return np.concatenate([image, colorize(truth, palette, ignore_label), colorize(prediction, palette, ignore_label)],
                         axis=1)
+
+
+def palette_for(num_classes: int) -> np.ndarray:
+  """ADE20K's colour map, cut to ``num_classes`` (cycled beyond 150)."""
+  colours = ade20k_classes()[1]
+  return colours[np.arange(num_classes) % len(colours)]
