@@ -25,6 +25,22 @@ def subprocess_env(**extra) -> dict[str, str]:
 _CREATED_CACHE = None
 
 
+#: Added to XLA_FLAGS of the pytest processes (not of the main.py runs they start, see subprocess_env):
+#: the suite's in-process work is dominated by compiling many small models, which LLVM's lower
+#: optimisation level makes about 1.8x faster, with results within the tests' float32 tolerances.
+#: LGVIT_TEST_XLA_OPT=default keeps XLA's default level.
+FAST_COMPILE_FLAG = '--xla_backend_optimization_level=0'
+
+
+def _fast_compile():
+  flags = os.environ.get('XLA_FLAGS', '')
+  if os.environ.get('LGVIT_TEST_XLA_OPT') != 'default' and 'xla_backend_optimization_level' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {FAST_COMPILE_FLAG}'.strip()
+
+
+_fast_compile()  # at import: before any test module starts XLA's CPU client
+
+
 def pytest_configure(config):
   """One persistent XLA compilation cache for the whole run: the pytest workers and every main.py
   they start share it, so the many runs of the same demo model compile once. Results are unchanged
