@@ -1,0 +1,197 @@
+"""The evaluation suite (lgvit.evals, python -m lgvit.evaluate): scoring against hand-computed cases, the
+200-class subsets against their authors' lists, and every evaluator on datasets that TFDS's own builders
+prepared from synthetic files (conftest.build_eval_suite), in training and from the command line."""
+import json
+
+import numpy as np
+import pytest
+from conftest import RESNET_TINY, SUITE_A_SYNSETS, SUITE_R_SYNSETS, SUITE_REAL, SUITE_V2_LABELS, build_eval_suite
+
+from lgvit import evals
+from lgvit.errors import ConfigError, DatasetNotFoundError
+
+# The 1k indices the authors evaluate on: indices_in_1k of github.com/hendrycks/natural-adv-examples eval.py,
+# and the imagenet_r_indices comment of github.com/hendrycks/imagenet-r eval.py.
+AUTHORS_A = [
+    6, 11, 13, 15, 17, 22, 23, 27, 30, 37, 39, 42, 47, 50, 57, 70, 71, 76, 79, 89, 90, 94, 96, 97, 99, 105, 107, 108,
+    110, 113, 124, 125, 130, 132, 143, 144, 150, 151, 207, 234, 235, 254, 277, 283, 287, 291, 295, 298, 301, 306, 307,
+    308, 309, 310, 311, 313, 314, 315, 317, 319, 323, 324, 326, 327, 330, 334, 335, 336, 347, 361, 363, 372, 378, 386,
+    397, 400, 401, 402, 404, 407, 411, 416, 417, 420, 425, 428, 430, 437, 438, 445, 456, 457, 461, 462, 470, 472, 483,
+    486, 488, 492, 496, 514, 516, 528, 530, 539, 542, 543, 549, 552, 557, 561, 562, 569, 572, 573, 575, 579, 589, 606,
+    607, 609, 614, 626, 627, 640, 641, 642, 643, 658, 668, 677, 682, 684, 687, 701, 704, 719, 736, 746, 749, 752, 758,
+    763, 765, 768, 773, 774, 776, 779, 780, 786, 792, 797, 802, 803, 804, 813, 815, 820, 823, 831, 833, 835, 839, 845,
+    847, 850, 859, 862, 870, 879, 880, 888, 890, 897, 900, 907, 913, 924, 932, 933, 934, 937, 943, 945, 947, 951, 954,
+    956, 957, 959, 971, 972, 980, 981, 984, 986, 987, 988]
+AUTHORS_R = [
+    1, 2, 4, 6, 8, 9, 11, 13, 22, 23, 26, 29, 31, 39, 47, 63, 71, 76, 79, 84, 90, 94, 96, 97, 99, 100, 105, 107, 113,
+    122, 125, 130, 132, 144, 145, 147, 148, 150, 151, 155, 160, 161, 162, 163, 171, 172, 178, 187, 195, 199, 203, 207,
+    208, 219, 231, 232, 234, 235, 242, 245, 247, 250, 251, 254, 259, 260, 263, 265, 267, 269, 276, 277, 281, 288, 289,
+    291, 292, 293, 296, 299, 301, 308, 309, 310, 311, 314, 315, 319, 323, 327, 330, 334, 335, 337, 338, 340, 341, 344,
+    347, 353, 355, 361, 362, 365, 366, 367, 368, 372, 388, 390, 393, 397, 401, 407, 413, 414, 425, 428, 430, 435, 437,
+    441, 447, 448, 457, 462, 463, 469, 470, 471, 472, 476, 483, 487, 515, 546, 555, 558, 570, 579, 583, 587, 593, 594,
+    596, 609, 613, 617, 621, 629, 637, 657, 658, 701, 717, 724, 763, 768, 774, 776, 779, 780, 787, 805, 812, 815, 820,
+    824, 833, 847, 852, 866, 875, 883, 889, 895, 907, 928, 931, 932, 933, 934, 936, 937, 943, 945, 947, 948, 949, 951,
+    953, 954, 957, 963, 965, 967, 980, 981, 983, 988]
+SUITE = ['imagenet2012:validation', 'imagenet_v2', 'imagenet2012_real', 'imagenet_a', 'imagenet_r']
+
+
+def test_real_top1_and_top5_against_a_hand_computed_case():
+  # 5 images, 6 classes. Image 0: argmax 2, set {2} -> right. Image 1: argmax 0, set {1, 3} -> wrong at
+  # top-1, but 3 is its 2nd-best -> right at top-5. Image 2: empty set -> not scored. Image 3: argmax 5,
+  # set {4, 5} -> right. Image 4: a padding slot (mask 0) whose argmax is in its set -> not scored.
+  logits = np.array([[0, 1, 9, 0, 0, 0], [9, 0, 0, 5, 0, 0], [0, 9, 0, 0, 0, 0], [0, 0, 0, 0, 1, 9],
+                     [9, 0, 0, 0, 0, 0]], np.float32)
+  sets = [{2}, {1, 3}, set(), {4, 5}, {0}]
+  real = np.zeros((5, 6), np.uint8)
+  for i, s in enumerate(sets):
+    real[i, list(s)] = 1
+  mask = np.array([1, 1, 1, 1, 0], np.float32)
+  out = {k: float(v) for k, v in evals.score_real(logits, real, mask).items()}
+  assert out == {'count': 3.0, 'top1': 2.0, 'top5': 3.0, 'no_label': 1.0}  # ReaL top-1 = 2/3
+
+
+def test_200_class_subsets_are_the_authors_and_restrict_the_argmax():
+  assert evals.subset_indices('imagenet_a').tolist() == AUTHORS_A
+  assert evals.subset_indices('imagenet_r').tolist() == AUTHORS_R
+  # The 1000-way argmax of image 0 is class 0 (not an ImageNet-A class); among the 200 it is class 11,
+  # its label -> right. Image 1's label 6 loses to class 13 among the 200 -> wrong.
+  logits = np.full((2, 1000), -5.0, np.float32)
+  logits[0, [0, 11, 6]] = [9.0, 3.0, 1.0]
+  logits[1, [6, 13]] = [2.0, 4.0]
+  subset = evals.subset_indices('imagenet_a')
+  restricted, labels = evals.restrict(logits, np.array([11, 6]), subset)
+  assert restricted.shape == (2, 200) and labels.tolist() == [AUTHORS_A.index(11), AUTHORS_A.index(6)]
+  out = evals.score_labels(restricted, labels, np.ones(2, np.float32))
+  assert float(out['top1']) == 1.0 and float(out['count']) == 2.0
+
+
+def test_evaluator_names():
+  assert evals.parse('imagenet_v2').dataset == 'imagenet_v2/matched-frequency'
+  assert evals.parse('imagenet2012_real').labels == 'real' and evals.parse('imagenet_r').subset == 'imagenet_r'
+  assert (evals.parse('lgvit_digits:validation').dataset, evals.parse('lgvit_digits:validation').split) == \
+      ('lgvit_digits', 'validation')
+  assert evals.names(('imagenet_v2,imagenet_a', 'imagenet_a', ' imagenet_r ')) == ['imagenet_v2', 'imagenet_a',
+                                                                                   'imagenet_r']
+  assert evals.log_prefix(evals.parse('imagenet2012_real'), main=False) == 'eval_imagenet2012_real_'
+  with pytest.raises(ConfigError, match='unknown evaluator .imagenet_v3.; use one of imagenet_v2'):
+    evals.parse('imagenet_v3')
+
+
+@pytest.fixture(scope='module')
+def suite(tmp_path_factory):
+  return build_eval_suite(tmp_path_factory.mktemp('suite'))
+
+
+def _imagenet_config(data_dir, **overrides):
+  from configs import resnet50
+  c = resnet50.get_config('demo')
+  c.unlock()
+  c.data.update(dataset='imagenet2012', data_dir=data_dir)
+  c.num_classes, c.evals, c.eval_batch_size = 1000, tuple(SUITE), 4  # batches of 4: every split ends padded
+  c.model_kwargs.update(RESNET_TINY)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _reference(loaded, data_dir):
+  """Each evaluator scored in numpy from the raw TFDS records: lgvit's TF-free eval transform
+  (lgvit.data.transforms), the model's logits, the labels as the builder stored them."""
+  import tensorflow_datasets as tfds
+  from lgvit.predict import ImageError
+
+  def records(name, split):
+    ds = tfds.builder(name, data_dir=data_dir).as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    for ex in tfds.as_numpy(ds):
+      try:
+        crop = loaded.preprocess(ex['image'])
+      except ImageError:
+        continue  # the truncated validation image: skipped, not scored
+      yield loaded.logits(crop[None])[0], ex
+
+  out = {}
+  for name, dataset, split in (('imagenet2012:validation', 'imagenet2012', 'validation'),
+                               ('imagenet_v2', 'imagenet_v2/matched-frequency', 'test'),
+                               ('imagenet_a', 'imagenet_a', 'test'), ('imagenet_r', 'imagenet_r', 'test')):
+    classes = {'imagenet_a': AUTHORS_A, 'imagenet_r': AUTHORS_R}.get(name, list(range(1000)))
+    hits = [classes[int(np.argmax(logits[classes]))] == ex['label'] for logits, ex in records(dataset, split)]
+    out[name] = (len(hits), float(np.mean(hits)))
+  hits = [int(np.argmax(logits)) in set(ex['real_label'].tolist())
+          for logits, ex in records('imagenet2012_real', 'validation') if len(ex['real_label'])]
+  out['imagenet2012_real'] = (len(hits), float(np.mean(hits)))
+  return out
+
+
+def test_every_evaluator_in_training_and_from_the_command_line(suite, tmp_path, capsys):
+  """Training logs each evaluator under its own name (console, metrics.jsonl, TensorBoard), every image
+  once; python -m lgvit.evaluate reproduces the numbers from the workdir, its export and a variables dir;
+  both agree with a numpy reference built from the raw records."""
+  import jax
+  from lgvit import checkpoint, evaluate, predict, train
+  workdir = tmp_path / 'run'
+  result = train.train_and_evaluate(_imagenet_config(suite, num_train_steps=2, log_every_steps=1,
+                                                     checkpoint_every_steps=2, batch_size=4),
+                                    str(workdir), async_checkpoints=False)
+  console = capsys.readouterr().out
+  counts = {'imagenet_v2': len(SUITE_V2_LABELS), 'imagenet_a': len(SUITE_A_SYNSETS), 'imagenet_r': len(SUITE_R_SYNSETS),
+            'imagenet2012_real': sum(1 for s in SUITE_REAL[:7] if s)}  # the 8th image is truncated
+  row = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines() if 'eval_top1' in line][-1]
+  assert row['eval_count'] == 7 and row['eval_skipped'] == 1 and result['eval_top1'] == row['eval_top1']
+  for name, count in counts.items():
+    assert row[f'eval_{name}_count'] == count, (name, row)
+    assert f'[{name}]: top-1' in console
+  assert row['eval_imagenet2012_real_no_label'] == 2 and row['eval_imagenet2012_real_skipped'] == 1
+  import tensorflow as tf
+  tags = {v.tag for path in (workdir / 'tensorboard').iterdir()
+          for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value}
+  assert {'eval_imagenet_v2_top1', 'eval_imagenet2012_real_top1', 'eval_imagenet_a_top1', 'eval_imagenet_r_top1'} <= tags
+
+  # The same weights from the command line: the workdir, an export dir, and a variables dir with --model.
+  assert evaluate.main(['--workdir', str(workdir)]) == 0
+  from_workdir = json.loads((workdir / 'eval_results.json').read_text())
+  assert sorted(from_workdir['evals']) == sorted(SUITE)
+  keys = {'imagenet2012:validation': 'eval_'} | {n: f'eval_{n}_' for n in counts}
+  for name, prefix in keys.items():
+    for metric, value in from_workdir['evals'][name].items():
+      assert value == pytest.approx(row[prefix + metric], abs=1e-6), (name, metric)
+  loaded = predict.load(str(workdir))
+
+  # Weights whose head makes every image predict class 0, or 6 among ImageNet-A's classes (which lack 0 and
+  # 1), or 1 among ImageNet-R's (which lack 0), so that the scores are known by hand.
+  variables = jax.tree_util.tree_map(np.array, checkpoint.load_variables(str(workdir)))
+  variables['params']['fc']['kernel'] *= 0.01
+  variables['params']['fc']['bias'][:] = 0.0
+  variables['params']['fc']['bias'][[0, 1, 6]] = [50.0, 45.0, 40.0]
+  export_dir = tmp_path / 'export'  # what lgvit.export writes, less the serialised forward
+  meta = {'model': 'resnet50', 'num_classes': 1000, 'model_kwargs': RESNET_TINY, 'image_size': 32,
+          'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation, 'dataset': 'imagenet2012'}
+  checkpoint.save_variables(str(export_dir / 'variables'), variables, meta)
+  (export_dir / 'export.json').write_text(json.dumps(meta))
+  assert evaluate.main(['--export', str(export_dir), '--data-dir', suite, '--batch-size', '3']) == 0  # the suite
+  from_export = json.loads((export_dir / 'eval_results.json').read_text())['evals']
+  out = tmp_path / 'from_checkpoint.json'
+  assert evaluate.main(['--model', 'resnet50', '--checkpoint', str(export_dir / 'variables'), '--data-dir', suite,
+                        '--evals', 'imagenet_a,imagenet2012_real', '--out', str(out)]) == 0
+  from_checkpoint = json.loads(out.read_text())['evals']
+  # By hand: v2 labels 0,0,1,2,999,500,7 -> 2/7; ReaL's 5 non-empty readable sets, one holds 0 -> 1/5;
+  # ImageNet-A labels 6,6,11,988,143 -> 2/5; ImageNet-R labels 1,2,2,988,957,155 -> 1/6; no validation label is 0.
+  by_hand = {'imagenet2012:validation': 0 / 7, 'imagenet_v2': 2 / 7, 'imagenet2012_real': 1 / 5, 'imagenet_a': 2 / 5,
+             'imagenet_r': 1 / 6}
+  reference = _reference(predict.load(str(export_dir)), suite)
+  assert sorted(from_export) == sorted(SUITE) and sorted(from_checkpoint) == ['imagenet2012_real', 'imagenet_a']
+  for name, top1 in by_hand.items():
+    assert from_export[name]['top1'] == pytest.approx(top1) and reference[name][1] == pytest.approx(top1), name
+    assert from_export[name]['count'] == reference[name][0] == from_workdir['evals'][name]['count'], name
+    if name in from_checkpoint:
+      assert from_checkpoint[name] == from_export[name]
+
+
+def test_a_missing_evaluator_dataset_fails_before_training(tmp_path):
+  from lgvit import train
+  config = _imagenet_config(str(tmp_path / 'empty'))
+  config.data.dataset, config.num_classes, config.evals = 'lgvit_digits', 10, ('imagenet_v2',)
+  with pytest.raises(DatasetNotFoundError, match=r'evaluator imagenet_v2: .* `tfds build imagenet_v2/matched-freq'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+  config.evals = ('lgvit_digits:validation', 'lgvit_digits:train')  # the main eval once, another split of the digits
+  assert [e.name for e in evals.extra_evaluators(config)] == ['lgvit_digits:train']
