@@ -122,12 +122,75 @@ def _reference(loaded, data_dir):
   return out
 
 
-def test_every_evaluator_in_training_and_from_the_command_line(suite, tmp_path, capsys):
-  """Training logs each evaluator under its own name (console, metrics.jsonl, TensorBoard), every image
-  once; python -m lgvit.evaluate reproduces the numbers from the workdir, its export and a variables dir;
-  both agree with a numpy reference built from the raw records."""
-  import jax
-  from lgvit import checkpoint, evaluate, predict, train
+def _known_scores_export(directory, crop_pct=1.0, interpolation='bilinear'):
+  """An export dir (what lgvit.export writes, less the serialised forward) of a tiny 1000-class ResNet whose
+  head makes every image predict class 0; 6 among ImageNet-A's classes (which lack 0 and 1); 1 among
+  ImageNet-R's (which lack 0): the scores are known by hand."""
+  import jax.numpy as jnp
+  from conftest import random_variables
+  from lgvit import checkpoint
+  from lgvit.models import create_model
+  model = create_model('resnet50', num_classes=1000, **RESNET_TINY)
+  variables = random_variables(model, jnp.zeros((1, 32, 32, 3)))
+  variables['params']['fc']['kernel'] *= 0.01
+  variables['params']['fc']['bias'][:] = 0.0
+  variables['params']['fc']['bias'][[0, 1, 6]] = [50.0, 45.0, 40.0]
+  meta = {'model': 'resnet50', 'num_classes': 1000, 'model_kwargs': RESNET_TINY, 'image_size': 32,
+          'crop_pct': crop_pct, 'interpolation': interpolation, 'dataset': 'imagenet2012'}
+  checkpoint.save_variables(str(directory / 'variables'), variables, meta)
+  (directory / 'export.json').write_text(json.dumps(meta))
+  return directory
+
+
+def test_every_evaluator_from_the_command_line_against_hand_computed_scores(suite, tmp_path):
+  """python -m lgvit.evaluate on an export dir (the ImageNet suite by default) and on its variables dir
+  with --model: every image once (batches of 4 leave each split padded), the scores known by hand, and a
+  numpy reference built from the raw TFDS records."""
+  from lgvit import evaluate, predict
+  export_dir = _known_scores_export(tmp_path / 'export')
+  assert evaluate.main(['--export', str(export_dir), '--data-dir', suite, '--batch-size', '4']) == 0
+  from_export = json.loads((export_dir / 'eval_results.json').read_text())['evals']
+  out = tmp_path / 'from_checkpoint.json'
+  assert evaluate.main(['--model', 'resnet50', '--checkpoint', str(export_dir / 'variables'), '--data-dir', suite,
+                        '--evals', 'imagenet_a,imagenet2012_real', '--batch-size', '4', '--out', str(out)]) == 0
+  from_checkpoint = json.loads(out.read_text())['evals']
+  # By hand: v2 labels 0,0,1,2,999,500,7 -> 2/7; ReaL's 5 non-empty readable sets, one holds 0 -> 1/5;
+  # ImageNet-A labels 6,6,11,988,143 -> 2/5; ImageNet-R labels 1,2,2,988,957,155 -> 1/6; no validation label is 0.
+  by_hand = {'imagenet2012:validation': (7, 0 / 7), 'imagenet_v2': (7, 2 / 7), 'imagenet2012_real': (5, 1 / 5),
+             'imagenet_a': (5, 2 / 5), 'imagenet_r': (6, 1 / 6)}
+  reference = _reference(predict.load(str(export_dir)), suite)
+  assert sorted(from_export) == sorted(SUITE) and sorted(from_checkpoint) == ['imagenet2012_real', 'imagenet_a']
+  for name, (count, top1) in by_hand.items():
+    assert (from_export[name]['count'], from_export[name]['top1']) == (count, pytest.approx(top1)), name
+    assert reference[name] == (count, pytest.approx(top1)), name
+    if name in from_checkpoint:
+      assert from_checkpoint[name] == from_export[name]
+  assert from_export['imagenet2012_real']['no_label'] == 2
+  assert from_export['imagenet2012:validation']['skipped'] == from_export['imagenet2012_real']['skipped'] == 1
+
+
+def _eval_rows(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines() if 'eval_top1' in line]
+
+
+def _tensorboard_tags(workdir):
+  import tensorflow as tf
+  return {v.tag for path in (workdir / 'tensorboard').iterdir()
+          for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value}
+
+
+def _agrees_with_row(results, row, prefixes):
+  for name, prefix in prefixes.items():
+    for metric, value in results['evals'][name].items():
+      assert value == pytest.approx(row[prefix + metric], abs=1e-6), (name, metric)
+
+
+@pytest.mark.slow
+def test_training_logs_every_imagenet_evaluator(suite, tmp_path, capsys):
+  """Training with the ImageNet suite logs each evaluator under its own name (console, metrics.jsonl,
+  TensorBoard), every image once; lgvit.evaluate --workdir reproduces the numbers (slow: it compiles a
+  1000-class train step, about a minute on 2 busy cores)."""
+  from lgvit import evaluate, train
   workdir = tmp_path / 'run'
   result = train.train_and_evaluate(_imagenet_config(suite, num_train_steps=2, log_every_steps=1,
                                                      checkpoint_every_steps=2, batch_size=4),
@@ -135,55 +198,50 @@ def test_every_evaluator_in_training_and_from_the_command_line(suite, tmp_path, 
   console = capsys.readouterr().out
   counts = {'imagenet_v2': len(SUITE_V2_LABELS), 'imagenet_a': len(SUITE_A_SYNSETS), 'imagenet_r': len(SUITE_R_SYNSETS),
             'imagenet2012_real': sum(1 for s in SUITE_REAL[:7] if s)}  # the 8th image is truncated
-  row = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines() if 'eval_top1' in line][-1]
+  row = _eval_rows(workdir)[-1]
   assert row['eval_count'] == 7 and row['eval_skipped'] == 1 and result['eval_top1'] == row['eval_top1']
   for name, count in counts.items():
     assert row[f'eval_{name}_count'] == count, (name, row)
     assert f'[{name}]: top-1' in console
   assert row['eval_imagenet2012_real_no_label'] == 2 and row['eval_imagenet2012_real_skipped'] == 1
-  import tensorflow as tf
-  tags = {v.tag for path in (workdir / 'tensorboard').iterdir()
-          for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value}
-  assert {'eval_imagenet_v2_top1', 'eval_imagenet2012_real_top1', 'eval_imagenet_a_top1', 'eval_imagenet_r_top1'} <= tags
-
-  # The same weights from the command line: the workdir, an export dir, and a variables dir with --model.
+  assert {f'eval_{n}_top1' for n in counts} <= _tensorboard_tags(workdir)
   assert evaluate.main(['--workdir', str(workdir)]) == 0
   from_workdir = json.loads((workdir / 'eval_results.json').read_text())
   assert sorted(from_workdir['evals']) == sorted(SUITE)
-  keys = {'imagenet2012:validation': 'eval_'} | {n: f'eval_{n}_' for n in counts}
-  for name, prefix in keys.items():
-    for metric, value in from_workdir['evals'][name].items():
-      assert value == pytest.approx(row[prefix + metric], abs=1e-6), (name, metric)
-  loaded = predict.load(str(workdir))
+  _agrees_with_row(from_workdir, row, {'imagenet2012:validation': 'eval_'} | {n: f'eval_{n}_' for n in counts})
 
-  # Weights whose head makes every image predict class 0, or 6 among ImageNet-A's classes (which lack 0 and
-  # 1), or 1 among ImageNet-R's (which lack 0), so that the scores are known by hand.
-  variables = jax.tree_util.tree_map(np.array, checkpoint.load_variables(str(workdir)))
-  variables['params']['fc']['kernel'] *= 0.01
-  variables['params']['fc']['bias'][:] = 0.0
-  variables['params']['fc']['bias'][[0, 1, 6]] = [50.0, 45.0, 40.0]
-  export_dir = tmp_path / 'export'  # what lgvit.export writes, less the serialised forward
-  meta = {'model': 'resnet50', 'num_classes': 1000, 'model_kwargs': RESNET_TINY, 'image_size': 32,
-          'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation, 'dataset': 'imagenet2012'}
-  checkpoint.save_variables(str(export_dir / 'variables'), variables, meta)
-  (export_dir / 'export.json').write_text(json.dumps(meta))
-  assert evaluate.main(['--export', str(export_dir), '--data-dir', suite, '--batch-size', '3']) == 0  # the suite
-  from_export = json.loads((export_dir / 'eval_results.json').read_text())['evals']
-  out = tmp_path / 'from_checkpoint.json'
-  assert evaluate.main(['--model', 'resnet50', '--checkpoint', str(export_dir / 'variables'), '--data-dir', suite,
-                        '--evals', 'imagenet_a,imagenet2012_real', '--out', str(out)]) == 0
-  from_checkpoint = json.loads(out.read_text())['evals']
-  # By hand: v2 labels 0,0,1,2,999,500,7 -> 2/7; ReaL's 5 non-empty readable sets, one holds 0 -> 1/5;
-  # ImageNet-A labels 6,6,11,988,143 -> 2/5; ImageNet-R labels 1,2,2,988,957,155 -> 1/6; no validation label is 0.
-  by_hand = {'imagenet2012:validation': 0 / 7, 'imagenet_v2': 2 / 7, 'imagenet2012_real': 1 / 5, 'imagenet_a': 2 / 5,
-             'imagenet_r': 1 / 6}
-  reference = _reference(predict.load(str(export_dir)), suite)
-  assert sorted(from_export) == sorted(SUITE) and sorted(from_checkpoint) == ['imagenet2012_real', 'imagenet_a']
-  for name, top1 in by_hand.items():
-    assert from_export[name]['top1'] == pytest.approx(top1) and reference[name][1] == pytest.approx(top1), name
-    assert from_export[name]['count'] == reference[name][0] == from_workdir['evals'][name]['count'], name
-    if name in from_checkpoint:
-      assert from_checkpoint[name] == from_export[name]
+
+def test_training_logs_extra_evaluators_and_evaluate_reproduces_them(tmp_path, capsys):
+  """A tiny digits run with a second evaluator (the train split): its own keys in metrics.jsonl and
+  TensorBoard and its console line; lgvit.evaluate --workdir gives the same numbers for both."""
+  from configs import resnet50
+  from lgvit import evaluate, train
+  c = resnet50.get_config('demo')
+  c.unlock()
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.model_kwargs.update(RESNET_TINY)
+  c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 1, 1, 1
+  c.evals = ('lgvit_digits:validation', 'lgvit_digits:train')
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(c, str(workdir), async_checkpoints=False)
+  assert '[lgvit_digits:train]: top-1' in capsys.readouterr().out
+  row = _eval_rows(workdir)[-1]
+  assert row['eval_count'] == 360 and row['eval_lgvit_digits_train_count'] == 1437
+  assert {'eval_top1', 'eval_lgvit_digits_train_top1', 'eval_lgvit_digits_train_loss'} <= _tensorboard_tags(workdir)
+  assert evaluate.main(['--workdir', str(workdir), '--batch-size', '64']) == 0  # another padding, same numbers
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  assert sorted(results['evals']) == ['lgvit_digits:train', 'lgvit_digits:validation']
+  assert results['weights'] == 'latest (raw)' and results['model'] == 'resnet50'
+  _agrees_with_row(results, row, {'lgvit_digits:validation': 'eval_', 'lgvit_digits:train': 'eval_lgvit_digits_train_'})
+
+
+def test_evaluate_refuses_bad_sources_in_one_line(tmp_path, capsys):
+  from lgvit import evaluate
+  export_dir = _known_scores_export(tmp_path / 'export')
+  assert evaluate.main(['--workdir', str(export_dir)]) == 2
+  assert f'error: {export_dir} is a export dir, not a training workdir: pass it as --export' in capsys.readouterr().err
+  assert evaluate.main(['--export', str(export_dir), '--evals', 'imagenet_v2', '--data-dir', str(tmp_path)]) == 2
+  assert 'error: evaluator imagenet_v2: dataset' in capsys.readouterr().err
 
 
 def test_a_missing_evaluator_dataset_fails_before_training(tmp_path):
