@@ -134,10 +134,12 @@ def main(argv=None) -> int:
   cli.quiet_logs()
 
   def go():
+    import jax
     results = run(args)
     out = args.out or os.path.join(args.workdir or args.export, RESULTS)
-    layout.write_json(out, results)
-    print(f'wrote {out}')
+    if jax.process_index() == 0:  # every process evaluated its shard; one writes
+      layout.write_json(out, results)
+      print(f'wrote {out}')
 
   return cli.report_errors(go)
 

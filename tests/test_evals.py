@@ -10,28 +10,15 @@ from conftest import RESNET_TINY, SUITE_A_SYNSETS, SUITE_R_SYNSETS, SUITE_REAL, 
 from lgvit import evals
 from lgvit.errors import ConfigError, DatasetNotFoundError
 
-# The 1k indices the authors evaluate on: indices_in_1k of github.com/hendrycks/natural-adv-examples eval.py,
-# and the imagenet_r_indices comment of github.com/hendrycks/imagenet-r eval.py.
-AUTHORS_A = [
-    6, 11, 13, 15, 17, 22, 23, 27, 30, 37, 39, 42, 47, 50, 57, 70, 71, 76, 79, 89, 90, 94, 96, 97, 99, 105, 107, 108,
-    110, 113, 124, 125, 130, 132, 143, 144, 150, 151, 207, 234, 235, 254, 277, 283, 287, 291, 295, 298, 301, 306, 307,
-    308, 309, 310, 311, 313, 314, 315, 317, 319, 323, 324, 326, 327, 330, 334, 335, 336, 347, 361, 363, 372, 378, 386,
-    397, 400, 401, 402, 404, 407, 411, 416, 417, 420, 425, 428, 430, 437, 438, 445, 456, 457, 461, 462, 470, 472, 483,
-    486, 488, 492, 496, 514, 516, 528, 530, 539, 542, 543, 549, 552, 557, 561, 562, 569, 572, 573, 575, 579, 589, 606,
-    607, 609, 614, 626, 627, 640, 641, 642, 643, 658, 668, 677, 682, 684, 687, 701, 704, 719, 736, 746, 749, 752, 758,
-    763, 765, 768, 773, 774, 776, 779, 780, 786, 792, 797, 802, 803, 804, 813, 815, 820, 823, 831, 833, 835, 839, 845,
-    847, 850, 859, 862, 870, 879, 880, 888, 890, 897, 900, 907, 913, 924, 932, 933, 934, 937, 943, 945, 947, 951, 954,
-    956, 957, 959, 971, 972, 980, 981, 984, 986, 987, 988]
-AUTHORS_R = [
-    1, 2, 4, 6, 8, 9, 11, 13, 22, 23, 26, 29, 31, 39, 47, 63, 71, 76, 79, 84, 90, 94, 96, 97, 99, 100, 105, 107, 113,
-    122, 125, 130, 132, 144, 145, 147, 148, 150, 151, 155, 160, 161, 162, 163, 171, 172, 178, 187, 195, 199, 203, 207,
-    208, 219, 231, 232, 234, 235, 242, 245, 247, 250, 251, 254, 259, 260, 263, 265, 267, 269, 276, 277, 281, 288, 289,
-    291, 292, 293, 296, 299, 301, 308, 309, 310, 311, 314, 315, 319, 323, 327, 330, 334, 335, 337, 338, 340, 341, 344,
-    347, 353, 355, 361, 362, 365, 366, 367, 368, 372, 388, 390, 393, 397, 401, 407, 413, 414, 425, 428, 430, 435, 437,
-    441, 447, 448, 457, 462, 463, 469, 470, 471, 472, 476, 483, 487, 515, 546, 555, 558, 570, 579, 583, 587, 593, 594,
-    596, 609, 613, 617, 621, 629, 637, 657, 658, 701, 717, 724, 763, 768, 774, 776, 779, 780, 787, 805, 812, 815, 820,
-    824, 833, 847, 852, 866, 875, 883, 889, 895, 907, 928, 931, 932, 933, 934, 936, 937, 943, 945, 947, 948, 949, 951,
-    953, 954, 957, 963, 965, 967, 980, 981, 983, 988]
+# The 1k indices the authors evaluate on: indices_in_1k of github.com/hendrycks/natural-adv-examples eval.py
+# (A), and the imagenet_r_indices comment of github.com/hendrycks/imagenet-r eval.py (R): their count, sum,
+# ends and the SHA-256 of the space-separated list.
+AUTHORS = {
+    'imagenet_a': (200, 102178, [6, 11, 13, 15, 17, 22, 23, 27], [984, 986, 987, 988],
+                   '1b241a7a5dd979915eb636c88078b130f6f655dad0fb7a6785b720833e15b78d'),
+    'imagenet_r': (200, 86135, [1, 2, 4, 6, 8, 9, 11, 13], [980, 981, 983, 988],
+                   'becd1bb8e8059908b3c1d6d4d480159e759cf818e604dc089ca612949589a465'),
+}
 SUITE = ['imagenet2012:validation', 'imagenet_v2', 'imagenet2012_real', 'imagenet_a', 'imagenet_r']
 
 
@@ -51,8 +38,11 @@ def test_real_top1_and_top5_against_a_hand_computed_case():
 
 
 def test_200_class_subsets_are_the_authors_and_restrict_the_argmax():
-  assert evals.subset_indices('imagenet_a').tolist() == AUTHORS_A
-  assert evals.subset_indices('imagenet_r').tolist() == AUTHORS_R
+  import hashlib
+  for subset, (count, total, first, last, digest) in AUTHORS.items():
+    indices = evals.subset_indices(subset).tolist()
+    assert (len(indices), sum(indices), indices[:8], indices[-4:]) == (count, total, first, last), subset
+    assert hashlib.sha256(' '.join(map(str, indices)).encode()).hexdigest() == digest, subset
   # The 1000-way argmax of image 0 is class 0 (not an ImageNet-A class); among the 200 it is class 11,
   # its label -> right. Image 1's label 6 loses to class 13 among the 200 -> wrong.
   logits = np.full((2, 1000), -5.0, np.float32)
@@ -60,7 +50,7 @@ def test_200_class_subsets_are_the_authors_and_restrict_the_argmax():
   logits[1, [6, 13]] = [2.0, 4.0]
   subset = evals.subset_indices('imagenet_a')
   restricted, labels = evals.restrict(logits, np.array([11, 6]), subset)
-  assert restricted.shape == (2, 200) and labels.tolist() == [AUTHORS_A.index(11), AUTHORS_A.index(6)]
+  assert restricted.shape == (2, 200) and labels.tolist() == [1, 0]  # 6 and 11 are the 1st and 2nd
   out = evals.score_labels(restricted, labels, np.ones(2, np.float32))
   assert float(out['top1']) == 1.0 and float(out['count']) == 2.0
 
@@ -113,7 +103,7 @@ def _reference(loaded, data_dir):
   for name, dataset, split in (('imagenet2012:validation', 'imagenet2012', 'validation'),
                                ('imagenet_v2', 'imagenet_v2/matched-frequency', 'test'),
                                ('imagenet_a', 'imagenet_a', 'test'), ('imagenet_r', 'imagenet_r', 'test')):
-    classes = {'imagenet_a': AUTHORS_A, 'imagenet_r': AUTHORS_R}.get(name, list(range(1000)))
+    classes = evals.subset_indices(name).tolist() if name in AUTHORS else list(range(1000))
     hits = [classes[int(np.argmax(logits[classes]))] == ex['label'] for logits, ex in records(dataset, split)]
     out[name] = (len(hits), float(np.mean(hits)))
   hits = [int(np.argmax(logits)) in set(ex['real_label'].tolist())
