@@ -79,6 +79,8 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   # Batch and length (global batch over every device of every host).
   c.batch_size = 256
   c.eval_batch_size = 256
+  # Evaluators run with the main eval (data.eval_split) at every eval (lgvit/evals.py, docs/evaluation.md).
+  c.evals = ('imagenet2012:validation', 'imagenet_v2', 'imagenet2012_real', 'imagenet_a', 'imagenet_r')
   c.num_epochs = 90.0
   c.num_train_steps = -1  # > 0 overrides num_epochs
 
@@ -245,6 +247,7 @@ def apply_demo(c: ml_collections.ConfigDict, model_kwargs: dict[str, Any], *, im
   else:
     c.aug.update(randaugment='', random_erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
   c.batch_size, c.eval_batch_size, c.num_epochs = batch_size, 128, num_epochs
+  c.evals = ()  # the digits' own validation split only
   if lr is None:
     lr = 1e-3 if c.optim.optimizer == 'adamw' else 0.1
   c.schedule.update(lr=lr, warmup_epochs=1.0, warmup_prefix=True, unit='step', lr_base_batch=0, warmup_lr=0.0,
