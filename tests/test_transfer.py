@@ -40,14 +40,18 @@ def test_arguments_and_unknown_datasets():
   assert (demo.data.image_size, demo.batch_size, demo.num_train_steps) == (32, 64, 200)
 
 
-@pytest.mark.parametrize('arg,message', [
-    ('dataset=cifar10', 'needs model=NAME'),
-    ('model=resnet50,dataset=not_a_tfds_name', 'give it as num_classes=N'),
-    ('model=resnet50,init_from=/no/such/dir', 'init_from=/no/such/dir: .* is not a directory'),
-    ('model=resnet50,size=3', "unknown config argument 'size'"),
-])
-def test_bad_arguments_are_clear_errors(arg, message):
-  with pytest.raises(ValueError, match=message):
+#: argument string -> what its one-line error says.
+BAD_ARGUMENTS = {
+    'dataset=cifar10': 'needs model=NAME',
+    'model=resnet50,dataset=not_a_tfds_name': 'give it as num_classes=N',
+    'model=resnet50,init_from=/no/such/dir': 'init_from=/no/such/dir: .* is not a directory',
+    'model=resnet50,size=3': "unknown config argument 'size'",
+}
+
+
+@pytest.mark.parametrize('arg', sorted(BAD_ARGUMENTS))
+def test_bad_arguments_are_clear_errors(arg):
+  with pytest.raises(ValueError, match=BAD_ARGUMENTS[arg]):
     transfer.get_config(arg)
 
 
