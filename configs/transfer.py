@@ -21,7 +21,7 @@ Arguments (docs/transfer.md has the walk-through):
   32). When it differs from the backbone's, ``init_from`` resamples the position tables by the
   model's resize rules (``ModelInfo.resize_rules``); a size the architecture cannot take is refused.
 * ``steps``, ``lr``: override the table's length and the base LR (at batch 512).
-* ``demo``: a CPU-sized run (32 px, batch 64, 200 steps).
+* ``demo``: a CPU-sized run (32 px, batch 64 at the full lr 0.01, 200 steps).
 
 The classifier (``head`` or ``fc`` Dense) is re-initialised: :data:`HEAD` is ``init_skip``. The
 recipe is :func:`configs.common.transfer_style` (big_vision's ``configs/transfer.py``: SGD with

@@ -96,3 +96,17 @@ def test_bad_format_and_platforms_are_one_line_errors(tmp_path, capsys):
   assert 'subset of cpu, cuda, rocm, tpu' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     export.main(['--workdir', str(tmp_path), '--out', str(tmp_path / 'o'), '--format', 'onnx'])
+
+
+def test_platforms_lower_for_each_and_run_here_only_if_cpu_is_one():
+  model = create_model('resnet50', num_classes=3, **small_kwargs('resnet50'))
+  variables = jax.tree_util.tree_map(np.asarray, modeling.init_variables(model, 32, 0))
+  images = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
+  both = jax.export.deserialize(bytearray(export.serialize(model, variables, 32, platforms=['cpu', 'cuda'])))
+  assert both.platforms == ('cpu', 'cuda')
+  expected = model.apply(variables, modeling.normalize(jnp.asarray(images)), train=False)
+  np.testing.assert_allclose(both.call(images), expected, rtol=1e-5, atol=1e-5)
+  tpu_only = jax.export.deserialize(bytearray(export.serialize(model, variables, 32, platforms=['tpu'])))
+  assert tpu_only.platforms == ('tpu',)
+  with pytest.raises(ValueError, match='tpu'):  # lowered for a TPU (native kernels): refused on this CPU
+    tpu_only.call(images)
