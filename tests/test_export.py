@@ -11,7 +11,7 @@ import pytest
 from configs import resnet50
 from lgvit import checkpoint, export, modeling, train
 from lgvit.models import create_model
-from conftest import FAMILY_MODELS, small_kwargs
+from conftest import FAMILY_MODELS, random_variables, small_kwargs
 
 @pytest.mark.parametrize('family', sorted(FAMILY_MODELS))
 def test_serialized_inference_matches_apply(family):
@@ -71,12 +71,14 @@ def _check_savedmodel(path, images, expected):
   loaded = tf.saved_model.load(path)
   assert set(loaded.signatures) == set(export.SIGNATURES) and 'serving_default' in loaded.signatures
   for name, dtype in export.SIGNATURES.items():
-    signature = loaded.signatures[name]
-    spec = signature.structured_input_signature[1]['images']
+    spec = loaded.signatures[name].structured_input_signature[1]['images']
     assert spec.shape.as_list() == [None, *images.shape[1:]] and spec.dtype.name == dtype  # symbolic batch
-    for batch in (len(images), len(images) - 1):
-      logits = signature(images=tf.constant(images[:batch].astype(dtype)))['logits'].numpy()
-      np.testing.assert_allclose(logits, expected[:batch], rtol=1e-4, atol=1e-4, err_msg=f'{name} batch {batch}')
+  # Each (signature, batch size) compiles the model once more: three calls show both signatures and two sizes.
+  for name, batch in (('serving_default', len(images)), ('serving_default', len(images) - 1),
+                      ('serving_uint8', len(images) - 1)):
+    batch_images = tf.constant(images[:batch].astype(export.SIGNATURES[name]))
+    logits = loaded.signatures[name](images=batch_images)['logits'].numpy()
+    np.testing.assert_allclose(logits, expected[:batch], rtol=1e-4, atol=1e-4, err_msg=f'{name} batch {batch}')
 
 
 @pytest.mark.parametrize('family', [pytest.param(f, marks=() if f == 'nommer' else pytest.mark.slow)
@@ -84,8 +86,8 @@ def _check_savedmodel(path, images, expected):
 def test_savedmodel_matches_apply(family, tmp_path):
   name = FAMILY_MODELS[family]
   model = create_model(name, num_classes=5, **small_kwargs(name))
-  variables = jax.tree_util.tree_map(np.asarray, modeling.init_variables(model, 32, 1))
   images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+  variables = random_variables(model, images.astype(np.float32), seed=1)  # no compiled init (30 s for NomMer)
   expected = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))(variables, images)
   export.save_savedmodel(model, variables, 32, str(tmp_path / 'savedmodel'))
   _check_savedmodel(str(tmp_path / 'savedmodel'), images, np.asarray(expected))
@@ -100,8 +102,8 @@ def test_bad_format_and_platforms_are_one_line_errors(tmp_path, capsys):
 
 def test_platforms_lower_for_each_and_run_here_only_if_cpu_is_one():
   model = create_model('resnet50', num_classes=3, **small_kwargs('resnet50'))
-  variables = jax.tree_util.tree_map(np.asarray, modeling.init_variables(model, 32, 0))
   images = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
+  variables = random_variables(model, images)
   both = jax.export.deserialize(bytearray(export.serialize(model, variables, 32, platforms=['cpu', 'cuda'])))
   assert both.platforms == ('cpu', 'cuda')
   expected = model.apply(variables, modeling.normalize(jnp.asarray(images)), train=False)
