@@ -217,6 +217,7 @@ def transfer_style(c: ml_collections.ConfigDict, *, init_from: str, head: str, s
   c.aug.update(crop_scale=(0.05, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True)
   c.data.update(crop_pct=1.0, interpolation='bilinear')
   c.ema_decay, c.best_metric = 0.0, 'top1'
+  c.evals = ()  # the target dataset's own held-out split only, not the ImageNet suite
   c.checkpoint_every_steps = 1000
   c.init_from, c.init_skip = init_from, head
   return c
