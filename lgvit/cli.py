@@ -43,8 +43,8 @@ def is_tf_noise(line: str, min_level: int) -> bool:
   TensorFlow 2.21 logs through abseil, which writes C++ log lines made before ``absl::InitializeLog()``
   whatever their severity, so ``TF_CPP_MIN_LOG_LEVEL`` no longer hides e.g. the oneDNN notice
   (``I0000 00:00:... port.cc:153] oneDNN custom operations are on...``). A glog-style line
-  (``<severity letter><mmdd> <time> <thread> <file>:<line>] ...``) below the level and abseil's banner are dropped; every other line
-  is kept.
+  (``<severity letter><mmdd> <time> <thread> <file>:<line>] ...``) below the level and abseil's
+  banner are dropped; every other line is kept.
   """
   if min_level <= 0:
     return False

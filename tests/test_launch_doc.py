@@ -53,7 +53,8 @@ def doc_commands() -> list[list[str]]:
 
 def test_the_extraction_finds_quoted_continued_and_looped_invocations():
   doc = ('```bash\ngcloud ssh --command="cd x && .venv/bin/python main.py --config=c.py --multihost"\n'
-         'srun python main.py \\\n  --workdir=w\n```\nloop: `until python main.py --workdir=/w; [ $? -ne 75 ]; do :; done`, '
+         'srun python main.py \\\n  --workdir=w\n```\n'
+         'loop: `until python main.py --workdir=/w; [ $? -ne 75 ]; do :; done`, '
          'not `main.py` alone\n')
   commands = [c for line in shell_lines(doc) for c in main_py_commands(line)]
   assert commands == [['--config=c.py', '--multihost'], ['--workdir=w'], ['--workdir=/w']]
