@@ -51,7 +51,6 @@ def test_a_first_demo_run_prints_lgvit_lines_only(tmp_path):
   assert (tmp_path / 'tfds' / 'lgvit_digits' / '1.0.0' / 'dataset_info.json').exists()
 
 
-@pytest.mark.slow  # a second main.py run; the filter's levels are tested below
 def test_verbosity_brings_the_libraries_logs_back(tmp_path):
   console = run_demo(tmp_path, '--verbosity=0')
   assert 'building the embedded digits dataset (once)' in console
