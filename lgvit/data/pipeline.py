@@ -16,12 +16,18 @@ the eval out of the metrics, and both count it (``skipped_images`` / ``eval_skip
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from lgvit import cli
+
+cli.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/cli.py)
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
 from lgvit.data import transforms
 from lgvit.data.transforms import MEAN_RGB
@@ -40,15 +46,20 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
   tfds.disable_progress_bar()
   if name == 'lgvit_digits':
     from lgvit.data.digits import LgvitDigits
-    builder = LgvitDigits(data_dir=data_dir)
-    if not builder.is_prepared():
-      import jax
-      if jax.process_index() == 0:  # one writer; the others wait for it
-        builder.download_and_prepare()
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices('lgvit_digits prepared')
-        builder = LgvitDigits(data_dir=data_dir)
+    # On a fresh data_dir TFDS warns that it has no dataset_info.json yet and announces a download of
+    # "Unknown size": nothing is downloaded, so one line of lgvit's says what happens instead.
+    with cli.drop_log_records('absl', r'^Variant folder .* has no dataset_info\.json$'):
+      builder = LgvitDigits(data_dir=data_dir)
+      if not builder.is_prepared():
+        import jax
+        if jax.process_index() == 0:  # one writer; the others wait for it
+          print(f'building the embedded digits dataset (once) in {builder.data_dir}', flush=True)
+          with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices('lgvit_digits prepared')
+          builder = LgvitDigits(data_dir=data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
