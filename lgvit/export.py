@@ -100,7 +100,7 @@ def save_savedmodel(model, variables, image_size: int, directory: str, platforms
   are ``tf.Variable``s that both signatures share (jax2tf's README, "Usage: saved model").
   TensorFlow is imported here only, so inference without TensorFlow stays possible.
   """
-  import tensorflow as tf
+  tf = cli.import_tensorflow()  # quiet, as in main.py
   from jax.experimental import jax2tf
 
   with _kernels_for(platforms):
