@@ -8,7 +8,10 @@
 Rerunning the same command resumes from the latest checkpoint in the workdir; after a SIGTERM the
 run checkpoints at the next step and exits with status 75 (EX_TEMPFAIL: rerun it). On several hosts,
 start the same command on each (``jax.distributed.initialize`` runs automatically on TPU pods and
-under SLURM/Open MPI, or with --multihost / JAX_COORDINATOR_ADDRESS).
+under SLURM/Open MPI, or with --multihost / JAX_COORDINATOR_ADDRESS; docs/launch.md).
+
+The console shows lgvit's progress, warnings and errors; --verbosity=0 (absl's info level) adds the
+libraries' logs, TensorFlow's start-up lines included.
 """
 import os
 import sys
@@ -44,9 +47,12 @@ def _want_distributed() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.quiet_logs('warning')
+  if flags.FLAGS['verbosity'].present:  # --verbosity=0 (info) or 1 (debug): every library's logs
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
+  else:
+    cli.quiet_logs('warning')
   import jax
-  import tensorflow as tf
+  tf = cli.import_tensorflow()
   tf.config.set_visible_devices([], 'GPU')  # TensorFlow only feeds data: keep it off the accelerators
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

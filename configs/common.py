@@ -71,6 +71,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   schedule.decay = 'cosine'  # 'cosine' | 'constant' | 'poly' (configs/upernet.py adds poly_power, warmup_steps/style)
   schedule.unit = 'step'  # 'step' (per iteration) | 'epoch' (timm t_in_epochs)
   schedule.warmup_epochs = 0.0
+  schedule.warmup_steps = 0  # > 0 overrides warmup_epochs (transfer recipes count in steps)
   schedule.warmup_lr = 0.0  # warm-up start LR (scaled with the batch like lr)
   schedule.warmup_lr_is_lr_per_epoch_step = False  # True (LESA): the warm-up starts at lr / steps_per_epoch
   schedule.min_lr = 0.0  # scaled with the batch like lr
@@ -80,6 +81,8 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   # Batch and length (global batch over every device of every host).
   c.batch_size = 256
   c.eval_batch_size = 256
+  # Evaluators run with the main eval (data.eval_split) at every eval (lgvit/evals.py, docs/evaluation.md).
+  c.evals = ('imagenet2012:validation', 'imagenet_v2', 'imagenet2012_real', 'imagenet_a', 'imagenet_r')
   c.num_epochs = 90.0
   c.num_train_steps = -1  # > 0 overrides num_epochs
 
@@ -195,6 +198,32 @@ def finetune_style(c: ml_collections.ConfigDict, *, init_from: str, image_size: 
   return c
 
 
+def transfer_style(c: ml_collections.ConfigDict, *, init_from: str, head: str, steps: int, warmup_steps: int,
+                   batch: int = 512, lr: float = 0.01) -> ml_collections.ConfigDict:
+  """big_vision's transfer recipe (``big_vision/configs/transfer.py``; the ViT paper's fine-tuning, sec. 4.1).
+
+  SGD with momentum 0.9 (big_vision ``momentum_hp``: no Nesterov, no weight decay), global-norm
+  clip 1.0, lr 0.01 at batch 512 (scaled linearly with the batch), linear warm-up over
+  ``warmup_steps`` then cosine to 0 over the rest (big_vision's schedule starts the cosine after the
+  warm-up), ``steps`` steps. Training: inception crop (big_vision ``inception_crop``: 5-100% of the
+  area) and a random flip; evaluation resizes to the input size (crop_pct 1.0). No label smoothing,
+  Mixup, RandAugment or EMA. The classifier matching ``head`` is re-initialised; the rest comes from
+  ``init_from``.
+  """
+  c.optim.update(optimizer='sgd', momentum=0.9, nesterov=False, weight_decay=0.0, wd_exclude='none',
+                 grad_clip_norm=1.0)
+  c.schedule.update(lr=lr, lr_base_batch=batch, warmup_steps=warmup_steps, warmup_epochs=0.0, warmup_lr=0.0,
+                    min_lr=0.0, decay='cosine', unit='step', warmup_prefix=True)
+  c.batch_size, c.eval_batch_size, c.num_train_steps = batch, batch, steps
+  c.aug.update(crop_scale=(0.05, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True)
+  c.data.update(crop_pct=1.0, interpolation='bilinear')
+  c.ema_decay, c.best_metric = 0.0, 'top1'
+  c.evals = ()  # the target dataset's own held-out split only, not the ImageNet suite
+  c.checkpoint_every_steps = 1000
+  c.init_from, c.init_skip = init_from, head
+  return c
+
+
 def cotnet_style(c: ml_collections.ConfigDict, *, batch: int, lr: float, weight_decay: float,
                  drop_path: float = 0.1, drop: float = 0.25) -> ml_collections.ConfigDict:
   """CoTNet's recipe: SGD-Nesterov 0.1 @ 256, per-epoch cosine over 350 epochs, RandAugment m15, EMA."""
@@ -246,6 +275,7 @@ def apply_demo(c: ml_collections.ConfigDict, model_kwargs: dict[str, Any], *, im
   else:
     c.aug.update(randaugment='', random_erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
   c.batch_size, c.eval_batch_size, c.num_epochs = batch_size, 128, num_epochs
+  c.evals = ()  # the digits' own validation split only
   if lr is None:
     lr = 1e-3 if c.optim.optimizer == 'adamw' else 0.1
   c.schedule.update(lr=lr, warmup_epochs=1.0, warmup_prefix=True, unit='step', lr_base_batch=0, warmup_lr=0.0,

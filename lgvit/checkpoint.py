@@ -351,6 +351,30 @@ def read_meta(directory: str) -> dict[str, Any]:
     mngr.close()
 
 
+def describe_weights(path: str) -> dict[str, Any]:
+  """What a directory of weights says about the model they belong to, without reading the arrays.
+
+  ``{'model', 'model_kwargs', 'num_classes', 'image_size'}`` from a training workdir's config, an
+  export dir's ``export.json`` or a variables dir's meta; a value the directory does not record is
+  None (``model_kwargs``: {}). A converted checkpoint records only what ``lgvit.convert`` knew.
+  """
+  path = os.path.abspath(path)
+  kind = layout.kind(path)
+  if kind == layout.TRAINING:
+    config = layout.read_config(path)
+    meta = {'model': config.get('model'), 'model_kwargs': dict(config.get('model_kwargs') or {}),
+            'num_classes': config.get('num_classes'), 'image_size': config.data.get('image_size')}
+  else:
+    meta = layout.read_export_meta(path) if kind == layout.EXPORT else read_meta(path)
+  kwargs = {k: _tuples(v) for k, v in (meta.get('model_kwargs') or {}).items()}  # JSON turned tuples into lists
+  return {'model': meta.get('model') or None, 'model_kwargs': kwargs, 'num_classes': meta.get('num_classes'),
+          'image_size': meta.get('image_size')}
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def restore_on_this_host(item_dir: str) -> dict[str, Any]:
   """Reads an orbax pytree onto this process's first device, whatever mesh it was saved from."""
   checkpointer = ocp.StandardCheckpointer()

@@ -24,6 +24,8 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
     (timm ``t_in_epochs``, CoTNet).
   * ``warmup_prefix=False`` (timm): lr(t) = warmup for t < T_w, else the cosine evaluated at t over
     [0, T]. ``True`` (LESA): the cosine starts after the warm-up and spans T - T_w.
+  * ``warmup_steps > 0`` gives T_w in iterations (big_vision's transfer configs) and overrides
+    ``warmup_epochs``, as ``num_train_steps`` overrides ``num_epochs``.
   """
   base, warm_lr, min_lr = scaled_lrs(schedule, batch_size)
   if schedule.get('warmup_lr_is_lr_per_epoch_step', False):
@@ -34,8 +36,9 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
   unit = steps_per_epoch if per_epoch else 1
   t_total = max(total_steps / unit, 1.0) if not per_epoch else max(math.ceil(total_steps / steps_per_epoch), 1)
   t_warm = schedule.warmup_epochs * (1 if per_epoch else steps_per_epoch)
-  if schedule.get('warmup_steps', 0) and not per_epoch:  # iteration-based recipes (mmseg: 1500)
-    t_warm = schedule.warmup_steps
+  warmup_steps = schedule.get('warmup_steps', 0)  # absent in the config.json of older workdirs
+  if warmup_steps > 0:
+    t_warm = warmup_steps / steps_per_epoch if per_epoch else float(warmup_steps)
   decay, warmup_prefix = schedule.decay, schedule.warmup_prefix
   power = schedule.get('poly_power', 1.0)
   mmcv_warmup = schedule.get('warmup_style', 'timm') == 'mmcv'

@@ -43,12 +43,14 @@ from jax.sharding import PartitionSpec as P
 
 from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
+from lgvit import evals
 from lgvit import optim
 from lgvit import workdir as layout
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
 from lgvit.errors import ConfigError, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
+from lgvit.evals import evaluate, global_batch, make_eval_step  # noqa: F401  (make_eval_step: lgvit.aot uses it)
 from lgvit.modeling import RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, normalize
 from lgvit.models import model_info
 
@@ -107,6 +109,7 @@ def check_config(config):
     raise ConfigError(f'eval_batch_size {config.eval_batch_size} is not divisible by the {jax.device_count()} '
                       'devices; use a multiple of the device count')
   compute_dtype(config)  # a ConfigError names the valid dtypes
+  evals.extra_evaluators(config)  # a ConfigError names the known evaluators
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,48 +204,6 @@ def make_train_step(model, tx, config, schedule):
   return train_step
 
 
-def make_eval_step(model, config):
-  dtype = compute_dtype(config)
-
-  def eval_step(variables, batch):
-    logits = model.apply(variables, normalize(batch['image'], dtype), train=False).astype(jnp.float32)
-    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    loss = cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
-    return {
-        'count': jnp.sum(mask),
-        'loss': jnp.sum(loss * mask),
-        'top1': jnp.sum((top5[:, 0] == labels) * mask),
-        'top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-        'skipped': jnp.sum(batch['unreadable']),
-    }
-
-  return eval_step
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation.
-# ---------------------------------------------------------------------------------------------
-
-
-def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict[str, float]:
-  local_batch = config.eval_batch_size // jax.process_count()
-  ds, _ = pipeline.eval_dataset(config.data, builder, local_batch=local_batch, process_index=jax.process_index(),
-                                process_count=jax.process_count(), split=split)
-  totals = None
-  for batch in pipeline.as_numpy(ds):
-    out = eval_fn(variables, global_batch(batch, batch_sharding))
-    totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  n = max(float(totals['count']), 1.0)
-  return {'count': int(totals['count']), 'loss': float(totals['loss']) / n, 'top1': float(totals['top1']) / n,
-          'top5': float(totals['top5']) / n, 'skipped': int(totals['skipped'])}
-
-
 # ---------------------------------------------------------------------------------------------
 # The run: what is fixed for its whole length, and the loop's state between steps.
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +226,7 @@ class Run:
   best: Optional[ckpt.BestCheckpointer]
   log: bookkeeping.MetricsLog
   is_main: bool
+  extra_evals: tuple[evals.Prepared, ...] = ()  # config.evals besides the main eval (lgvit.evals)
 
   def say(self, text: str):
     if self.is_main:
@@ -322,6 +284,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   create = functools.partial(create_state, model, tx, config)
   abstract_state = jax.eval_shape(create)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  # A missing dataset of an evaluator fails here, before anything is written or trained.
+  extra_evals = tuple(evals.prepare(e, config, model, config.data.data_dir, replicated)
+                      for e in evals.extra_evaluators(config))
   changes = bookkeeping.check_workdir_config(config, workdir, force_config)
 
   cleanup.enter_context(bookkeeping.WorkdirLock(workdir))  # the first write to the workdir
@@ -359,10 +324,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
             eval_step=jax.jit(make_eval_step(model, config), out_shardings=replicated),
             batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
-            log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main)
+            log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, extra_evals=extra_evals)
+  also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
   run.say(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
-          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images')
+          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}')
   return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
 
 
@@ -459,6 +425,8 @@ def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
     ema = evaluate(run.eval_step, {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}, config,
                    run.builder, run.batch_sharding)
     row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
+  extra, lines = evaluate_extras(run, loop)
+  row.update(extra)
   row['epoch'] = step / run.steps_per_epoch
   run.log.write(step, row)
   ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
@@ -466,7 +434,27 @@ def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
           f"loss {row['eval_loss']:.4f} | {row['eval_count']} images{ema_txt}")
   if row['eval_skipped']:
     run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
+  for line in lines:
+    run.say(line)
   return dataclasses.replace(loop, last_eval=row)
+
+
+def evaluate_extras(run: Run, loop: LoopState) -> tuple[dict[str, float], list[str]]:
+  """The evaluators of ``config.evals`` besides the main one, on the weights ``config.best_metric`` picks:
+  their ``eval_<name>_*`` metrics and their console lines."""
+  state, row, lines = loop.train, {}, []
+  use_ema = run.config.best_metric.startswith('ema_') and run.config.ema_decay
+  variables = ({'params': state.ema_params, 'batch_stats': state.ema_batch_stats} if use_ema else
+               {'params': state.params, 'batch_stats': state.batch_stats})
+  for prepared in run.extra_evals:
+    metrics = evals.run(prepared, variables, run.config, run.batch_sharding)
+    prefix = evals.log_prefix(prepared.evaluator, main=False)
+    row.update({prefix + k: v for k, v in metrics.items()})
+    lines.append(f'eval @ step {loop.step} [{prepared.evaluator.name}{", ema" if use_ema else ""}]: '
+                 f'{evals.summary(metrics)}')
+    if metrics['skipped']:
+      lines.append(f"WARNING: eval {prepared.evaluator.name} skipped {metrics['skipped']} unreadable image(s).")
+  return row, lines
 
 
 def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:

@@ -14,7 +14,8 @@ An export dir (``python -m lgvit.export``)::
 
     export.json                   model name, class count, input size, transform, model_kwargs
     variables/<step>/...          orbax {'params', 'batch_stats'} + meta
-    variables.npz, model.jax      flat arrays; the serialised eval forward
+    variables.npz, model.jax      flat arrays; the serialised eval forward (--format jax)
+    savedmodel/                   the eval forward as a TF SavedModel (--format savedmodel)
 
 A variables dir (``python -m lgvit.convert``, ``lgvit.checkpoint.save_variables``) is the orbax
 directory alone; its meta may name the model.
@@ -38,6 +39,7 @@ EXPORT_META = 'export.json'
 EXPORT_VARIABLES = 'variables'
 EXPORT_NPZ = 'variables.npz'
 EXPORT_FUNCTION = 'model.jax'
+EXPORT_SAVEDMODEL = 'savedmodel'
 
 TRAINING, EXPORT, VARIABLES = 'training workdir', 'export dir', 'variables dir'
 

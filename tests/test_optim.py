@@ -83,3 +83,17 @@ def test_mmseg_swin_weight_decay_mask():
   assert not b['stage1_0']['attn']['rel_pos']['relative_position_bias_table'] and not b['pos_embedding']
   assert b['stage1_0']['attn']['attn']['qkv']['kernel'] and b['stage1_0']['attn']['attn']['qkv']['bias']
   assert m['decode_head']['fpn0']['unit']['conv']['kernel'] and m['decode_head']['fpn0']['unit']['bn']['scale']
+
+
+def test_warmup_in_steps_overrides_epochs_and_the_cosine_follows_it():
+  """big_vision's transfer schedule: linear warm-up over warmup_steps, then cosine to 0 over the rest."""
+  c = _cfg(lr=0.01, lr_base_batch=512, warmup_epochs=7.0, warmup_steps=50, warmup_prefix=True, min_lr=0.0,
+           warmup_lr=0.0, unit='step')
+  sched = optim.lr_schedule(c, 256, 9, 1000)
+  base = 0.005  # scaled to the batch
+  assert float(sched(0)) == 0.0
+  assert math.isclose(float(sched(25)), base * 25 / 50, rel_tol=1e-6)
+  assert math.isclose(float(sched(50)), base, rel_tol=1e-6)
+  t = 400
+  assert math.isclose(float(sched(t)), 0.5 * base * (1 + math.cos(math.pi * (t - 50) / 950)), rel_tol=1e-5)
+  assert float(sched(1000)) < 1e-9

@@ -1,5 +1,4 @@
 """End-to-end runs of main.py: ImageNet via TFDS's own builder, kill + resume, bad inputs (multi-device: test_distributed.py)."""
-import io
 import json
 import os
 import pathlib
@@ -8,13 +7,12 @@ import random
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from conftest import build_tiny_imagenet, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = 'configs/resnet50.py:demo'
@@ -28,48 +26,10 @@ def run_main(*args, workdir, check=True, timeout=600, **env):
   return proc
 
 
-def _jpeg(rng, h, w):
-  from PIL import Image
-  buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format='JPEG')
-  return buf.getvalue()
-
-
-def _add(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope='module')
 def tiny_imagenet(tmp_path_factory):
   """imagenet2012 prepared by TFDS's own builder from a synthetic manual_dir (3 synsets, 7 val images)."""
-  import tensorflow_datasets as tfds
-  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
-  root = tmp_path_factory.mktemp('imagenet')
-  manual, data_dir = root / 'manual', root / 'tfds'
-  manual.mkdir()
-  rng = np.random.default_rng(0)
-  synsets = pathlib.Path(imagenet_common.label_names_file()).read_text().split()[:3]
-  with tarfile.open(manual / 'ILSVRC2012_img_train.tar', 'w') as outer:
-    for syn in synsets:
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode='w') as t:
-        for i in range(6):
-          _add(t, f'{syn}_{i}.JPEG', _jpeg(rng, 40 + 3 * i, 50))
-        if syn == synsets[0]:  # unreadable files that real crawls contain: truncated and not an image at all
-          _add(t, f'{syn}_truncated.JPEG', _jpeg(rng, 40, 50)[:200])
-          _add(t, f'{syn}_garbage.JPEG', b'<html>404 not found</html>')
-      _add(outer, f'{syn}.tar', inner.getvalue())
-  with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as t:
-    for i in range(1, 8):
-      _add(t, f'ILSVRC2012_val_{i:08d}.JPEG', _jpeg(rng, 48, 36 + i))
-    _add(t, 'ILSVRC2012_val_00000008.JPEG', _jpeg(rng, 48, 40)[:150])
-  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-  assert builder.info.splits['validation'].num_examples == 8
-  assert builder.info.splits['train'].num_examples == 20
-  return str(data_dir)
+  return build_tiny_imagenet(tmp_path_factory.mktemp('imagenet'))
 
 
 def test_main_trains_and_evaluates_on_tfds_imagenet(tiny_imagenet, tmp_path):
@@ -177,6 +137,7 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
     (['--config.batch_sizee=8'], 'Did you mean "batch_size"'),
     (['--config.data.image_size=16'], 'at least 32x32'),
     (['--config.data.dataset=imagenet2012', '--config.num_classes=1000'], 'tfds build imagenet2012 --manual_dir'),
+    (['--config.evals=imagenet_v2'], 'evaluator imagenet_v2: dataset'),  # before training (docs/evaluation.md)
     (['--config.batch_size=7'], None),  # checked below with 2 devices
 ])
 def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):

@@ -57,7 +57,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import tensorflow as tf
+
+from lgvit import cli
+
+cli.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/cli.py)
+import tensorflow as tf  # noqa: E402
 
 from lgvit.data.transforms import MEAN_RGB
 

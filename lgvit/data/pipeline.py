@@ -16,12 +16,18 @@ the eval out of the metrics, and both count it (``skipped_images`` / ``eval_skip
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from lgvit import cli
+
+cli.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/cli.py)
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
 from lgvit.data import transforms
 from lgvit.data.transforms import MEAN_RGB
@@ -44,20 +50,28 @@ def _embedded_builder_class(name: str):
   return None
 
 
-def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of ``name``, prepared. The embedded digits datasets are built on first use."""
+def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``name``, prepared. The embedded digits datasets are built on first use.
+
+  ``hint`` (how to prepare the dataset) replaces the default one of an unprepared-dataset error."""
   tfds.disable_progress_bar()
   embedded = _embedded_builder_class(name)
   if embedded is not None:
-    builder = embedded(data_dir=data_dir)
-    if not builder.is_prepared():
-      import jax
-      if jax.process_index() == 0:  # one writer; the others wait for it
-        builder.download_and_prepare()
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f'{name} prepared')
-        builder = embedded(data_dir=data_dir)
+    # On a fresh data_dir TFDS warns that it has no dataset_info.json yet and announces a download of
+    # "Unknown size": nothing is downloaded, so one line of lgvit's says what happens instead.
+    with cli.drop_log_records('absl', r'^Variant folder .* has no dataset_info\.json$'):
+      builder = embedded(data_dir=data_dir)
+      if not builder.is_prepared():
+        import jax
+        if jax.process_index() == 0:  # one writer; the others wait for it
+          what = 'digits' if name == 'lgvit_digits' else 'digits segmentation'
+          print(f'building the embedded {what} dataset (once) in {builder.data_dir}', flush=True)
+          with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices(f'{name} prepared')
+          builder = embedded(data_dir=data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -66,11 +80,10 @@ def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
                                'TFDS image classification dataset') from None
   if not builder.is_prepared():
     where = data_dir or os.path.expanduser('~/tensorflow_datasets')
-    hint = ''
-    if name.startswith('imagenet2012'):
+    if hint is None and name.startswith('imagenet2012'):
       hint = (f' Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into MANUAL_DIR, then run '
               f'`tfds build {name} --manual_dir=MANUAL_DIR --data_dir={where}`.')
-    raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data.data_dir).{hint}')
+    raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data.data_dir).{hint or ""}')
   return builder
 
 
@@ -282,14 +295,33 @@ def _randaugment_fn(aug):
   return augment.randaugment_from_policy(aug.randaugment)
 
 
+def single_label(example) -> dict[str, tf.Tensor]:
+  """The eval targets of a dataset with one ``label`` per image."""
+  return {'label': tf.cast(example['label'], tf.int32)}
+
+
+def multi_hot_targets(feature: str, num_classes: int):
+  """Eval targets from a set of labels per image (e.g. ReaL's ``real_label``): ``feature`` as a
+  (num_classes,) 0/1 uint8 vector, all zeros for an empty set."""
+
+  def targets(example):
+    ids = tf.cast(tf.reshape(example[feature], [-1]), tf.int32)
+    hot = tf.reduce_sum(tf.one_hot(ids, num_classes, dtype=tf.int32), axis=0)
+    return {feature: tf.cast(tf.minimum(hot, 1), tf.uint8)}
+
+  return targets
+
+
 def eval_dataset(data, builder, *, local_batch: int, process_index: int, process_count: int,
-                 split: Optional[str] = None) -> tuple[tf.data.Dataset, int]:
+                 split: Optional[str] = None, targets=None) -> tuple[tf.data.Dataset, int]:
   """Every example of this process's shard exactly once, padded to a whole number of batches.
 
   Returns the dataset and the number of batches, which is the same on every process (shards are
-  padded with ``mask == 0`` examples up to the largest shard).
+  padded with ``mask == 0`` examples up to the largest shard). ``targets`` maps an example to its
+  label fields (default :func:`single_label`).
   """
   split = split or data.eval_split
+  targets = targets or single_label
   total = num_examples(builder, split)
   shard = process_split(split, process_index, process_count)
   largest = -(-total // process_count)
@@ -298,20 +330,16 @@ def eval_dataset(data, builder, *, local_batch: int, process_index: int, process
 
   def preprocess(example):
     image = _decode_and_center_crop(example['image'], data.image_size, data.crop_pct, data.interpolation)
-    return {'image': _to_uint8(image), 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1, tf.int32),
+    return {'image': _to_uint8(image), **targets(example), 'mask': tf.constant(1, tf.int32),
             'unreadable': tf.constant(0, tf.int32)}
 
   def unreadable(example):
-    return {'image': _placeholder_image(data.image_size), 'label': tf.cast(example['label'], tf.int32),
-            'mask': tf.constant(0, tf.int32), 'unreadable': tf.constant(1, tf.int32)}
+    return {'image': _placeholder_image(data.image_size), **targets(example), 'mask': tf.constant(0, tf.int32),
+            'unreadable': tf.constant(1, tf.int32)}
 
   ds = _map_or_flag(ds, preprocess, unreadable)
-  pad = {
-      'image': tf.zeros((data.image_size, data.image_size, 3), tf.uint8),
-      'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(0, tf.int32),
-      'unreadable': tf.constant(0, tf.int32),
-  }
+  pad = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in ds.element_spec.items() if k != 'image'}
+  pad['image'] = tf.zeros((data.image_size, data.image_size, 3), tf.uint8)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.batch(local_batch, drop_remainder=True).take(steps)
   return ds.prefetch(tf.data.AUTOTUNE), steps
