@@ -27,7 +27,7 @@ done
 for m in $FLAGSHIPS; do
   done_in v4_8 $m || run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
 done
-OTHERS=$($PY -c "from lgvit.models import list_models; print(' '.join(n for n in list_models() if n not in '$FLAGSHIPS'.split()))")
+OTHERS=$($PY -c "from lgvit.models import list_models; print(' '.join(n for n in list_models(task='classification') if n not in '$FLAGSHIPS'.split()))")
 for m in $OTHERS; do
   done_in v5e8_native $m || run v5e8_native --topology v5e:2x4 --models $m --dtype bfloat16 --search one --bytes
   done_in v4_8 $m || run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
