@@ -68,6 +68,17 @@ class TrainState:
   ema_params: Any = None
   ema_batch_stats: Any = None
 
+  def variables(self, ema: bool = False) -> dict[str, Any]:
+    """The raw (or EMA) weights as model variables."""
+    if ema:
+      return {'params': self.ema_params, 'batch_stats': self.ema_batch_stats}
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def best_metric_uses_ema(config) -> bool:
+  """Whether ``config.best_metric`` scores the EMA weights (those are what ``best/`` keeps)."""
+  return bool(config.best_metric.startswith('ema_') and config.ema_decay)
+
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
@@ -419,19 +430,18 @@ def log_row(run: Run, loop: LoopState) -> LoopState:
 def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
   """Evaluates the raw weights (and the EMA weights, if any) on the eval split; logs the row."""
   config, state, step = run.config, loop.train, loop.step
-  row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, {'params': state.params, 'batch_stats': state.batch_stats},
-                                              config, run.builder, run.batch_sharding).items()}
+  row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, state.variables(), config, run.builder,
+                                              run.batch_sharding).items()}
   if config.ema_decay:
-    ema = evaluate(run.eval_step, {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}, config,
-                   run.builder, run.batch_sharding)
+    ema = evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
     row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
   extra, lines = evaluate_extras(run, loop)
   row.update(extra)
   row['epoch'] = step / run.steps_per_epoch
   run.log.write(step, row)
   ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
-  run.say(f"eval @ step {step}: top-1 {row['eval_top1']:.4f} | top-5 {row['eval_top5']:.4f} | "
-          f"loss {row['eval_loss']:.4f} | {row['eval_count']} images{ema_txt}")
+  main = {k: row[f'eval_{k}'] for k in ('top1', 'top5', 'loss', 'count')}
+  run.say(f'eval @ step {step}: {evals.summary(main)}{ema_txt}')
   if row['eval_skipped']:
     run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
   for line in lines:
@@ -443,9 +453,8 @@ def evaluate_extras(run: Run, loop: LoopState) -> tuple[dict[str, float], list[s
   """The evaluators of ``config.evals`` besides the main one, on the weights ``config.best_metric`` picks:
   their ``eval_<name>_*`` metrics and their console lines."""
   state, row, lines = loop.train, {}, []
-  use_ema = run.config.best_metric.startswith('ema_') and run.config.ema_decay
-  variables = ({'params': state.ema_params, 'batch_stats': state.ema_batch_stats} if use_ema else
-               {'params': state.params, 'batch_stats': state.batch_stats})
+  use_ema = best_metric_uses_ema(run.config)
+  variables = state.variables(ema=use_ema)
   for prepared in run.extra_evals:
     metrics = evals.run(prepared, variables, run.config, run.batch_sharding)
     prefix = evals.log_prefix(prepared.evaluator, main=False)
@@ -465,9 +474,7 @@ def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
   if metric <= loop.best_value:
     return loop
   if run.best is not None:
-    use_ema = metric_name.startswith('ema_')
-    run.best.save(loop.step, {'params': state.ema_params if use_ema else state.params,
-                              'batch_stats': state.ema_batch_stats if use_ema else state.batch_stats},
+    run.best.save(loop.step, state.variables(ema=best_metric_uses_ema(run.config)),
                   {'step': loop.step, metric_name: metric})
   return dataclasses.replace(loop, best_value=metric)
 
