@@ -62,16 +62,15 @@ def main(argv):
   from lgvit import train
 
   def run():
-    if _CONFIG.value.get('task', 'classification') != 'classification':
-      from lgvit.errors import ConfigError
-      raise ConfigError(f"config.task={_CONFIG.value.task!r}: lgvit.train trains classifiers only so far; the "
-                        'segmentation model, metrics and inference are in lgvit.segmentation (docs/segmentation.md)')
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE.value)
     if result['status'] == train.PREEMPTED:
       return EXIT_PREEMPTED
     if jax.process_index() == 0:
-      print(f"done: step {result['step']} | top-1 {result.get('eval_top1', float('nan')):.4f} | "
-            f"top-5 {result.get('eval_top5', float('nan')):.4f}", flush=True)
+      if 'eval_mIoU' in result:
+        scores = f"mIoU {result['eval_mIoU']:.4f} | aAcc {result['eval_aAcc']:.4f}"
+      else:
+        scores = f"top-1 {result.get('eval_top1', float('nan')):.4f} | top-5 {result.get('eval_top5', float('nan')):.4f}"
+      print(f"done: step {result['step']} | {scores}", flush=True)
 
   sys.exit(cli.report_errors(run))
 

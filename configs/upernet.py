@@ -1,6 +1,7 @@
-"""UperNet on ADE20K (scene_parse150) over a registered backbone, mmsegmentation's UperNet-for-Swin recipe.
+"""UperNet on ADE20K (ADEChallengeData2016, TFDS lgvit_ade20k) over a registered backbone, mmsegmentation's UperNet-for-Swin recipe.
 
     python main.py --config=configs/upernet.py:backbone=nommer_t --workdir=gs://bucket/upernet_nommer_t
+    python main.py --config=configs/upernet.py:backbone=nommer_t,demo --workdir=/tmp/seg_demo  # digits, CPU minutes
 
 Sources, value by value, in docs/segmentation.md: the NomMer paper (Sec. 4.3) sets 512x512 crops and
 160k iterations at batch 16; the rest is mmseg's
@@ -10,28 +11,39 @@ of 1500 iterations with ratio 1e-6, poly decay power 1.0 to 0, aux loss 0.4, ADE
 backbone's drop-path is its UperNet entry's (NomMer-T/S/B 0.2/0.3/0.5, Swin 0.3). Our choice: the
 conv backbones use the same AdamW recipe (mmseg trains its ResNet UperNets with SGD 0.01).
 
-Status (issue #19): the config is complete, but ``lgvit.train`` has no segmentation task yet (no
-scene_parse150 pipeline, no pixel loss / mIoU hook) and refuses it with one line; there is no demo
-dataset, so there is no ``:demo`` argument yet.
+Evaluation during training is mmseg's ``mode='whole'`` on a fixed canvas (``seg.eval_canvas``, see
+lgvit/data/seg_pipeline.py and docs/segmentation.md for where that can differ from mmseg).
+
+``demo``: the backbone's own digits demo (its family config's ``DEMO_MODEL``) under a 64-channel
+UperNet on the embedded ``lgvit_digits_seg`` (64x64 canvases, 11 classes), from scratch with AdamW
+1e-3, a few CPU minutes; docs/segmentation.md states the mIoU it reaches.
 """
 import ml_collections
 
-from configs import common
+from configs import common, cotnet, lesa, nommer, salg, swin
 
 #: backbone -> registered UperNet model.
 BACKBONES = {b: f'upernet_{b}' for b in ('nommer_t', 'nommer_s', 'nommer_b', 'swin_t', 'swin_s', 'salg_t',
                                          'cotnet50', 'se_cotnetd50', 'lesa_resnet50')}
 ADE20K_TRAIN_EXAMPLES = 20_210
+_WINDOWED = dict(pad_windows=True)  # the UperNet entries' own backbone override (512 / 32 is not a window multiple)
+#: backbone -> its classification demo's shrunk widths (the family config's DEMO_MODEL).
+DEMO_BACKBONES = {
+    'nommer_t': {**nommer.DEMO_MODEL, **_WINDOWED}, 'nommer_s': {**nommer.DEMO_MODEL, **_WINDOWED},
+    'nommer_b': {**nommer.DEMO_MODEL, **_WINDOWED}, 'swin_t': {**swin.DEMO_MODEL, **_WINDOWED},
+    'swin_s': {**swin.DEMO_MODEL, **_WINDOWED}, 'salg_t': salg.DEMO_MODEL, 'cotnet50': cotnet.demo_model('cotnet50'),
+    'se_cotnetd50': cotnet.demo_model('se_cotnetd50'), 'lesa_resnet50': lesa.DEMO_MODEL}
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, backbone='nommer_t')
+  args = common.parse_arg(arg, backbone='nommer_t', demo=False)
   model = common.choose(BACKBONES, args.backbone, 'UperNet backbone')
   c = common.base_config(model)
   c.task = 'segmentation'
   c.num_classes = 150
+  c.evals = ()  # the ImageNet evaluators do not apply
 
-  c.data.update(dataset='scene_parse150', train_split='train', eval_split='test',  # TFDS: 'test' = ADE val
+  c.data.update(dataset='lgvit_ade20k', train_split='train', eval_split='validation',  # lgvit/data/ade20k.py
                 image_size=512, interpolation='bilinear', shuffle_buffer=2048)
   c.data.scale = (2048, 512)  # (long, short) bound of the train resize and of the eval resize (mmseg img_scale)
   c.data.reduce_zero_label = True  # ADE20K class 0 ('other') -> 255, classes 1..150 -> 0..149
@@ -64,7 +76,37 @@ def get_config(arg=None):
   seg.multiscale = False  # opt-in: also evaluate multi-scale (+flip)
   seg.ms_ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   seg.flip = True
+  # Ours: one compiled eval program for every image. The keep-ratio resize of data.scale gives ADE20K
+  # images a 512 short side; the canvas holds every aspect ratio up to 2:1 (wider ones are scaled down
+  # to fit and counted as eval_downscaled), and the labels keep their size on the label canvas.
+  seg.eval_canvas = (1024, 1024)
+  seg.label_canvas = (2048, 2048)
 
   c.init_from = f'workdirs/{args.backbone}'  # an ImageNet run of the backbone (or a converted checkpoint)
+  c.init_skip = r'^(params|batch_stats)/(decode_head|auxiliary_head|norm\d+)/'  # the heads start fresh
+  if args.demo:
+    apply_demo(c, args.backbone)
   c.lock()
   return c
+
+
+def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
+  """The embedded digits segmentation demo, from scratch (values chosen for 2 CPU cores)."""
+  c.model_kwargs.backbone_kwargs = dict(DEMO_BACKBONES[backbone], drop_path_rate=0.0)
+  c.model_kwargs.channels, c.model_kwargs.aux_channels = 64, 32
+  c.num_classes = 11
+  c.data.update(dataset='lgvit_digits_seg', train_split='train', eval_split='validation', image_size=64,
+                cache_train=True)
+  c.data.scale = (64, 64)  # the canvases are 64x64: random resize to 32..128, crop 64
+  c.data.reduce_zero_label = False  # class 0 is the background, a real class here
+  c.aug.cat_max_ratio = 1.0  # the background covers most of every crop: no re-draws
+  c.aug.hflip = False  # digits are not mirror-symmetric
+  c.seg.eval_canvas = c.seg.label_canvas = (64, 64)
+  c.batch_size, c.eval_batch_size = 16, 40
+  c.schedule.update(lr=1e-3, warmup_lr=1e-6)
+  c.schedule.warmup_steps = 50
+  c.num_train_steps = 600
+  c.num_epochs = 600 * 16 / 1200
+  c.eval_every_epochs = 2.0
+  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 20, 200, 2
+  c.init_from = ''

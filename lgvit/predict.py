@@ -69,7 +69,7 @@ def class_names(dataset: Optional[str], num_classes: int) -> list[str]:
     return [str(i) for i in range(10)]
   if num_classes == 1000 and (dataset is None or dataset.startswith('imagenet2012')):
     return imagenet_class_names()
-  if num_classes == 150 and dataset in (None, 'scene_parse150'):
+  if num_classes == 150 and dataset in (None, 'lgvit_ade20k', 'scene_parse150'):
     from lgvit.segmentation import ade20k_classes
     return ade20k_classes()[0]
   if dataset == 'lgvit_digits_seg' and num_classes == 11:

@@ -91,8 +91,15 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 POSITIVE = ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
             'eval_every_epochs', 'data.image_size', 'data.crop_pct', 'data.shuffle_buffer')
 CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear', 'bicubic'),
-           'schedule.decay': ('cosine', 'constant'), 'schedule.unit': ('step', 'epoch'),
-           'optim.wd_exclude': ('none', '1d_and_bias'), 'matmul_precision': ('default', 'high', 'highest')}
+           'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
+           'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
+           'matmul_precision': ('default', 'high', 'highest')}
+TASKS = ('classification', 'segmentation')
+
+
+def task_of(config) -> str:
+  """``config.task``: 'classification' (the default) or 'segmentation' (UperNet, lgvit.segmentation)."""
+  return config.get('task', 'classification')
 
 
 def _field(config, dotted: str):
@@ -120,6 +127,11 @@ def check_config(config):
     raise ConfigError(f'eval_batch_size {config.eval_batch_size} is not divisible by the {jax.device_count()} '
                       'devices; use a multiple of the device count')
   compute_dtype(config)  # a ConfigError names the valid dtypes
+  if task_of(config) not in TASKS:
+    raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task_of(config)!r}")
+  if (model_info(config.model).task == 'segmentation') != (task_of(config) == 'segmentation'):
+    raise ConfigError(f'{config.model} is a {model_info(config.model).task} model but config.task is '
+                      f'{task_of(config)!r}; use a config of its task (configs/upernet.py for UperNet models)')
   evals.extra_evaluators(config)  # a ConfigError names the known evaluators
 
 
@@ -170,32 +182,49 @@ def ema_update(ema, new, decay):
   return jax.tree_util.tree_map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
 
-def make_train_step(model, tx, config, schedule):
-  dtype, aug = compute_dtype(config), config.aug
+def classification_forward(model, config):
+  """``(params, batch_stats, images, batch, rngs, aug_keys) -> (loss, (metrics, new batch_stats))`` with
+  Mixup/CutMix and random erasing on the device; unreadable images stay out of the loss."""
+  aug = config.aug
 
-  def train_step(state: TrainState, batch, key):
-    key = jax.random.fold_in(key, state.step)
-    k_mix, k_erase, *k_streams = jax.random.split(key, 2 + len(RNG_STREAMS))
-    images = normalize(batch['image'])
+  def forward(params, batch_stats, images, batch, rngs, aug_keys):
+    k_mix, k_erase = aug_keys
     if aug.random_erase_prob > 0:  # per image, before mixing, as timm does
       images = augment.random_erasing(k_erase, images, aug.random_erase_prob, aug.random_erase_mode)
     images, targets = mixup_lib.mixup_cutmix(
         k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=aug.mixup_alpha,
         cutmix_alpha=aug.cutmix_alpha, prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob,
         smoothing=aug.label_smoothing)
-    rngs = dict(zip(RNG_STREAMS, k_streams))
     # Unreadable images keep their slot (see lgvit.data.pipeline) but stay out of the loss, and so do
     # the images that Mixup/CutMix blended with them.
-    valid = batch['valid'].astype(jnp.float32) if 'valid' in batch else jnp.ones(batch['label'].shape, jnp.float32)
+    valid = batch['valid'].astype(jnp.float32)
     weight = valid * valid[::-1] if (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) else valid
+    logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images.astype(compute_dtype(config)),
+                                   train=True, rngs=rngs, mutable=['batch_stats'])
+    loss = jnp.sum(weight * cross_entropy(logits, targets)) / jnp.maximum(jnp.sum(weight), 1.0)
+    top1 = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return loss, ({'train_top1': top1}, new_vars.get('batch_stats', {}))
 
-    def loss_fn(params):
-      logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats}, images.astype(dtype),
-                                     train=True, rngs=rngs, mutable=['batch_stats'])
-      loss = jnp.sum(weight * cross_entropy(logits, targets)) / jnp.maximum(jnp.sum(weight), 1.0)
-      return loss, (logits, new_vars.get('batch_stats', {}))
+  return forward
 
-    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+def make_train_step(model, tx, config, schedule):
+  """The jit-able ``(state, batch, key) -> (state, metrics)`` of ``config.task``: the task's forward
+  and loss, then the optimiser update, EMA and the step metrics shared by every task."""
+  if task_of(config) == 'segmentation':
+    from lgvit import segmentation
+    forward = segmentation.train_forward(model, config)
+  else:
+    forward = classification_forward(model, config)
+
+  def train_step(state: TrainState, batch, key):
+    key = jax.random.fold_in(key, state.step)
+    k_mix, k_erase, *k_streams = jax.random.split(key, 2 + len(RNG_STREAMS))
+    rngs = dict(zip(RNG_STREAMS, k_streams))
+    fed = batch if 'valid' in batch else {**batch, 'valid': jnp.ones(batch['label'].shape[:1], jnp.int32)}
+    images = normalize(batch['image'])
+    (loss, (task_metrics, new_bs)), grads = jax.value_and_grad(
+        lambda p: forward(p, state.batch_stats, images, fed, rngs, (k_mix, k_erase)), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state)
@@ -206,8 +235,8 @@ def make_train_step(model, tx, config, schedule):
         'loss': loss,
         'grad_norm': optax.global_norm(grads),
         'lr': schedule(state.step),
-        'train_top1': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * valid) / jnp.maximum(jnp.sum(valid), 1.0),
-        'skipped_images': jnp.sum(1.0 - valid),
+        **task_metrics,
+        'skipped_images': jnp.sum(1.0 - fed['valid'].astype(jnp.float32)),
         'data_fingerprint': batch_fingerprint(batch),
     }
     return new_state, metrics
@@ -275,9 +304,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
   n_train = pipeline.num_examples(builder, config.data.train_split)
   n_eval = pipeline.num_examples(builder, config.data.eval_split)  # a missing eval split fails before training
-  if pipeline.num_classes(builder) != config.num_classes:
-    raise ConfigError(f'{config.data.dataset} has {pipeline.num_classes(builder)} classes but config.num_classes is '
-                      f'{config.num_classes}; set --config.num_classes={pipeline.num_classes(builder)}')
+  classes = dataset_classes(config, builder)
+  if classes is not None and classes != config.num_classes:
+    raise ConfigError(f'{config.data.dataset} has {classes} classes but config.num_classes is '
+                      f'{config.num_classes}; set --config.num_classes={classes}')
   try:
     steps_per_epoch = pipeline.steps_per_epoch(config.data, config.batch_size, n_train, jax.process_count())
   except ValueError as e:
@@ -333,7 +363,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
-            eval_step=jax.jit(make_eval_step(model, config), out_shardings=replicated),
+            eval_step=jax.jit(task_eval_step(model, config), out_shardings=replicated),
             batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
             log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, extra_evals=extra_evals)
   also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
@@ -341,6 +371,21 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
           f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}')
   return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
+
+
+def dataset_classes(config, builder) -> Optional[int]:
+  """The class count of the config's dataset as the model sees it (None: unknown, not checked)."""
+  if task_of(config) == 'segmentation':
+    from lgvit.data import seg_pipeline
+    return seg_pipeline.num_classes(builder, config.data.reduce_zero_label)
+  return pipeline.num_classes(builder)
+
+
+def task_eval_step(model, config):
+  if task_of(config) == 'segmentation':
+    from lgvit import segmentation
+    return segmentation.make_eval_step(model, config)
+  return make_eval_step(model, config)
 
 
 def create_state(model, tx, config) -> TrainState:
@@ -354,6 +399,10 @@ def create_state(model, tx, config) -> TrainState:
 def init_from_checkpoint(state: TrainState, tx, config, replicated, state_sharding) -> TrainState:
   """``config.init_from``'s weights in a fresh state, resized by the model's rules (fresh optimiser)."""
   loaded = ckpt.load_variables(config.init_from)
+  if 'backbone' in state.params and 'backbone' not in loaded.get('params', {}):
+    # A classification run (or converted checkpoint) of the backbone: its weights go under 'backbone';
+    # its classifier has no place here, and the segmentation heads keep their fresh values.
+    loaded = {col: {'backbone': tree} for col, tree in loaded.items()}
   fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
                                 config.init_skip, model_info(config.model).resize_rules)
   fitted = jax.device_put(fitted, replicated)
@@ -369,6 +418,14 @@ def init_from_checkpoint(state: TrainState, tx, config, replicated, state_shardi
 # ---------------------------------------------------------------------------------------------
 # The periodic actions.
 # ---------------------------------------------------------------------------------------------
+
+
+def train_shard_fn(config):
+  """What makes one shard's training batches for ``config.task`` (``lgvit.data.pipeline.train_dataset``)."""
+  if task_of(config) == 'segmentation':
+    from lgvit.data import seg_pipeline
+    return seg_pipeline.shard_dataset
+  return pipeline.shard_dataset
 
 
 def train_one_step(run: Run, loop: LoopState, batch, key) -> LoopState:
@@ -430,6 +487,8 @@ def log_row(run: Run, loop: LoopState) -> LoopState:
 def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
   """Evaluates the raw weights (and the EMA weights, if any) on the eval split; logs the row."""
   config, state, step = run.config, loop.train, loop.step
+  if task_of(config) == 'segmentation':
+    return evaluate_segmentation_and_log(run, loop)
   row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, state.variables(), config, run.builder,
                                               run.batch_sharding).items()}
   if config.ema_decay:
@@ -446,6 +505,24 @@ def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
     run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
   for line in lines:
     run.say(line)
+  return dataclasses.replace(loop, last_eval=row)
+
+
+def evaluate_segmentation_and_log(run: Run, loop: LoopState) -> LoopState:
+  """mIoU, aAcc, mAcc and per-class IoU (``eval_IoU/<class>``) of the raw weights (and EMA ones, if any)."""
+  from lgvit import segmentation
+  config, state, step = run.config, loop.train, loop.step
+  metrics = segmentation.evaluate(run.eval_step, state.variables(), config, run.builder, run.batch_sharding)
+  row = {f'eval_{k}': v for k, v in metrics.items()}
+  if config.ema_decay:
+    ema = segmentation.evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
+    row.update({f'eval_ema_{k}': ema[k] for k in ('mIoU', 'aAcc', 'mAcc')})
+  row['epoch'] = step / run.steps_per_epoch
+  run.log.write(step, row)
+  ema_txt = f" | ema mIoU {row['eval_ema_mIoU']:.4f}" if config.ema_decay else ''
+  run.say(f'eval @ step {step}: {segmentation.summary(metrics)}{ema_txt}')
+  if row['eval_skipped']:
+    run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
   return dataclasses.replace(loop, last_eval=row)
 
 
@@ -470,7 +547,7 @@ def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
   """:func:`evaluate_and_log`, then saves the weights to ``best/`` when ``config.best_metric`` improved."""
   loop = evaluate_and_log(run, loop)
   metric_name, state = run.config.best_metric, loop.train
-  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval['eval_top1'])
+  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval.get('eval_top1', loop.last_eval.get('eval_mIoU')))
   if metric <= loop.best_value:
     return loop
   if run.best is not None:
@@ -513,7 +590,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
       epoch, in_epoch = divmod(loop.step, run.steps_per_epoch)
       ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
                                   epoch=epoch, start_step=in_epoch, steps_per_epoch=run.steps_per_epoch,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
+                                  process_index=jax.process_index(), process_count=jax.process_count(),
+                                  shard_fn=train_shard_fn(config))
       for batch in pipeline.as_numpy(ds):
         loop = train_one_step(run, loop, batch, key)
         due_log, due_eval, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in

@@ -91,6 +91,12 @@ class _LocalConvolution(nn.Module):
     return unfold_aggregation(value, weight, self.kernel_size, self.padding)
 
 
+def _other_variant(attr: str):
+  if attr.startswith('__'):  # module protocol lookups (inspect asks for __file__) must fail as usual
+    raise AttributeError(attr)
+  return _LocalConvolution
+
+
 def _stub_cupy_layers():
   package = types.ModuleType('cupy_layers')
   package.__path__ = []
@@ -99,7 +105,7 @@ def _stub_cupy_layers():
                'aggregation_zeropad_mix_merge', 'utils'):
     module = types.ModuleType(f'cupy_layers.{name}')
     module.LocalConvolution = _LocalConvolution
-    module.__getattr__ = lambda attr, name=name: _LocalConvolution  # other variants: unused by cotnet50
+    module.__getattr__ = _other_variant  # other layers of the package: unused by cotnet50
     sys.modules[f'cupy_layers.{name}'] = module
     setattr(package, name, module)
 

@@ -50,6 +50,14 @@ def _embedded_builder_class(name: str):
   return None
 
 
+def _lgvit_builder(name: str, data_dir: Optional[str]):
+  """lgvit's own builders of datasets you download yourself (lgvit_ade20k), or None."""
+  if name == 'lgvit_ade20k':
+    from lgvit.data.ade20k import LgvitAde20k
+    return LgvitAde20k(data_dir=data_dir)
+  return None
+
+
 def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder of ``name``, prepared. The embedded digits datasets are built on first use.
 
@@ -74,7 +82,7 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
           builder = embedded(data_dir=data_dir)
     return builder
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = _lgvit_builder(name, data_dir) or tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetNotFoundError(f'unknown TFDS dataset {name!r}; use imagenet2012, lgvit_digits or another '
                                'TFDS image classification dataset') from None
@@ -83,6 +91,9 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
     if hint is None and name.startswith('imagenet2012'):
       hint = (f' Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into MANUAL_DIR, then run '
               f'`tfds build {name} --manual_dir=MANUAL_DIR --data_dir={where}`.')
+    if hint is None and name == 'lgvit_ade20k':
+      hint = (' Download ADEChallengeData2016.zip (http://sceneparsing.csail.mit.edu/) into MANUAL_DIR, then run '
+              f'`python -m lgvit.data.ade20k --manual_dir=MANUAL_DIR --data_dir={where}`.')
     raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data.data_dir).{hint or ""}')
   return builder
 
@@ -223,23 +234,32 @@ def steps_per_epoch(data, batch_size: int, n_examples: int, process_count: int) 
   return (n_examples // shards) // (batch_size // shards)
 
 
-def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
-                  shard_batch: int, shard: int, shard_count: int) -> tf.data.Dataset:
-  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC.
-
-  ``data`` and ``aug`` are the config's sections of those names."""
+def shard_records(data, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
+                  shard_batch: int, shard: int, shard_count: int, encoded: tuple[str, ...] = ('image',)):
+  """``(position, example)`` records of steps ``start_step ..`` of ``epoch`` from one data shard,
+  still encoded (the ``encoded`` features are not decoded), and the seed maker of their positions."""
   split = process_split(data.train_split, shard, shard_count)
   epoch_seed = (seed * 1_000_003 + epoch * 1_009 + shard) % (2**31 - 1)
   read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, try_autocache=False)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
-                          decoders={'image': tfds.decode.SkipDecoding()})
+                          decoders={k: tfds.decode.SkipDecoding() for k in encoded})
   if data.cache_train:
     ds = ds.cache()
   ds = ds.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
   ds = ds.take(steps_per_epoch * shard_batch)
   ds = ds.enumerate()
   ds = ds.skip(start_step * shard_batch)  # resume: skip consumed records before decoding them
-  seed_of = _example_seed(seed, epoch, shard)
+  return ds, _example_seed(seed, epoch, shard)
+
+
+def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
+                  shard_batch: int, shard: int, shard_count: int) -> tf.data.Dataset:
+  """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC.
+
+  ``data`` and ``aug`` are the config's sections of those names."""
+  ds, seed_of = shard_records(data, builder, seed=seed, epoch=epoch, start_step=start_step,
+                              steps_per_epoch=steps_per_epoch, shard_batch=shard_batch, shard=shard,
+                              shard_count=shard_count)
   method = data.interpolation
   randaug = _randaugment_fn(aug)
 
@@ -265,17 +285,19 @@ def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int,
 
 
 def train_dataset(data, aug, builder, *, batch_size: int, seed: int, epoch: int, start_step: int,
-                  steps_per_epoch: int, process_index: int, process_count: int) -> tf.data.Dataset:
+                  steps_per_epoch: int, process_index: int, process_count: int,
+                  shard_fn=shard_dataset) -> tf.data.Dataset:
   """This process's part of the global batches ``start_step ..`` of ``epoch``.
 
   The global batch of a step is the concatenation, in shard order, of one batch from each of
   ``data.shards`` shards; a process reads the consecutive shards that feed its devices. The global
-  stream is thus the same for any process count that divides ``data.shards``.
+  stream is thus the same for any process count that divides ``data.shards``. ``shard_fn`` makes one
+  shard's batches (:func:`shard_dataset`; segmentation: ``lgvit.data.seg_pipeline.shard_dataset``).
   """
   shards = data_shards(data, process_count)
   per_process = shards // process_count
   shard_batch = batch_size // shards
-  parts = [shard_dataset(data, aug, builder, seed=seed, epoch=epoch, start_step=start_step,
+  parts = [shard_fn(data, aug, builder, seed=seed, epoch=epoch, start_step=start_step,
                          steps_per_epoch=steps_per_epoch, shard_batch=shard_batch,
                          shard=process_index * per_process + i, shard_count=shards)
            for i in range(per_process)]
@@ -320,13 +342,7 @@ def eval_dataset(data, builder, *, local_batch: int, process_index: int, process
   padded with ``mask == 0`` examples up to the largest shard). ``targets`` maps an example to its
   label fields (default :func:`single_label`).
   """
-  split = split or data.eval_split
   targets = targets or single_label
-  total = num_examples(builder, split)
-  shard = process_split(split, process_index, process_count)
-  largest = -(-total // process_count)
-  steps = -(-largest // local_batch)
-  ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
 
   def preprocess(example):
     image = _decode_and_center_crop(example['image'], data.image_size, data.crop_pct, data.interpolation)
@@ -337,9 +353,22 @@ def eval_dataset(data, builder, *, local_batch: int, process_index: int, process
     return {'image': _placeholder_image(data.image_size), **targets(example), 'mask': tf.constant(0, tf.int32),
             'unreadable': tf.constant(1, tf.int32)}
 
+  return padded_eval_dataset(builder, split or data.eval_split, preprocess, unreadable, local_batch=local_batch,
+                             process_index=process_index, process_count=process_count)
+
+
+def padded_eval_dataset(builder, split: str, preprocess, unreadable, *, local_batch: int, process_index: int,
+                        process_count: int, encoded: tuple[str, ...] = ('image',)) -> tuple[tf.data.Dataset, int]:
+  """This process's shard of ``split`` through ``preprocess`` (``unreadable`` for an example that fails;
+  both return ``mask`` and ``unreadable`` fields), padded with all-zero ``mask == 0`` elements to the
+  same number of batches on every process; returns the dataset and that number."""
+  total = num_examples(builder, split)
+  shard = process_split(split, process_index, process_count)
+  largest = -(-total // process_count)
+  steps = -(-largest // local_batch)
+  ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={k: tfds.decode.SkipDecoding() for k in encoded})
   ds = _map_or_flag(ds, preprocess, unreadable)
-  pad = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in ds.element_spec.items() if k != 'image'}
-  pad['image'] = tf.zeros((data.image_size, data.image_size, 3), tf.uint8)
+  pad = {k: tf.zeros(spec.shape, spec.dtype) for k, spec in ds.element_spec.items()}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.batch(local_batch, drop_remainder=True).take(steps)
   return ds.prefetch(tf.data.AUTOTUNE), steps

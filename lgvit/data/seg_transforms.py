@@ -30,17 +30,18 @@ def reduce_zero_label(label: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.where((label == 0) | (label == IGNORE_LABEL), IGNORE_LABEL, label - 1), tf.uint8)
 
 
-def rescale_size(h: tf.Tensor, w: tf.Tensor, scale: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
-  """mmcv keep-ratio rule (as :func:`lgvit.segmentation.rescale_size`) on tensors."""
+def rescale_size(h: tf.Tensor, w: tf.Tensor, scale: Sequence[float], ratio=1.0) -> tuple[tf.Tensor, tf.Tensor]:
+  """mmcv keep-ratio rule (as :func:`lgvit.segmentation.rescale_size`) on tensors, for ``scale`` times
+  ``ratio`` (a tensor: the random resize's draw)."""
   h, w = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
-  long, short = max(scale), min(scale)
+  long, short = max(scale) * ratio, min(scale) * ratio
   factor = tf.minimum(long / tf.maximum(h, w), short / tf.minimum(h, w))
   return tf.cast(tf.floor(h * factor + 0.5), tf.int32), tf.cast(tf.floor(w * factor + 0.5), tf.int32)
 
 
 def random_resize(image, label, seed, scale: Sequence[int], ratio_range: Sequence[float]):
   ratio = tf.random.stateless_uniform([], seed, ratio_range[0], ratio_range[1], tf.float64)
-  h, w = rescale_size(tf.shape(image)[0], tf.shape(image)[1], (scale[0] * ratio, scale[1] * ratio))
+  h, w = rescale_size(tf.shape(image)[0], tf.shape(image)[1], scale, ratio)
   image = tf.image.resize(image, (h, w), 'bilinear')
   label = tf.image.resize(label[..., None], (h, w), 'nearest')[..., 0]
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label

@@ -1,0 +1,211 @@
+"""Segmentation in the train loop: the ADE20K builder and pipeline, the fixed-canvas eval, the demo run."""
+import io
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from lgvit import segmentation
+from lgvit.errors import DatasetNotFoundError
+from lgvit.models.layers import resize_bilinear
+
+from configs import upernet
+
+
+def test_logits_at_label_size_equals_cropping_then_resizing():
+  """The canvas path against the direct one: crop the image's region, resize it to the label size."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 24, 32, 5)), jnp.float32)
+  scaled = np.array([[24, 32], [17, 9], [5, 30]])
+  size = np.array([[40, 50], [9, 21], [12, 7]])  # up, mixed, up/down
+  out = segmentation.logits_at_label_size(logits, jnp.asarray(scaled), jnp.asarray(size), (40, 50))
+  assert out.shape == (3, 40, 50, 5)
+  for i, ((sh, sw), (lh, lw)) in enumerate(zip(scaled, size)):
+    expected = resize_bilinear(logits[i:i + 1, :sh, :sw], (lh, lw))[0]
+    np.testing.assert_allclose(out[i, :lh, :lw], expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# ADE20K (lgvit_ade20k) from synthetic files in the layout of ADEChallengeData2016.
+# ---------------------------------------------------------------------------------------------
+
+TRAIN_SIZES = [(40, 60), (70, 50), (64, 64)]
+VAL_SIZES = [(30, 80), (48, 36)]
+
+
+def _write_split(root: pathlib.Path, part: str, sizes, rng) -> dict[str, np.ndarray]:
+  (root / 'images' / part).mkdir(parents=True)
+  (root / 'annotations' / part).mkdir(parents=True)
+  labels = {}
+  for i, (h, w) in enumerate(sizes):
+    stem = f'ADE_{part}_{i:08d}'
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    label = np.zeros((h, w), np.uint8)  # 0 = "other", ignored
+    label[:h // 2] = 1 + 3 * i  # class 3i in lgvit's 0-based numbering
+    label[h // 2:, :w // 3] = 150
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format='JPEG', quality=95)
+    (root / 'images' / part / f'{stem}.jpg').write_bytes(buf.getvalue())
+    Image.fromarray(label).save(root / 'annotations' / part / f'{stem}.png')
+    labels[f'{stem}.jpg'] = label
+  return labels
+
+
+@pytest.fixture(scope='module')
+def ade20k(tmp_path_factory):
+  from lgvit.data import ade20k as ade
+  manual = tmp_path_factory.mktemp('manual')
+  rng = np.random.default_rng(3)
+  root = manual / ade.FOLDER
+  _write_split(root, 'training', TRAIN_SIZES, rng)
+  val_labels = _write_split(root, 'validation', VAL_SIZES, rng)
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  ade.main(['--manual_dir', str(manual), '--data_dir', data_dir])
+  return data_dir, val_labels
+
+
+def _config(data_dir, **data):
+  c = upernet.get_config('backbone=nommer_t')
+  c.unlock()
+  c.data.update(data_dir=data_dir, image_size=32, shuffle_buffer=8, **data)
+  c.data.scale = (64, 32)
+  c.seg.eval_canvas, c.seg.label_canvas = (32, 64), (96, 96)
+  c.batch_size = 2
+  return c
+
+
+def _train_batches(c, builder, start_step=0):
+  from lgvit.data import pipeline, seg_pipeline
+  ds = pipeline.train_dataset(c.data, c.aug, builder, batch_size=2, seed=0, epoch=0, start_step=start_step,
+                              steps_per_epoch=1, process_index=0, process_count=1, shard_fn=seg_pipeline.shard_dataset)
+  return list(pipeline.as_numpy(ds))
+
+
+def test_ade20k_train_batches(ade20k):
+  from lgvit.data import pipeline
+  data_dir, _ = ade20k
+  c = _config(data_dir)
+  builder = pipeline.get_builder('lgvit_ade20k', data_dir)
+  assert pipeline.num_examples(builder, 'train') == 3 and pipeline.num_examples(builder, 'validation') == 2
+  (batch,) = _train_batches(c, builder)
+  assert batch['image'].shape == (2, 32, 32, 3) and batch['image'].dtype == np.uint8
+  assert batch['label'].shape == (2, 32, 32) and list(batch['valid']) == [1, 1]
+  # reduce_zero_label: 0 -> 255 (ignored), k -> k - 1; the crop padding is 255 too
+  assert set(np.unique(batch['label'])) <= {0, 3, 6, 149, 255}
+  (again,) = _train_batches(c, builder)
+  for k in batch:
+    np.testing.assert_array_equal(batch[k], again[k])  # a pure function of (seed, epoch, position)
+
+
+def test_ade20k_eval_keeps_every_label_at_its_own_size(ade20k):
+  from lgvit.data import pipeline, seg_pipeline
+  from lgvit.data.seg_transforms import IGNORE_LABEL
+  data_dir, val_labels = ade20k
+  c = _config(data_dir)
+  builder = pipeline.get_builder('lgvit_ade20k', data_dir)
+  ds, steps = seg_pipeline.eval_dataset(c, builder, local_batch=3, process_index=0, process_count=1)
+  (batch,) = list(pipeline.as_numpy(ds))
+  assert steps == 1 and list(batch['mask']) == [1, 1, 0]
+  assert batch['image'].shape == (3, 32, 64, 3) and batch['label'].shape == (3, 96, 96)
+  by_size = {label.shape: label for label in val_labels.values()}  # TFDS's order is its own; sizes differ
+  assert sorted(tuple(s) for s in batch['size'][:2]) == sorted(by_size)
+  for i in range(2):
+    label = by_size[tuple(batch['size'][i])]
+    h, w = label.shape
+    sh, sw = segmentation.rescale_size(h, w, (64, 32))
+    factor = min(1.0, 32 / sh, 64 / sw)  # fit into the 32x64 canvas
+    assert tuple(batch['scaled'][i]) == (int(sh * factor), int(sw * factor))
+    reduced = np.where(label == 0, IGNORE_LABEL, label.astype(np.int64) - 1)
+    np.testing.assert_array_equal(batch['label'][i, :h, :w], reduced)
+    assert (batch['label'][i, h:] == IGNORE_LABEL).all() and (batch['label'][i, :, w:] == IGNORE_LABEL).all()
+    assert not batch['image'][i, batch['scaled'][i][0]:].any()  # zero padding below the image
+
+
+def test_scene_parse150_is_refused_with_the_reason(tmp_path):
+  from lgvit.data import seg_pipeline
+
+  class Builder:
+    name = 'scene_parse150'
+
+  with pytest.raises(DatasetNotFoundError, match='instance.*lgvit_ade20k'):
+    seg_pipeline.num_classes(Builder(), True)
+
+
+def test_missing_ade20k_says_how_to_build_it(tmp_path):
+  from lgvit.data import pipeline
+  with pytest.raises(DatasetNotFoundError, match=r'ADEChallengeData2016\.zip.*python -m lgvit\.data\.ade20k'):
+    pipeline.get_builder('lgvit_ade20k', str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo through the train loop: the logged mIoU against an independent recomputation.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_demo_run_logs_the_miou_of_whole_image_inference(tmp_path, monkeypatch):
+  from lgvit import checkpoint as ckpt
+  from lgvit import train
+  from lgvit.data import pipeline
+  from lgvit.modeling import build_model, normalize
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  c = upernet.get_config('backbone=nommer_t,demo')
+  c.unlock()
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.num_train_steps, c.eval_every_epochs, c.checkpoint_every_steps = 3, 100.0, 3
+  result = train.train_and_evaluate(c, str(tmp_path / 'w'), async_checkpoints=False)
+  rows = [json.loads(l) for l in open(tmp_path / 'w' / 'metrics.jsonl')]
+  logged = [r for r in rows if 'eval_mIoU' in r][-1]
+  assert logged['eval_count'] == 200 and 'eval_IoU/background' in logged and 'eval_IoU/7' in logged
+  assert result['eval_mIoU'] == logged['eval_mIoU']
+
+  # Independently: every validation image through infer_whole, a numpy confusion matrix, mmseg's mIoU.
+  model = build_model(c)
+  variables = ckpt.load_variables(str(tmp_path / 'w'))
+  apply = jax.jit(lambda x: model.apply(variables, normalize(x), train=False))
+  builder = pipeline.get_builder('lgvit_digits_seg', c.data.data_dir)
+  cm = np.zeros((11, 11), np.int64)
+  import tensorflow_datasets as tfds
+  for ex in tfds.as_numpy(builder.as_dataset(split='validation').batch(50)):
+    logits = segmentation.infer_whole(apply, jnp.asarray(ex['image'], jnp.float32))
+    pred, truth = np.asarray(jnp.argmax(logits, -1)).ravel(), ex['annotation'][..., 0].astype(np.int64).ravel()
+    cm += np.bincount(truth * 11 + pred, minlength=121).reshape(11, 11)
+  inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+  expected = np.nanmean(np.where(union > 0, inter / np.maximum(union, 1), np.nan))
+  assert abs(logged['eval_mIoU'] - expected) < 1e-6
+  assert abs(logged['eval_aAcc'] - inter.sum() / cm.sum()) < 1e-6
+
+
+def test_init_from_a_classification_run_fills_the_backbone(tmp_path):
+  """A classifier's weights (here: a random backbone saved as a converted checkpoint) go under
+  'backbone'; its head is dropped and the segmentation heads keep their fresh values."""
+  from lgvit import checkpoint as ckpt
+  from lgvit import train
+  from lgvit.modeling import build_model, init_variables
+  from lgvit.models import create_model
+  c = upernet.get_config('backbone=nommer_t,demo')
+  c.unlock()
+  backbone_kwargs = dict(c.model_kwargs.backbone_kwargs)
+  classifier = create_model('nommer_t', num_classes=10, **backbone_kwargs)
+  source = init_variables(classifier, 64, seed=5)
+  ckpt.save_variables(str(tmp_path / 'src'), source)
+  model = build_model(c)
+  tx = train.optim.make_optimizer(c.optim, init_variables(model, 64, 0)['params'], lambda s: 1e-3)
+  state = train.create_state(model, tx, c)
+  c.init_from = str(tmp_path / 'src')
+  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  shardings = jax.tree_util.tree_map(lambda _: replicated, state)
+  loaded = train.init_from_checkpoint(state, tx, c, replicated, shardings)
+  flat_src = dict(jax.tree_util.tree_flatten_with_path(source['params'])[0])
+  copied = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params['backbone'])[0]:
+    np.testing.assert_array_equal(leaf, flat_src[path])
+    copied += 1
+  assert copied > 10
+  fresh = jax.tree_util.tree_leaves(state.params['decode_head'])
+  for a, b in zip(jax.tree_util.tree_leaves(loaded.params['decode_head']), fresh):
+    np.testing.assert_array_equal(a, b)
