@@ -212,8 +212,8 @@ def make_train_step(model, tx, config, schedule):
   """The jit-able ``(state, batch, key) -> (state, metrics)`` of ``config.task``: the task's forward
   and loss, then the optimiser update, EMA and the step metrics shared by every task."""
   if task_of(config) == 'segmentation':
-    from lgvit import segmentation
-    forward = segmentation.train_forward(model, config)
+    from lgvit import segmentation_task
+    forward = segmentation_task.train_forward(model, config)
   else:
     forward = classification_forward(model, config)
 
@@ -383,8 +383,8 @@ def dataset_classes(config, builder) -> Optional[int]:
 
 def task_eval_step(model, config):
   if task_of(config) == 'segmentation':
-    from lgvit import segmentation
-    return segmentation.make_eval_step(model, config)
+    from lgvit import segmentation_task
+    return segmentation_task.make_eval_step(model, config)
   return make_eval_step(model, config)
 
 
@@ -510,17 +510,17 @@ def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
 
 def evaluate_segmentation_and_log(run: Run, loop: LoopState) -> LoopState:
   """mIoU, aAcc, mAcc and per-class IoU (``eval_IoU/<class>``) of the raw weights (and EMA ones, if any)."""
-  from lgvit import segmentation
+  from lgvit import segmentation_task
   config, state, step = run.config, loop.train, loop.step
-  metrics = segmentation.evaluate(run.eval_step, state.variables(), config, run.builder, run.batch_sharding)
+  metrics = segmentation_task.evaluate(run.eval_step, state.variables(), config, run.builder, run.batch_sharding)
   row = {f'eval_{k}': v for k, v in metrics.items()}
   if config.ema_decay:
-    ema = segmentation.evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
+    ema = segmentation_task.evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
     row.update({f'eval_ema_{k}': ema[k] for k in ('mIoU', 'aAcc', 'mAcc')})
   row['epoch'] = step / run.steps_per_epoch
   run.log.write(step, row)
   ema_txt = f" | ema mIoU {row['eval_ema_mIoU']:.4f}" if config.ema_decay else ''
-  run.say(f'eval @ step {step}: {segmentation.summary(metrics)}{ema_txt}')
+  run.say(f'eval @ step {step}: {segmentation_task.summary(metrics)}{ema_txt}')
   if row['eval_skipped']:
     run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
   return dataclasses.replace(loop, last_eval=row)

@@ -125,18 +125,23 @@ def test_upernet_configs_cover_every_segmentation_model_with_the_recipe():
       section.no_such_field = 1
   with pytest.raises(ValueError, match='unknown UperNet backbone'):
     upernet.get_config('backbone=vit')
-  with pytest.raises(ValueError, match="unknown config argument 'demo'"):
-    upernet.get_config('demo')  # no demo dataset yet (issue #19 item 4)
+  with pytest.raises(ValueError, match="unknown config argument 'demo_recipe'"):
+    upernet.get_config('demo_recipe')
+  demo = upernet.get_config('backbone=swin_t,demo')
+  assert (demo.data.dataset, demo.num_classes, demo.data.image_size, demo.init_from) == ('lgvit_digits_seg', 11, 64, '')
+  assert demo.model_kwargs.backbone_kwargs['pad_windows'] and demo.model_kwargs.backbone_kwargs['embed_dim'] == 32
 
 
-def test_main_refuses_a_segmentation_config_in_one_line_before_writing(tmp_path):
+def test_main_without_ade20k_says_how_to_build_it_in_one_line_before_writing(tmp_path):
   import subprocess
   import sys
   from conftest import subprocess_env
   workdir = tmp_path / 'w'
   run = subprocess.run([sys.executable, str(REPO / 'main.py'), '--config=configs/upernet_nommer_t.py',
-                        f'--workdir={workdir}'], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                       timeout=300)
-  assert run.returncode != 0
-  assert "error: config.task='segmentation': lgvit.train trains classifiers only" in run.stderr + run.stdout
+                        f'--workdir={workdir}', f'--config.data.data_dir={tmp_path / "tfds"}'], cwd=REPO,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2
+  lines = [l for l in run.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and "dataset 'lgvit_ade20k' is not prepared" in lines[0]
+  assert 'python -m lgvit.data.ade20k --manual_dir=MANUAL_DIR' in lines[0]
   assert not workdir.exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgvit import segmentation
+from lgvit import segmentation, segmentation_task
 from lgvit.errors import DatasetNotFoundError
 from lgvit.models.layers import resize_bilinear
 
@@ -23,7 +23,7 @@ def test_logits_at_label_size_equals_cropping_then_resizing():
   logits = jnp.asarray(rng.normal(size=(3, 24, 32, 5)), jnp.float32)
   scaled = np.array([[24, 32], [17, 9], [5, 30]])
   size = np.array([[40, 50], [9, 21], [12, 7]])  # up, mixed, up/down
-  out = segmentation.logits_at_label_size(logits, jnp.asarray(scaled), jnp.asarray(size), (40, 50))
+  out = segmentation_task.logits_at_label_size(logits, jnp.asarray(scaled), jnp.asarray(size), (40, 50))
   assert out.shape == (3, 40, 50, 5)
   for i, ((sh, sw), (lh, lw)) in enumerate(zip(scaled, size)):
     expected = resize_bilinear(logits[i:i + 1, :sh, :sw], (lh, lw))[0]

@@ -1,0 +1,115 @@
+"""Semantic segmentation as a task of the train loop (``config.task == 'segmentation'``, docs/segmentation.md).
+
+``lgvit.train`` calls :func:`train_forward` inside its train step (mmseg's decode + 0.4 x auxiliary
+pixel cross-entropy), :func:`make_eval_step` and :func:`evaluate` at every eval (mIoU, aAcc, mAcc and
+the per-class IoU over the whole eval split, each image once), and :func:`summary` for the console.
+The metrics and inference helpers themselves are :mod:`lgvit.segmentation`'s.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lgvit.models.layers import resize_bilinear
+from lgvit.segmentation import confusion_matrix, metrics_from_confusion, upernet_loss
+
+Array = jax.Array
+
+
+def train_forward(model, config):
+  """``(params, batch_stats, images, batch, rngs, aug_keys) -> (loss, (metrics, new batch_stats))`` of a UperNet
+  train step (``lgvit.train.make_train_step`` calls it for ``config.task == 'segmentation'``): mmseg's
+  decode + 0.4 x auxiliary pixel cross-entropy; unreadable images (``valid == 0``) count for nothing."""
+  from lgvit.modeling import compute_dtype
+  seg, dtype = config.seg, compute_dtype(config)
+
+  def forward(params, batch_stats, images, batch, rngs, aug_keys):
+    del aug_keys  # the augmentations ran on the host (lgvit.data.seg_pipeline)
+    outputs, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images.astype(dtype), train=True,
+                                    rngs=rngs, mutable=['batch_stats'])
+    valid = batch['valid'].astype(jnp.float32)
+    loss, terms = upernet_loss(outputs, batch['label'], aux_weight=seg.aux_weight, ignore_label=seg.ignore_label,
+                               mask=valid, avg_non_ignore=seg.avg_non_ignore)
+    logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    labels = batch['label'].astype(jnp.int32)
+    preds = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3]), -1)
+    counted = (labels != seg.ignore_label) * valid[:, None, None]
+    terms['train_pixel_acc'] = jnp.sum((preds == labels) * counted) / jnp.maximum(jnp.sum(counted), 1.0)
+    return loss, (terms, new_vars.get('batch_stats', {}))
+
+  return forward
+
+
+def logits_at_label_size(logits: Array, scaled: Array, size: Array, label_canvas: Sequence[int]) -> Array:
+  """mmseg ``mode='whole'`` on a fixed canvas: (B, h, w, K) logits of zero-padded canvases, each holding its
+  image at ``scaled`` (B, 2) = (h, w) in the top-left corner, -> logits at the label's own ``size`` (B, 2)
+  in the top-left corner of ``label_canvas``: resized to the canvas (bilinear), then the scaled region
+  resized to the original size (bilinear, half-pixel centres; outside it the values are meaningless)."""
+  return jax.vmap(lambda l, s, z: _region_to_size(l, s, z, tuple(label_canvas)))(logits, scaled, size)
+
+
+def _region_to_size(logits, scaled, size, label_canvas):
+  scaled = jnp.maximum(scaled, 1)
+  # The region's last row/column repeated over the padding: the resize then clamps at the region's
+  # border, as resizing the cropped region on its own does.
+  rows = jnp.minimum(jnp.arange(logits.shape[0]), scaled[0] - 1)
+  cols = jnp.minimum(jnp.arange(logits.shape[1]), scaled[1] - 1)
+  logits = logits[rows][:, cols]
+  factor = jnp.maximum(size, 1).astype(jnp.float32) / scaled.astype(jnp.float32)
+  return jax.image.scale_and_translate(logits, label_canvas + logits.shape[2:], (0, 1), factor,
+                                       jnp.zeros(2, jnp.float32), method='linear', antialias=False)
+
+
+def make_eval_step(model, config):
+  """``(variables, batch) -> {'confusion', 'count', 'skipped', 'downscaled'}`` sums over a batch of
+  :func:`lgvit.data.seg_pipeline.eval_dataset` (fixed canvases; masked slots count for nothing)."""
+  from lgvit.modeling import compute_dtype, normalize
+  dtype, seg = compute_dtype(config), config.seg
+
+  def eval_step(variables, batch):
+    images = batch['image']
+    logits = model.apply(variables, normalize(images, dtype), train=False).astype(jnp.float32)
+    logits = resize_bilinear(logits, images.shape[1:3])
+    logits = logits_at_label_size(logits, batch['scaled'], batch['size'], batch['label'].shape[1:3])
+    mask = batch['mask']
+    return {'confusion': confusion_matrix(batch['label'], jnp.argmax(logits, -1), config.num_classes,
+                                          seg.ignore_label, mask),
+            'count': jnp.sum(mask), 'skipped': jnp.sum(batch['unreadable']),
+            'downscaled': jnp.sum(batch['downscaled'] * mask)}
+
+  return eval_step
+
+
+def class_names(config) -> list[str]:
+  from lgvit.predict import class_names as names  # one table of dataset names for predict and the eval
+  return names(config.data.dataset, config.num_classes)
+
+
+def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict:
+  """Every image of the eval split once: ``mIoU``, ``aAcc``, ``mAcc`` (0..1), ``IoU/<class>`` per class,
+  ``count``, ``skipped`` (unreadable) and ``downscaled`` (images fit into the canvas)."""
+  from lgvit.data import pipeline, seg_pipeline
+  local_batch = config.eval_batch_size // jax.process_count()
+  ds, _ = seg_pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
+                                    process_count=jax.process_count(), split=split)
+  totals = None
+  for batch in pipeline.as_numpy(ds):
+    out = eval_fn(variables, {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()})
+    out = jax.device_get(out)
+    totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
+  metrics = metrics_from_confusion(totals['confusion'].astype(np.int64), class_names(config))
+  row = {k: metrics[k] for k in ('mIoU', 'aAcc', 'mAcc')}
+  row.update({f'IoU/{name}': v for name, v in metrics['IoU_per_class'].items()})
+  row.update(count=int(totals['count']), skipped=int(totals['skipped']), downscaled=int(totals['downscaled']))
+  return row
+
+
+def summary(metrics: dict) -> str:
+  """``mIoU 0.4610 | aAcc 0.8123 | mAcc 0.5712 | 2000 images`` (percentages as fractions)."""
+  text = ' | '.join(f'{k} {metrics[k]:.4f}' for k in ('mIoU', 'aAcc', 'mAcc')) + f" | {metrics['count']} images"
+  if metrics.get('downscaled'):
+    text += f" ({metrics['downscaled']} scaled down to fit the eval canvas)"
+  return text
