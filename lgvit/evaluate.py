@@ -3,6 +3,7 @@
     python -m lgvit.evaluate --workdir W [--best] [--raw]        # a training workdir of main.py
     python -m lgvit.evaluate --export DIR                         # written by python -m lgvit.export
     python -m lgvit.evaluate --model NAME --checkpoint DIR        # python -m lgvit.convert, or a variables dir
+    python -m lgvit.evaluate --workdir W --segment-mode slide     # a UperNet workdir: whole | slide | multiscale
         [--evals imagenet2012:validation,imagenet_v2,imagenet2012_real,imagenet_a,imagenet_r]
         [--data-dir DATA_DIR] [--batch-size N] [--out results.json]
 
@@ -77,6 +78,20 @@ def evaluate_model(loaded, config, requested: Sequence[str]) -> dict[str, dict[s
   return results
 
 
+def evaluate_segmentation(loaded, config, mode: str) -> dict[str, dict[str, float]]:
+  """A segmentation workdir's eval split through mmseg's test ``mode``, each image at its own size."""
+  import jax
+  from lgvit import segmentation_task
+  from lgvit.data import pipeline
+  from lgvit.modeling import normalize
+  apply_fn = jax.jit(lambda x: loaded.model.apply(loaded.variables, normalize(x), train=False))
+  builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
+  metrics = segmentation_task.evaluate_per_image(apply_fn, config, builder, mode)
+  name = f'{config.data.dataset}:{config.data.eval_split}:{mode}'
+  print(f'{name}: {segmentation_task.summary(metrics)}', flush=True)
+  return {name: metrics}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   from lgvit import predict
   if args.workdir:
@@ -97,13 +112,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   elif kind == layout.EXPORT:
     dataset = layout.read_export_meta(source).get('dataset')
   config = eval_config(loaded, config, args.data_dir, args.batch_size)
-  requested = (evals.names(args.evals) if args.evals else
+  requested = (evals.names(args.evals) if args.evals or config.get('task') == 'segmentation' else
                default_evals(config, dataset, config.num_classes, kind == layout.TRAINING))
   if kind == layout.TRAINING:
     weights = ('best' if args.best else 'latest') + (' (raw)' if args.raw or not config.get('ema_decay') else ' (EMA)')
   else:
     weights = kind
-  results = evaluate_model(loaded, config, requested)
+  if config.get('task') == 'segmentation':
+    results = evaluate_segmentation(loaded, config, args.segment_mode)
+  else:
+    results = evaluate_model(loaded, config, requested)
   return {'model': loaded.name, 'source': os.path.abspath(source), 'weights': weights,
           'image_size': loaded.image_size, 'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation,
           'evals': results}
@@ -124,6 +142,9 @@ def main(argv=None) -> int:
   parser.add_argument('--data-dir', '--data_dir', dest='data_dir', default=None, help='TFDS data dir')
   parser.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=None)
   parser.add_argument('--out', default=None, help=f'results JSON (default: SOURCE/{RESULTS})')
+  parser.add_argument('--segment-mode', '--segment_mode', dest='segment_mode', default='whole',
+                      choices=('whole', 'slide', 'multiscale'),
+                      help="segmentation workdirs: mmseg's test mode, each image at its own size (docs/segmentation.md)")
   args = parser.parse_args(argv)
   if args.checkpoint and not args.model:
     parser.error('--checkpoint needs --model NAME')

@@ -113,3 +113,47 @@ def summary(metrics: dict) -> str:
   if metrics.get('downscaled'):
     text += f" ({metrics['downscaled']} scaled down to fit the eval canvas)"
   return text
+
+
+def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Optional[str] = None) -> dict:
+  """mmseg's test modes exactly, each image at its own size (one compile per distinct size):
+  ``mode`` 'whole' (resize to ``data.scale``), 'slide' (``seg.eval_crop`` windows at ``seg.eval_stride``)
+  or 'multiscale' (``seg.ms_ratios`` x flip if ``seg.flip``, whole or slide per ``seg.eval_mode``).
+  ``apply_fn`` maps 0..255 float images to logits. Every process scores its shard; the sums are
+  gathered, so every process returns the metrics of the whole split."""
+  import tensorflow_datasets as tfds
+  from lgvit import segmentation as seg_lib
+  from lgvit.data import pipeline, seg_pipeline
+  from lgvit.data.seg_transforms import reduce_zero_label
+  if mode not in ('whole', 'slide', 'multiscale'):
+    raise ValueError(f"mode must be 'whole', 'slide' or 'multiscale', got {mode!r}")
+  data, seg = config.data, config.seg
+  shard = pipeline.process_split(split or data.eval_split, jax.process_index(), jax.process_count())
+  ds = builder.as_dataset(split=shard, shuffle_files=False,
+                          decoders={k: tfds.decode.SkipDecoding() for k in seg_pipeline.ENCODED})
+  ds = ds.map(lambda ex: seg_pipeline.decode(ex))
+  if data.reduce_zero_label:
+    ds = ds.map(lambda image, label: (image, reduce_zero_label(label)))
+  scale = tuple(data.scale)
+  confusion, count = np.zeros((config.num_classes,) * 2, np.int64), 0
+  for image, label in tfds.as_numpy(ds):
+    x = jnp.asarray(image[None], jnp.float32)
+    if mode == 'whole':
+      logits = seg_lib.infer_whole(apply_fn, x, scale=scale)
+    elif mode == 'slide':
+      logits = seg_lib.infer_slide(apply_fn, x, crop=tuple(seg.eval_crop), stride=tuple(seg.eval_stride), scale=scale)
+    else:
+      logits = seg_lib.infer_multiscale(apply_fn, x, scale=scale, ratios=tuple(seg.ms_ratios), flip=seg.flip,
+                                        mode=seg.eval_mode, crop=tuple(seg.eval_crop), stride=tuple(seg.eval_stride))
+    confusion += np.asarray(confusion_matrix(jnp.asarray(label[None]), jnp.argmax(logits, -1), config.num_classes,
+                                             seg.ignore_label), np.int64)
+    count += 1
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+    count = int(np.asarray(multihost_utils.process_allgather(np.int64(count))).sum())
+  metrics = metrics_from_confusion(confusion, class_names(config))
+  row = {k: metrics[k] for k in ('mIoU', 'aAcc', 'mAcc')}
+  row.update({f'IoU/{name}': v for name, v in metrics['IoU_per_class'].items()})
+  row['count'] = count
+  return row

@@ -31,3 +31,19 @@ def test_demo_with_full_recipe_converges(name, tmp_path):
   final = [r for r in rows if 'eval_top1' in r][-1]
   best = max(final['eval_top1'], final.get('eval_ema_top1', 0.0))
   assert best >= RECIPE_DEMOS[name], final
+
+
+#: The UperNet digits demo's validation mIoU floor (measured: docs/segmentation.md, "The demo").
+SEGMENTATION_DEMO_MIOU = 0.5
+
+
+@pytest.mark.slow
+def test_segmentation_demo_reaches_its_stated_miou(tmp_path):
+  workdir = tmp_path / 'seg'
+  proc = subprocess.run([sys.executable, 'main.py', '--config=configs/upernet.py:backbone=nommer_t,demo',
+                         f'--workdir={workdir}', f'--config.data.data_dir={tmp_path / "tfds"}'], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=3600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [r for r in rows if 'eval_mIoU' in r][-1]
+  assert final['eval_count'] == 200 and final['eval_mIoU'] >= SEGMENTATION_DEMO_MIOU, final

@@ -179,6 +179,13 @@ def test_demo_run_logs_the_miou_of_whole_image_inference(tmp_path, monkeypatch):
   assert abs(logged['eval_mIoU'] - expected) < 1e-6
   assert abs(logged['eval_aAcc'] - inter.sum() / cm.sum()) < 1e-6
 
+  # python -m lgvit.evaluate: mmseg's per-image whole mode gives the same numbers here (canvas = image).
+  from lgvit import evaluate
+  out = tmp_path / 'eval.json'
+  assert evaluate.main(['--workdir', str(tmp_path / 'w'), '--segment-mode', 'whole', '--out', str(out)]) == 0
+  (scores,) = json.loads(out.read_text())['evals'].values()
+  assert scores['count'] == 200 and abs(scores['mIoU'] - expected) < 1e-6
+
 
 def test_init_from_a_classification_run_fills_the_backbone(tmp_path):
   """A classifier's weights (here: a random backbone saved as a converted checkpoint) go under

@@ -346,7 +346,8 @@ def eval_dataset(data, builder, *, local_batch: int, process_index: int, process
 
   def preprocess(example):
     image = _decode_and_center_crop(example['image'], data.image_size, data.crop_pct, data.interpolation)
-    return {'image': _to_uint8(image), **targets(example), 'mask': tf.constant(1, tf.int32),
+    image = tf.ensure_shape(_to_uint8(image), (data.image_size, data.image_size, 3))  # static: the padding copies it
+    return {'image': image, **targets(example), 'mask': tf.constant(1, tf.int32),
             'unreadable': tf.constant(0, tf.int32)}
 
   def unreadable(example):
