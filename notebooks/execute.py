@@ -96,7 +96,8 @@ def scrub(notebook, replacements: dict[str, str]):
 
 _MASKS = (
     (re.compile(r'ETA \S+'), 'ETA #'),
-    (re.compile(r'\d+(?:\.\d+)+%?|\d+%'), '#'),  # 0.9750, 97.5%, 0.10.2 (a version), 12%
+    (re.compile(r' *\d+(?:\.\d+)+%?| *\d+%'), ' #'),  # 0.9750, 97.5%, 0.10.2 (a version), 12%, with the
+    # padding of right-aligned columns: '100.0%' and ' 99.9%' differ by round-off only
     # Top-5 lines below the first: near-tied low probabilities swap places with round-off (another
     # CPU, other XLA flags); the top-1 class stays compared.
     (re.compile(r'^( +[2-5]\. +# +).*$', re.M), r'\1(rank masked)'),
