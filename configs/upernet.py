@@ -105,8 +105,10 @@ def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
   c.batch_size, c.eval_batch_size = 16, 40
   c.schedule.update(lr=1e-3, warmup_lr=1e-6)
   c.schedule.warmup_steps = 50
-  c.num_train_steps = 600
-  c.num_epochs = 600 * 16 / 1200
-  c.eval_every_epochs = 2.0
-  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 20, 200, 2
+  # From scratch the model first predicts the background everywhere (mIoU 0.07) for ~800 steps, then
+  # learns the digits: 2000 steps (27 epochs) reach ~0.57.
+  c.num_train_steps = 2000
+  c.num_epochs = 2000 * 16 / 1200
+  c.eval_every_epochs = 4.0
+  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 50, 500, 2
   c.init_from = ''

@@ -1,4 +1,4 @@
-"""Trains the UperNet digits demo and draws docs/gallery/segmentation/demo.png (image | truth | prediction).
+"""Trains the UperNet digits demo and draws docs/images/segmentation_demo.png (image | truth | prediction).
 
     PYTHONPATH=. python docs/make_segmentation_demo.py [--workdir /tmp/seg_demo] [--backbone nommer_t]
 
@@ -24,7 +24,7 @@ def main(argv=None):
   parser.add_argument('--workdir', default='/tmp/lgvit_seg_demo')
   parser.add_argument('--backbone', default='nommer_t')
   parser.add_argument('--rows', type=int, default=4)
-  parser.add_argument('--out', default=str(ROOT / 'docs' / 'gallery' / 'segmentation' / 'demo.png'))
+  parser.add_argument('--out', default=str(ROOT / 'docs' / 'images' / 'segmentation_demo.png'))
   args = parser.parse_args(argv)
   config = f'configs/upernet.py:backbone={args.backbone},demo'
   subprocess.run([sys.executable, 'main.py', f'--config={config}', f'--workdir={args.workdir}'], cwd=ROOT, check=True)
