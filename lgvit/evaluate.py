@@ -112,8 +112,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   elif kind == layout.EXPORT:
     dataset = layout.read_export_meta(source).get('dataset')
   config = eval_config(loaded, config, args.data_dir, args.batch_size)
-  requested = (evals.names(args.evals) if args.evals or config.get('task') == 'segmentation' else
-               default_evals(config, dataset, config.num_classes, kind == layout.TRAINING))
   if kind == layout.TRAINING:
     weights = ('best' if args.best else 'latest') + (' (raw)' if args.raw or not config.get('ema_decay') else ' (EMA)')
   else:
@@ -121,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if config.get('task') == 'segmentation':
     results = evaluate_segmentation(loaded, config, args.segment_mode)
   else:
+    requested = (evals.names(args.evals) if args.evals else
+                 default_evals(config, dataset, config.num_classes, kind == layout.TRAINING))
     results = evaluate_model(loaded, config, requested)
   return {'model': loaded.name, 'source': os.path.abspath(source), 'weights': weights,
           'image_size': loaded.image_size, 'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation,

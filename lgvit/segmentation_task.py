@@ -31,11 +31,13 @@ def train_forward(model, config):
     outputs, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images.astype(dtype), train=True,
                                     rngs=rngs, mutable=['batch_stats'])
     valid = batch['valid'].astype(jnp.float32)
-    loss, terms = upernet_loss(outputs, batch['label'], aux_weight=seg.aux_weight, ignore_label=seg.ignore_label,
-                               mask=valid, avg_non_ignore=seg.avg_non_ignore)
-    logits = outputs[0] if isinstance(outputs, tuple) else outputs
     labels = batch['label'].astype(jnp.int32)
-    preds = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3]), -1)
+    # Resized to the labels once, for the loss (whose own resize is then a no-op) and the accuracy.
+    logits, aux = outputs
+    logits = resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3])
+    loss, terms = upernet_loss((logits, aux), labels, aux_weight=seg.aux_weight, ignore_label=seg.ignore_label,
+                               mask=valid, avg_non_ignore=seg.avg_non_ignore)
+    preds = jnp.argmax(logits, -1)
     counted = (labels != seg.ignore_label) * valid[:, None, None]
     terms['train_pixel_acc'] = jnp.sum((preds == labels) * counted) / jnp.maximum(jnp.sum(counted), 1.0)
     return loss, (terms, new_vars.get('batch_stats', {}))
@@ -83,26 +85,28 @@ def make_eval_step(model, config):
   return eval_step
 
 
-def class_names(config) -> list[str]:
-  from lgvit.predict import class_names as names  # one table of dataset names for predict and the eval
-  return names(config.data.dataset, config.num_classes)
+def metrics_row(confusion, config) -> dict:
+  """``mIoU``, ``aAcc``, ``mAcc`` and ``IoU/<class>`` (the dataset's class names, as predict prints them)."""
+  from lgvit.predict import class_names
+  metrics = metrics_from_confusion(np.asarray(confusion, np.int64), class_names(config.data.dataset, config.num_classes))
+  row = {k: metrics[k] for k in ('mIoU', 'aAcc', 'mAcc')}
+  row.update({f'IoU/{name}': v for name, v in metrics['IoU_per_class'].items()})
+  return row
 
 
 def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict:
   """Every image of the eval split once: ``mIoU``, ``aAcc``, ``mAcc`` (0..1), ``IoU/<class>`` per class,
   ``count``, ``skipped`` (unreadable) and ``downscaled`` (images fit into the canvas)."""
   from lgvit.data import pipeline, seg_pipeline
+  from lgvit.evals import global_batch
   local_batch = config.eval_batch_size // jax.process_count()
   ds, _ = seg_pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
                                     process_count=jax.process_count(), split=split)
   totals = None
   for batch in pipeline.as_numpy(ds):
-    out = eval_fn(variables, {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()})
-    out = jax.device_get(out)
+    out = jax.device_get(eval_fn(variables, global_batch(batch, batch_sharding)))  # int64 sums on the host
     totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
-  metrics = metrics_from_confusion(totals['confusion'].astype(np.int64), class_names(config))
-  row = {k: metrics[k] for k in ('mIoU', 'aAcc', 'mAcc')}
-  row.update({f'IoU/{name}': v for name, v in metrics['IoU_per_class'].items()})
+  row = metrics_row(totals['confusion'], config)
   row.update(count=int(totals['count']), skipped=int(totals['skipped']), downscaled=int(totals['downscaled']))
   return row
 
@@ -135,6 +139,8 @@ def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Op
   if data.reduce_zero_label:
     ds = ds.map(lambda image, label: (image, reduce_zero_label(label)))
   scale = tuple(data.scale)
+  score = jax.jit(lambda label, logits: confusion_matrix(label, jnp.argmax(logits, -1), config.num_classes,
+                                                          seg.ignore_label))
   confusion, count = np.zeros((config.num_classes,) * 2, np.int64), 0
   for image, label in tfds.as_numpy(ds):
     x = jnp.asarray(image[None], jnp.float32)
@@ -145,15 +151,12 @@ def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Op
     else:
       logits = seg_lib.infer_multiscale(apply_fn, x, scale=scale, ratios=tuple(seg.ms_ratios), flip=seg.flip,
                                         mode=seg.eval_mode, crop=tuple(seg.eval_crop), stride=tuple(seg.eval_stride))
-    confusion += np.asarray(confusion_matrix(jnp.asarray(label[None]), jnp.argmax(logits, -1), config.num_classes,
-                                             seg.ignore_label), np.int64)
+    confusion += np.asarray(score(label[None], logits), np.int64)
     count += 1
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
     count = int(np.asarray(multihost_utils.process_allgather(np.int64(count))).sum())
-  metrics = metrics_from_confusion(confusion, class_names(config))
-  row = {k: metrics[k] for k in ('mIoU', 'aAcc', 'mAcc')}
-  row.update({f'IoU/{name}': v for name, v in metrics['IoU_per_class'].items()})
+  row = metrics_row(confusion, config)
   row['count'] = count
   return row

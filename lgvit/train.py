@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -45,10 +45,12 @@ from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
 from lgvit import evals
 from lgvit import optim
+from lgvit import segmentation_task
 from lgvit import workdir as layout
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
+from lgvit.data import seg_pipeline
 from lgvit.errors import ConfigError, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
 from lgvit.evals import evaluate, global_batch, make_eval_step  # noqa: F401  (make_eval_step: lgvit.aot uses it)
 from lgvit.modeling import RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, normalize
@@ -94,11 +96,10 @@ CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear
            'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
            'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
            'matmul_precision': ('default', 'high', 'highest')}
-TASKS = ('classification', 'segmentation')
 
 
 def task_of(config) -> str:
-  """``config.task``: 'classification' (the default) or 'segmentation' (UperNet, lgvit.segmentation)."""
+  """``config.task``: 'classification' (the default) or 'segmentation' (UperNet, lgvit.segmentation_task)."""
   return config.get('task', 'classification')
 
 
@@ -211,11 +212,7 @@ def classification_forward(model, config):
 def make_train_step(model, tx, config, schedule):
   """The jit-able ``(state, batch, key) -> (state, metrics)`` of ``config.task``: the task's forward
   and loss, then the optimiser update, EMA and the step metrics shared by every task."""
-  if task_of(config) == 'segmentation':
-    from lgvit import segmentation_task
-    forward = segmentation_task.train_forward(model, config)
-  else:
-    forward = classification_forward(model, config)
+  forward = task(config).forward(model, config)
 
   def train_step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
@@ -304,7 +301,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
   n_train = pipeline.num_examples(builder, config.data.train_split)
   n_eval = pipeline.num_examples(builder, config.data.eval_split)  # a missing eval split fails before training
-  classes = dataset_classes(config, builder)
+  classes = task(config).dataset_classes(config, builder)
   if classes is not None and classes != config.num_classes:
     raise ConfigError(f'{config.data.dataset} has {classes} classes but config.num_classes is '
                       f'{config.num_classes}; set --config.num_classes={classes}')
@@ -363,7 +360,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
-            eval_step=jax.jit(task_eval_step(model, config), out_shardings=replicated),
+            eval_step=jax.jit(task(config).eval_step(model, config), out_shardings=replicated),
             batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
             log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, extra_evals=extra_evals)
   also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
@@ -371,21 +368,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
           f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}')
   return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
-
-
-def dataset_classes(config, builder) -> Optional[int]:
-  """The class count of the config's dataset as the model sees it (None: unknown, not checked)."""
-  if task_of(config) == 'segmentation':
-    from lgvit.data import seg_pipeline
-    return seg_pipeline.num_classes(builder, config.data.reduce_zero_label)
-  return pipeline.num_classes(builder)
-
-
-def task_eval_step(model, config):
-  if task_of(config) == 'segmentation':
-    from lgvit import segmentation_task
-    return segmentation_task.make_eval_step(model, config)
-  return make_eval_step(model, config)
 
 
 def create_state(model, tx, config) -> TrainState:
@@ -418,14 +400,6 @@ def init_from_checkpoint(state: TrainState, tx, config, replicated, state_shardi
 # ---------------------------------------------------------------------------------------------
 # The periodic actions.
 # ---------------------------------------------------------------------------------------------
-
-
-def train_shard_fn(config):
-  """What makes one shard's training batches for ``config.task`` (``lgvit.data.pipeline.train_dataset``)."""
-  if task_of(config) == 'segmentation':
-    from lgvit.data import seg_pipeline
-    return seg_pipeline.shard_dataset
-  return pipeline.shard_dataset
 
 
 def train_one_step(run: Run, loop: LoopState, batch, key) -> LoopState:
@@ -487,8 +461,6 @@ def log_row(run: Run, loop: LoopState) -> LoopState:
 def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
   """Evaluates the raw weights (and the EMA weights, if any) on the eval split; logs the row."""
   config, state, step = run.config, loop.train, loop.step
-  if task_of(config) == 'segmentation':
-    return evaluate_segmentation_and_log(run, loop)
   row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, state.variables(), config, run.builder,
                                               run.batch_sharding).items()}
   if config.ema_decay:
@@ -510,7 +482,6 @@ def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
 
 def evaluate_segmentation_and_log(run: Run, loop: LoopState) -> LoopState:
   """mIoU, aAcc, mAcc and per-class IoU (``eval_IoU/<class>``) of the raw weights (and EMA ones, if any)."""
-  from lgvit import segmentation_task
   config, state, step = run.config, loop.train, loop.step
   metrics = segmentation_task.evaluate(run.eval_step, state.variables(), config, run.builder, run.batch_sharding)
   row = {f'eval_{k}': v for k, v in metrics.items()}
@@ -545,9 +516,9 @@ def evaluate_extras(run: Run, loop: LoopState) -> tuple[dict[str, float], list[s
 
 def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
   """:func:`evaluate_and_log`, then saves the weights to ``best/`` when ``config.best_metric`` improved."""
-  loop = evaluate_and_log(run, loop)
+  loop = task(run.config).evaluate_and_log(run, loop)
   metric_name, state = run.config.best_metric, loop.train
-  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval.get('eval_top1', loop.last_eval.get('eval_mIoU')))
+  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval['eval_' + task(run.config).main_metric])
   if metric <= loop.best_value:
     return loop
   if run.best is not None:
@@ -569,11 +540,40 @@ def finish(run: Run, loop: LoopState, status: str) -> dict[str, Any]:
   """
   if status == FINISHED and not loop.last_eval:
     logged = run.log.eval_row(loop.step)
-    loop = dataclasses.replace(loop, last_eval=logged) if logged else evaluate_and_log(run, loop)
+    loop = dataclasses.replace(loop, last_eval=logged) if logged else task(run.config).evaluate_and_log(run, loop)
   run.checkpointer.wait()
   if status == PREEMPTED:
     run.say(f'Preempted: saved step {loop.step}; rerun the same command to resume.')
   return {'status': status, 'step': loop.step, **loop.last_eval}
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks: what differs between them; the loop, state, optimiser, EMA, checkpoints and logs are shared.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  forward: Callable  # (model, config) -> the train step's forward and loss (classification_forward)
+  eval_step: Callable  # (model, config) -> (variables, batch) -> sums over a batch
+  shard_fn: Callable  # one shard's train batches (lgvit.data.pipeline.train_dataset's shard_fn)
+  dataset_classes: Callable  # (config, builder) -> the dataset's class count as the model sees it, or None
+  evaluate_and_log: Callable  # (run, loop) -> loop with last_eval
+  main_metric: str  # the eval metric best/ falls back to
+
+
+TASKS = {
+    'classification': Task(classification_forward, make_eval_step, pipeline.shard_dataset,
+                           lambda config, builder: pipeline.num_classes(builder), evaluate_and_log, 'top1'),
+    'segmentation': Task(segmentation_task.train_forward, segmentation_task.make_eval_step,
+                         seg_pipeline.shard_dataset,
+                         lambda config, builder: seg_pipeline.num_classes(builder, config.data.reduce_zero_label),
+                         evaluate_segmentation_and_log, 'mIoU'),
+}
+
+
+def task(config) -> Task:
+  return TASKS[task_of(config)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force_config: bool = False,
@@ -591,7 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
       ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
                                   epoch=epoch, start_step=in_epoch, steps_per_epoch=run.steps_per_epoch,
                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                  shard_fn=train_shard_fn(config))
+                                  shard_fn=task(config).shard_fn)
       for batch in pipeline.as_numpy(ds):
         loop = train_one_step(run, loop, batch, key)
         due_log, due_eval, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in

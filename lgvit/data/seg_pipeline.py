@@ -11,7 +11,7 @@ Training: mmseg's ADE20K transforms (:func:`lgvit.data.seg_transforms.train_tran
 keep-ratio rule to ``data.scale`` and zero-padded at the bottom/right to the fixed
 ``seg.eval_canvas``, so that one compiled program serves every image; the label stays at its original
 resolution, padded with the ignore label to ``seg.label_canvas``. The train step's evaluation resizes
-the logits of the scaled region back to each image's own size (``lgvit.segmentation.eval_step``).
+the logits of the scaled region back to each image's own size (``lgvit.segmentation_task.make_eval_step``).
 An image whose scaled size exceeds the canvas is scaled down further to fit, a label larger than its
 canvas is resized (nearest) to fit; both are counted (``eval_downscaled``) and listed in
 docs/segmentation.md as the places where the numbers can differ from mmseg's.
@@ -52,17 +52,13 @@ def decode(example):
   return image, tf.cast(label, tf.uint8)
 
 
-def _crop(data) -> tuple[int, int]:
-  return (data.image_size, data.image_size)
-
-
 def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
                   shard_batch: int, shard: int, shard_count: int) -> tf.data.Dataset:
   """One shard's train batches: ``image`` (B, S, S, 3) uint8, ``label`` (B, S, S) uint8 (255 = ignore), ``valid``."""
   ds, seed_of = pipeline.shard_records(data, builder, seed=seed, epoch=epoch, start_step=start_step,
                                        steps_per_epoch=steps_per_epoch, shard_batch=shard_batch, shard=shard,
                                        shard_count=shard_count, encoded=ENCODED)
-  crop = _crop(data)
+  crop = (data.image_size, data.image_size)
 
   def preprocess(pos, example):
     image, label = decode(example)
