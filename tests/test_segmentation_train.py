@@ -217,3 +217,26 @@ def test_init_from_a_classification_run_fills_the_backbone(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(loaded.params['decode_head']), fresh):
     np.testing.assert_array_equal(a, b)
 
+
+def test_demo_on_two_devices_resumes_and_scores_every_image_once(tmp_path):
+  """The segmentation task on a 2-device mesh: a run stopped after 2 steps resumes to 4, and the
+  padded, masked eval counts each of the 200 validation images once."""
+  import subprocess
+  import sys
+  from conftest import subprocess_env
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  base = [sys.executable, 'main.py', '--config=configs/upernet.py:backbone=swin_t,demo', f'--workdir={tmp_path / "w"}',
+          f'--config.data.data_dir={tmp_path / "tfds"}', '--config.checkpoint_every_steps=2',
+          '--config.eval_every_epochs=100']
+  first = subprocess.run(base + ['--config.num_train_steps=2'], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert '2 devices on 1 process(es)' in first.stdout
+  second = subprocess.run(base + ['--config.num_train_steps=4'], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert 'Resuming' in second.stdout and 'from step 2' in second.stdout
+  rows = [json.loads(l) for l in open(tmp_path / 'w' / 'metrics.jsonl')]
+  evals = [r for r in rows if 'eval_mIoU' in r]
+  assert [r['step'] for r in evals] == [2, 4] and all(r['eval_count'] == 200 for r in evals)
