@@ -105,7 +105,7 @@ def test_one_train_step_agrees_across_devices_and_processes(tmp_path):
   _finish(procs)
   bound = (32 * 16 * 16 - 1) * U
   reference = dict(np.load(tmp_path / '1x1.npz'))
-  for topology in ('1x2', '1x4', '1x8', '2x4'):
+  for topology in ('1x2', '1x8', '2x4'):
     other = dict(np.load(tmp_path / f'{topology}.npz'))
     assert sorted(other) == sorted(reference)
     assert other['metrics/data_fingerprint'] == reference['metrics/data_fingerprint'], topology
@@ -133,7 +133,8 @@ def _rows(workdir):
 
 
 def test_data_stream_and_trajectory_agree_across_devices_and_processes(tmp_path):
-  """A two-stage Swin-ST demo, 5 warm-up steps of AdamW, on 1x1, 1x2, 1x4, 1x8 and 2x4.
+  """A two-stage Swin-ST demo, 5 warm-up steps of AdamW, on 1x1, 1x2, 1x8 and 2x4 (1x4 adds nothing the
+  others do not cover, and a run costs ~40 s of the suite).
 
   The data fingerprints must be equal exactly. Swin has no kinks (LayerNorm, GELU, softmax) and the
   warm-up steps are small, so round-off stays round-off: losses and gradient norms agree to ~1e-7
@@ -154,7 +155,7 @@ def test_data_stream_and_trajectory_agree_across_devices_and_processes(tmp_path)
                                  '--num_processes=2', f'--process_id={i}'], 4) for i in range(2)])
   assert '8 devices on 2 process(es)' in outs[0]
   assert not [l for l in outs[1].splitlines() if l.startswith(('step ', 'eval @', 'done'))]  # only process 0 logs
-  _finish([_start(main + [f'--workdir={tmp_path / f"1x{n}"}'], n) for n in (1, 2, 4, 8)])
+  _finish([_start(main + [f'--workdir={tmp_path / f"1x{n}"}'], n) for n in (1, 2, 8)])
 
   from lgvit import checkpoint
   import jax
@@ -163,7 +164,7 @@ def test_data_stream_and_trajectory_agree_across_devices_and_processes(tmp_path)
   assert len({r['data_fingerprint'] for r in reference}) == 5
   ref_params = jax.tree_util.tree_leaves(checkpoint.load_variables(str(tmp_path / '1x1'), prefer_ema=False))
   lr_sum = sum(r['lr'] for r in reference)
-  for topology in ('1x2', '1x4', '1x8', '2x4'):
+  for topology in ('1x2', '1x8', '2x4'):
     rows = _rows(tmp_path / topology)
     assert [r['data_fingerprint'] for r in rows] == [r['data_fingerprint'] for r in reference], topology
     for key in ('loss', 'grad_norm', 'train_top1', 'lr'):
