@@ -19,8 +19,6 @@ def subprocess_env(**extra) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   env.update(extra)
-  if FAST_COMPILE_FLAG in os.environ.get('XLA_FLAGS', ''):  # the suite's compile level, see below
-    env['XLA_FLAGS'] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
   return env
 
 
