@@ -54,19 +54,6 @@ def pytest_configure(config):
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CREATED_CACHE
 
 
-#: Modules whose tests start main.py runs (or notebooks) and take 20-140 s each. They are collected
-#: first (longest first), so that pytest-xdist hands them out before the many short tests, which then fill the gaps
-#: at the end instead of one long test running alone (~2 min of a 2-worker run's wall time).
-LONG_RUNNING_MODULES = ('test_train', 'test_segmentation_train', 'test_distributed', 'test_notebooks',
-                        'test_reliability', 'test_precision', 'test_console')
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {name: i for i, name in enumerate(LONG_RUNNING_MODULES)}
-  items.sort(key=lambda item: rank.get(item.module.__name__.rsplit('.', 1)[-1], len(rank)))
-
-
 def pytest_unconfigure(config):
   del config
   if _CREATED_CACHE:
