@@ -15,6 +15,7 @@ from lgvit.errors import DatasetNotFoundError
 from lgvit.models.layers import resize_bilinear
 
 from configs import upernet
+from test_train import run_main
 
 
 def test_logits_at_label_size_equals_cropping_then_resizing():
@@ -182,21 +183,13 @@ def test_demo_on_two_devices_resumes_and_logs_the_miou_of_whole_image_inference(
   """The segmentation task on a 2-device mesh: a run stopped after 2 steps resumes to 4; the padded,
   masked eval counts each of the 200 validation images once, and its mIoU / aAcc equal a numpy
   confusion matrix of every image through infer_whole, and what `lgvit.evaluate` reports."""
-  import subprocess
-  import sys
-  from conftest import subprocess_env
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  env = subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   workdir, data_dir = tmp_path / 'w', tmp_path / 'tfds'
-  base = [sys.executable, 'main.py', '--config=configs/upernet.py:backbone=swin_t,demo', f'--workdir={workdir}',
-          f'--config.data.data_dir={data_dir}', '--config.checkpoint_every_steps=2', '--config.eval_every_epochs=100']
-  first = subprocess.run(base + ['--config.num_train_steps=2'], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=600)
-  assert first.returncode == 0, first.stderr[-2000:]
+  args = ['--config=configs/upernet.py:backbone=swin_t,demo', f'--config.data.data_dir={data_dir}',
+          '--config.checkpoint_every_steps=2', '--config.eval_every_epochs=100']
+  two_devices = dict(XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  first = run_main(*args, '--config.num_train_steps=2', workdir=workdir, **two_devices)
   assert '2 devices on 1 process(es)' in first.stdout
-  second = subprocess.run(base + ['--config.num_train_steps=4'], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert second.returncode == 0, second.stderr[-2000:]
+  second = run_main(*args, '--config.num_train_steps=4', workdir=workdir, **two_devices)
   assert 'Resuming' in second.stdout and 'from step 2' in second.stdout and 'mIoU' in second.stdout
   rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
   evals = [r for r in rows if 'eval_mIoU' in r]
