@@ -27,7 +27,8 @@ done
 for m in $FLAGSHIPS; do
   done_in v4_8 $m || run v4_8 --topology v4:2x2x1 --models $m --dtype bfloat16 --search one
 done
-OTHERS=$($PY -c "from lgvit.models import list_models; print(' '.join(n for n in list_models(task='classification') if n not in '$FLAGSHIPS'.split()))")
+# MODELS="a b" restricts (and orders) the other variants, e.g. to finish the cheap ones first.
+OTHERS=${MODELS:-$($PY -c "from lgvit.models import list_models; print(' '.join(n for n in list_models(task='classification') if n not in '$FLAGSHIPS'.split()))")}
 # REVERSE=1 walks the other variants from the end: a second instance on a host with cores and memory
 # to spare meets the first in the middle (keep one of them away from the NomMer-B/384 compiles' ~12+ GB).
 [ "${REVERSE:-0}" = 1 ] && OTHERS=$(echo $OTHERS | tr ' ' '\n' | tac | tr '\n' ' ')
