@@ -10,6 +10,10 @@ temporaries + outputs) and, on CPU, the peak resident memory of the model's own 
 runs in a fresh subprocess so that memory and caches do not leak between rows. A train step is
 forward + cross-entropy + backward + SGD(momentum 0.9), in train mode (batch statistics, drop-path,
 Gumbel noise), as in ``docs/official_code.md`` (CPU baselines).
+
+``--host-devices N`` (CPU) splits the host into N XLA devices and shards the batch over them
+(parameters replicated, as ``main.py`` does over a mesh): on a 2-core host this runs two
+half-batches side by side instead of one batch on XLA's intra-op thread pool.
 """
 from __future__ import annotations
 
@@ -54,9 +58,10 @@ def _cost(compiled) -> tuple[float, float]:
 
 
 def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'float32',
-                   model_kwargs: Optional[dict] = None, donate: bool = True):
+                   model_kwargs: Optional[dict] = None, donate: bool = True, devices: int = 1):
   """The jitted function that a benchmark times and its arguments: an inference forward pass, or a
-  train step (forward, cross-entropy, backward, SGD with momentum) on random images."""
+  train step (forward, cross-entropy, backward, SGD with momentum) on random images. ``devices > 1``
+  shards the batch over the first ``devices`` devices and replicates everything else."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -92,14 +97,32 @@ def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'fl
 
     fn = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
     args = (params, state, tx.init(params), x)
+  if devices > 1:
+    args = _shard_batch(args, devices)
   return fn, args
 
 
+def _shard_batch(args: tuple, devices: int) -> tuple:
+  """Places the last argument (the images) split along its batch axis over ``devices`` devices and
+  the others replicated."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  if len(jax.devices()) < devices:
+    raise SystemExit(f'--host-devices {devices}: jax sees only {len(jax.devices())} device(s); on CPU the flag '
+                     'must be in XLA_FLAGS before jax starts (the benchmark\'s child processes set it).')
+  batch = args[-1].shape[0]
+  if batch % devices:
+    raise SystemExit(f'--batch {batch} does not split over --host-devices {devices}: use a multiple of {devices}.')
+  mesh = Mesh(jax.devices()[:devices], ('data',))
+  replicated = NamedSharding(mesh, P())
+  return (*jax.device_put(args[:-1], replicated), jax.device_put(args[-1], NamedSharding(mesh, P('data'))))
+
+
 def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
-              peak_gflops: float, model_kwargs: Optional[dict] = None) -> dict:
+              peak_gflops: float, model_kwargs: Optional[dict] = None, devices: int = 1) -> dict:
   import jax
   from lgvit.models.layers import count_params
-  fn, args = benchmark_step(name, mode, batch, size, dtype, model_kwargs)
+  fn, args = benchmark_step(name, mode, batch, size, dtype, model_kwargs, devices=devices)
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
@@ -127,15 +150,19 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
       'gflop_per_step': round(flops / 1e9, 2), 'gflop_per_s': round(flops / step_s / 1e9, 1),
       'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 3) if peak_gflops else float('nan'),
       'xla_mem_mb': round(mem_mb, 1), 'rss_peak_mb': round(rss_mb, 1),
-      'params_m': round(count_params(args[0]) / 1e6, 2),
+      'params_m': round(count_params(args[0]) / 1e6, 2),       # read off the images' placement, so that a row says what really ran
+      'host_devices': len(args[-1].sharding.device_set),
   }
 
 
 
-def cell_env(threads: int, eigen: bool = False) -> tuple[dict[str, str], list[str]]:
+def cell_env(threads: int, eigen: bool = False, host_devices: int = 1) -> tuple[dict[str, str], list[str]]:
   """The environment and command prefix of one benchmark process: ``threads=1`` pins it to core 0
-  with single-threaded XLA (as the baselines in docs/official_code.md), 0 leaves XLA its defaults."""
+  with single-threaded XLA (as the baselines in docs/official_code.md), 0 leaves XLA its defaults;
+  ``host_devices > 1`` makes XLA:CPU present that many devices."""
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  if host_devices > 1:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={host_devices}').strip()
   if eigen:
     env['LGVIT_XLA_CPU_EIGEN'] = '1'  # the children set the flag when they import lgvit
   prefix = []
@@ -148,11 +175,11 @@ def cell_env(threads: int, eigen: bool = False) -> tuple[dict[str, str], list[st
 
 
 def cell_command(name: str, mode: str, *, batch: int, size: int, dtype: str = 'float32', warmup: int = 2,
-                 repeats: int = 5, peak: float = 0.0, kwargs: str = '') -> list[str]:
+                 repeats: int = 5, peak: float = 0.0, kwargs: str = '', host_devices: int = 1) -> list[str]:
   """The command that times one model in a fresh process; it prints the row as JSON on its last line."""
   return [sys.executable, '-m', 'lgvit.benchmark', '--single', '--models', name, '--batch', str(batch), '--size',
           str(size), '--mode', mode, '--dtype', dtype, '--warmup', str(warmup), '--repeats', str(repeats),
-          '--peak', str(peak), '--kwargs', kwargs]
+          '--peak', str(peak), '--kwargs', kwargs, '--host-devices', str(host_devices)]
 
 def print_table(rows: list[dict], peak: float, header: str = ''):
   cols = ['model', 'mode', 'dtype', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_s', 'peak_fraction',
@@ -184,6 +211,9 @@ def main(argv=None):
                       'docs/official_code.md); 0 leaves XLA its defaults (all cores)')
   parser.add_argument('--xla-cpu-eigen', action='store_true',
                       help='CPU: Eigen instead of YNNPACK for dots/convs (lgvit.use_eigen_cpu_kernels)')
+  parser.add_argument('--host-devices', type=int, default=1,
+                      help='CPU: split the host into N XLA devices and shard the batch over them (the batch must '
+                      'be a multiple of N)')
   parser.add_argument('--out', default='', help='write OUT.csv and OUT.json')
   parser.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
   parser.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
@@ -193,7 +223,7 @@ def main(argv=None):
     import jax
     peak = args.peak or measure_matmul_peak()
     row = bench_one(args.models, args.mode, args.batch, args.size, args.dtype, args.warmup, args.repeats, peak,
-                    json.loads(args.kwargs) if args.kwargs else None)
+                    json.loads(args.kwargs) if args.kwargs else None, devices=args.host_devices)
     row['peak_gflops'] = round(peak, 1)
     row['threads'] = args.threads
     row['xla_flags'] = os.environ.get('XLA_FLAGS', '')  # as this process ran, after lgvit's own
@@ -206,7 +236,9 @@ def main(argv=None):
            else [n.strip() for n in args.models.split(',') if n.strip()])
   for n in names:
     model_info(n)  # unknown names fail here, before any work
-  env, prefix = cell_env(args.threads, args.xla_cpu_eigen)
+  if args.host_devices < 1 or args.batch % args.host_devices:
+    parser.error(f'--batch {args.batch} must be a positive multiple of --host-devices {args.host_devices}')
+  env, prefix = cell_env(args.threads, args.xla_cpu_eigen, args.host_devices)
   peak = float(json.loads(subprocess.run(
       prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
       capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]))
@@ -214,7 +246,7 @@ def main(argv=None):
   for name in names:
     size = args.size or model_info(name).input_size
     cmd = prefix + cell_command(name, args.mode, batch=args.batch, size=size, dtype=args.dtype, warmup=args.warmup,
-                                repeats=args.repeats, peak=peak, kwargs=args.kwargs)
+                                repeats=args.repeats, peak=peak, kwargs=args.kwargs, host_devices=args.host_devices)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
       err = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ['?']
@@ -226,13 +258,15 @@ def main(argv=None):
           flush=True)
   print()
   threads = '1 core' if args.threads == 1 else 'default threads'
+  if args.host_devices > 1:
+    threads += f', {args.host_devices} host devices'
   first = rows[0] if rows else {}
   print_table(rows, peak, f"batch {args.batch}, {args.mode}, {args.dtype}, {threads}, "
               f"XLA_FLAGS={first.get('xla_flags', '')!r}, device: {first.get('device', '?')}")
   if args.out:
     os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
     with open(args.out + '.csv', 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=FIELDS + ['device'], extrasaction='ignore')
+      w = csv.DictWriter(f, fieldnames=FIELDS + ['host_devices', 'device'], extrasaction='ignore')
       w.writeheader()
       w.writerows(rows)
     with open(args.out + '.json', 'w') as f:
