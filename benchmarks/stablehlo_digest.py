@@ -24,9 +24,10 @@ _LOCATIONS = re.compile(r'loc\([^)]*\)|#loc[0-9]*')
 
 
 def program_text(name: str, mode: str, batch: int, size: int) -> str:
+  """The program without its source locations: the ``#locN = loc(...)`` table and every reference to it."""
   fn, args = benchmark_step(name, mode, batch, size)
-  text = _LOCATIONS.sub('', fn.lower(*args).as_text())
-  return '\n'.join(line for line in text.splitlines() if not line.startswith('#loc'))
+  lines = (line for line in fn.lower(*args).as_text().splitlines() if not line.startswith('#loc'))
+  return _LOCATIONS.sub('', '\n'.join(lines))
 
 
 def main():

@@ -103,19 +103,16 @@ def benchmark_step(name: str, mode: str, batch: int, size: int, dtype: str = 'fl
 
 
 def _shard_batch(args: tuple, devices: int) -> tuple:
-  """Places the last argument (the images) split along its batch axis over ``devices`` devices and
-  the others replicated."""
+  """Places the last argument (the images) split along its batch axis over the first ``devices``
+  devices, on the training mesh, and the others replicated."""
   import jax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from lgvit.modeling import make_mesh
   if len(jax.devices()) < devices:
     raise SystemExit(f'--host-devices {devices}: jax sees only {len(jax.devices())} device(s); on CPU the flag '
                      'must be in XLA_FLAGS before jax starts (the benchmark\'s child processes set it).')
-  batch = args[-1].shape[0]
-  if batch % devices:
-    raise SystemExit(f'--batch {batch} does not split over --host-devices {devices}: use a multiple of {devices}.')
-  mesh = Mesh(jax.devices()[:devices], ('data',))
-  replicated = NamedSharding(mesh, P())
-  return (*jax.device_put(args[:-1], replicated), jax.device_put(args[-1], NamedSharding(mesh, P('data'))))
+  mesh = make_mesh(jax.devices()[:devices])
+  return (*jax.device_put(args[:-1], NamedSharding(mesh, P())), jax.device_put(args[-1], NamedSharding(mesh, P('data'))))
 
 
 def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: int, repeats: int,
@@ -150,8 +147,8 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
       'gflop_per_step': round(flops / 1e9, 2), 'gflop_per_s': round(flops / step_s / 1e9, 1),
       'peak_fraction': round(flops / step_s / 1e9 / peak_gflops, 3) if peak_gflops else float('nan'),
       'xla_mem_mb': round(mem_mb, 1), 'rss_peak_mb': round(rss_mb, 1),
-      'params_m': round(count_params(args[0]) / 1e6, 2),       # read off the images' placement, so that a row says what really ran
-      'host_devices': len(args[-1].sharding.device_set),
+      'params_m': round(count_params(args[0]) / 1e6, 2),
+      'host_devices': len(args[-1].sharding.device_set),  # the images' placement: what really ran
   }
 
 

@@ -19,6 +19,12 @@ RNG_STREAMS = ('dropout', 'drop_path', 'gumbel')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
 def compute_dtype(config):
   if config.dtype not in DTYPES:
     raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")

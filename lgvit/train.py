@@ -53,7 +53,8 @@ from lgvit.data import pipeline
 from lgvit.data import seg_pipeline
 from lgvit.errors import ConfigError, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
 from lgvit.evals import evaluate, global_batch, make_eval_step  # noqa: F401  (make_eval_step: lgvit.aot uses it)
-from lgvit.modeling import RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, normalize
+from lgvit.modeling import (RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, make_mesh,
+                            normalize)
 from lgvit.models import model_info
 
 #: What :func:`train_and_evaluate` reports in ``result['status']``.
@@ -80,12 +81,6 @@ class TrainState:
 def best_metric_uses_ema(config) -> bool:
   """Whether ``config.best_metric`` scores the EMA weights (those are what ``best/`` keeps)."""
   return bool(config.best_metric.startswith('ema_') and config.ema_decay)
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over ``devices`` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 #: Config fields that must be positive, and the fields that take one of a few values. Checked before
