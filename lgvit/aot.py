@@ -21,6 +21,8 @@ verify`` (default): two compiles give the line, a third checks the predicted bat
 the next lower step if the prediction was optimistic). ``--search fit``: the line's prediction,
 unchecked (two compiles). ``--search one``: no extra compile; all temporaries are taken as growing
 with the batch, which underestimates the largest batch (marked with ``>=``). ``--search none``.
+Where libtpu refuses the requested batch for HBM, the row says ``fits NO`` with the bytes libtpu
+reported it needed, and the search starts from half that batch, halving until a program compiles.
 
 ``--batch-per-chip recipe`` (the default) is the config's global batch divided by the number of
 chips. TPU kernels: the native path (``docs/kernels.md``) unless ``--kernels cpu``.
@@ -34,6 +36,7 @@ import importlib.util
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Optional
@@ -207,12 +210,41 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
   return jax.jit(step, donate_argnums=0 if mesh is not None else (), **placed), args
 
 
+class DoesNotFit(Exception):
+  """libtpu refused the program: it needs more HBM than the chip has (no memory analysis then)."""
+
+  def __init__(self, batch_per_chip: int, compile_s: float, message: str):
+    super().__init__(message)
+    self.batch_per_chip, self.compile_s, self.message = batch_per_chip, compile_s, message
+
+  @property
+  def needed_bytes(self) -> Optional[int]:
+    """What libtpu says the program needed, where its message states it."""
+    units = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+    found = (re.search(r'temporaries ([\d.]+)([KMGT])', self.message)
+             or re.search(r'[Uu]sed ([\d.]+)([KMGT])', self.message))
+    return int(float(found.group(1)) * units[found.group(2)]) if found else None
+
+
+def _is_out_of_hbm(error: Exception) -> bool:
+  return 'RESOURCE_EXHAUSTED' in str(error)
+
+
 def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
-  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``."""
+  """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``.
+
+  Raises ``DoesNotFit`` where libtpu refuses the program for the chip's HBM.
+  """
   from lgvit import train
   step, args = step_and_args(config, batch_per_chip * len(devices), mode, train.make_mesh(devices))
   t0 = time.perf_counter()
-  compiled = step.lower(*args).compile()
+  try:
+    compiled = step.lower(*args).compile()
+  except Exception as e:  # noqa: BLE001 - jaxlib's runtime error type moves between releases
+    if not _is_out_of_hbm(e):
+      raise
+    message = ' '.join(str(e).split())
+    raise DoesNotFit(batch_per_chip, time.perf_counter() - t0, message[message.index('RESOURCE_EXHAUSTED'):][:300]) from None
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -236,29 +268,41 @@ def export_step(config, platform: str, batch: int = 2, mode: str = 'train'):
     return jax.export.export(step, platforms=[platform])(*args)
 
 
-def largest_fitting_batch(measure, hbm: int, first: Compiled, search: str = 'verify') -> str:
+def largest_fitting_batch(measure, hbm: int, first: Compiled, search: str = 'verify',
+                          refused: Optional[int] = None) -> str:
   """The largest per-chip batch whose program fits ``hbm``, from an affine fit of total bytes.
 
-  ``measure(b)`` compiles at per-chip batch b. Returns the batch as text: '0' when even one image
-  per chip does not fit, '~N' for an unchecked fit, '>=N' for the one-compile lower bound.
+  ``measure(b)`` compiles at per-chip batch b (and may raise ``DoesNotFit``); ``refused``, a batch
+  libtpu already refused, bounds the answer. Returns the batch as text: '0' when even one image per
+  chip does not fit, '~N' for an unchecked fit, '>=N' for the one-compile lower bound ('A-B' where
+  that bound reaches the refused batch).
   """
+  ceiling = math.inf if refused is None else refused - 1
   if search == 'one':
     fixed = first.total_bytes - first.temp_bytes
-    return f'>={max(int(first.batch_per_chip * (hbm - fixed) // max(first.temp_bytes, 1)), 0)}'
+    bound = max(int(first.batch_per_chip * (hbm - fixed) // max(first.temp_bytes, 1)), 0)
+    return f'>={bound}' if bound <= ceiling else f'{first.batch_per_chip}-{ceiling}'
+
+  def checked(b):
+    try:
+      return measure(b)
+    except DoesNotFit as e:  # counts as a program bigger than the chip
+      return Compiled(b, e.compile_s, math.nan, math.nan, 0, max(e.needed_bytes or 0, hbm + 1), 0, 0, 0)
+
   done = {first.batch_per_chip: first}
   probe = max(first.batch_per_chip // 2, 1) if first.batch_per_chip > 1 else 2
-  done[probe] = measure(probe)
+  done[probe] = checked(probe)
   (b0, c0), (b1, c1) = sorted(done.items())
   slope = max((c1.total_bytes - c0.total_bytes) / (b1 - b0), 1.0)
   intercept = c0.total_bytes - slope * b0
-  guess = max(int((hbm - intercept) // slope), 0)
+  guess = int(max(min((hbm - intercept) // slope, ceiling), 0))
   if search == 'fit':
     return f'~{guess}'
   for _ in range(2):  # the fit is checked; one step down if it was optimistic
     if guess == 0:
       break
     if guess not in done:
-      done[guess] = measure(guess)
+      done[guess] = checked(guess)
     if done[guess].total_bytes <= hbm:
       break
     guess = max(int(guess * hbm / done[guess].total_bytes) - 1, 0)
@@ -284,6 +328,30 @@ def report_row(name: str, c: Compiled, hbm: int, max_batch: Optional[int]) -> di
           'temp GiB': _gib(c.temp_bytes), 'out GiB': _gib(c.output_bytes - c.alias_bytes),
           'total GiB': _gib(c.total_bytes), 'HBM GiB': _gib(hbm), 'fits': 'yes' if c.total_bytes <= hbm else 'NO',
           'max batch/chip': '' if max_batch is None else str(max_batch)}
+
+
+def refused_row(name: str, refusal: DoesNotFit, hbm: int, max_batch: Optional[str]) -> dict:
+  """A row for a program libtpu refused: what it said it needed stands in the temporaries column."""
+  needed = refusal.needed_bytes
+  at_least = '' if needed is None else f'>{_gib(needed)}'
+  row = {c: '' for c in COLUMNS}
+  row.update({'model': name, 'batch/chip': refusal.batch_per_chip, 'compile s': f'{refusal.compile_s:.0f}',
+              'temp GiB': at_least, 'total GiB': at_least, 'HBM GiB': _gib(hbm), 'fits': 'NO',
+              'max batch/chip': '' if max_batch is None else str(max_batch)})
+  return row
+
+
+def _search_below(measure, hbm: int, refusal: DoesNotFit, search: str) -> str:
+  """The batch search when the requested batch was refused: halve until a program compiles."""
+  batch = refusal.batch_per_chip // 2
+  while batch >= 1:
+    try:
+      start = measure(batch)
+    except DoesNotFit:
+      batch //= 2
+      continue
+    return largest_fitting_batch(measure, hbm, start, search, refused=refusal.batch_per_chip)
+  return '0'
 
 
 def main(argv=None) -> int:
@@ -342,12 +410,18 @@ def _run(args) -> int:
       raise AotError(f'{name}: batch per chip must be >= 1 (global batch {config.batch_size}, {len(devices)} chips)')
     with kernels.force(args.kernels):
       measure = lambda b: compile_step(config, devices, b, args.mode)  # noqa: E731
-      first = measure(per_chip)
-      best = None if args.search == 'none' else largest_fitting_batch(measure, hbm, first, args.search)
-    row = report_row(name, first, hbm, best)
+      first = None
+      try:
+        first = measure(per_chip)
+        best = None if args.search == 'none' else largest_fitting_batch(measure, hbm, first, args.search)
+        row = report_row(name, first, hbm, best)
+      except DoesNotFit as refusal:
+        print(f'{name} at {per_chip}/chip does not fit: {refusal.message}', file=sys.stderr, flush=True)
+        best = None if args.search == 'none' else _search_below(measure, hbm, refusal, args.search)
+        row = refused_row(name, refusal, hbm, best)
     row['dtype'] = config.dtype
     if args.bytes:
-      row['MB accessed/img'] = f'{first.bytes_accessed_per_image / 1e6:.0f}'
+      row['MB accessed/img'] = ('' if first is None else f'{first.bytes_accessed_per_image / 1e6:.0f}')
     rows.append(row)
     print(' | '.join(f'{k} {row[k]}' for k in columns), flush=True)
   print()

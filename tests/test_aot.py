@@ -40,6 +40,80 @@ def test_search_steps_down_when_the_fit_was_optimistic():
   assert measure(got).total_bytes <= 4.7 * 2**30 and got < 37
 
 
+LIBTPU_REFUSAL = ('RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space '
+                  'hbm. HLO temporaries 25.12G exceed available HBM 15.75G.')
+
+
+def test_a_refused_compile_becomes_does_not_fit_with_the_bytes_libtpu_reported(monkeypatch):
+  class Refused:
+    def lower(self, *args):
+      return self
+
+    def compile(self):
+      raise RuntimeError('jaxlib: ' + LIBTPU_REFUSAL)
+
+  monkeypatch.setattr(aot, 'step_and_args', lambda *a, **k: (Refused(), ()))
+  monkeypatch.setattr('lgvit.train.make_mesh', lambda devices: None)
+  with pytest.raises(aot.DoesNotFit) as refusal:
+    aot.compile_step(None, [0] * 8, 64)
+  assert refusal.value.batch_per_chip == 64 and refusal.value.message.startswith('RESOURCE_EXHAUSTED')
+  assert abs(refusal.value.needed_bytes - 25.12 * 2**30) < 2**20
+  assert aot.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: Used 17.5G of 15.75G hbm').needed_bytes == int(17.5 * 2**30)
+  assert aot.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: out of memory').needed_bytes is None
+
+
+def affine_or_refused(calls, limit_bytes):
+  """1 GiB fixed + 100 MiB per image; libtpu refuses programs over ``limit_bytes``."""
+  def measure(b):
+    calls.append(b)
+    c = fake_compiled(b, 100 * 2**20, 2**30)
+    if c.total_bytes > limit_bytes:
+      raise aot.DoesNotFit(b, 0.0, f'RESOURCE_EXHAUSTED: HLO temporaries {c.total_bytes / 2**30:.2f}G exceed')
+    return c
+  return measure
+
+
+@pytest.mark.parametrize('search,want', [('verify', '37'), ('fit', '~37'), ('one', '>=36')])
+def test_search_below_a_refused_batch_halves_until_a_program_compiles(search, want):
+  hbm = int(4.7 * 2**30)
+  calls = []
+  measure = affine_or_refused(calls, hbm)
+  with pytest.raises(aot.DoesNotFit) as refusal:
+    measure(128)
+  assert aot._search_below(measure, hbm, refusal.value, search) == want
+  assert calls[:3] == [128, 64, 32]  # 64 refused too; 32 is where the search starts
+
+
+def test_search_never_answers_at_or_above_the_refused_batch():
+  # Everything up to 37 fits by the bytes, but libtpu refuses from 30 on: the answer is below 30.
+  hbm = int(4.7 * 2**30)
+  measure = affine_or_refused([], fake_compiled(29, 100 * 2**20, 2**30).total_bytes)
+  assert int(aot.largest_fitting_batch(measure, hbm, measure(16), 'verify', refused=30)) < 30
+  assert aot.largest_fitting_batch(measure, hbm, measure(16), 'fit', refused=30) == '~29'
+  assert aot.largest_fitting_batch(measure, int(9 * 2**30), measure(16), 'one', refused=30) == '16-29'
+  assert aot._search_below(affine_or_refused([], 0), hbm, aot.DoesNotFit(4, 0.0, ''), 'verify') == '0'
+
+
+def test_the_command_prints_a_no_fit_row_where_libtpu_refuses(monkeypatch, capsys):
+  hbm = int(4.7 * 2**30)
+  monkeypatch.setattr(aot, 'check_libtpu', lambda: None)
+  monkeypatch.setattr(aot, 'topology_devices', lambda name, bounds: [type('Chip', (), {
+      'device_kind': 'TPU v5 lite', 'process_index': 0})()] * 8)
+  monkeypatch.setattr(aot, 'chip_hbm_bytes', lambda device, override: hbm)
+  measure = affine_or_refused([], hbm)
+  monkeypatch.setattr(aot, 'compile_step', lambda config, devices, b, mode: measure(b))
+  assert aot.main(['--topology', 'v5e:2x4', '--models', 'resnet50', '--batch-per-chip', '64',
+                   '--search', 'verify', '--bytes']) == 0
+  out = capsys.readouterr()
+  assert 'resnet50 at 64/chip does not fit: RESOURCE_EXHAUSTED' in out.err
+  row = next(l for l in out.out.splitlines() if l.startswith('| resnet50 |'))
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  header = [c.strip() for c in next(l for l in out.out.splitlines() if l.startswith('| model')).strip('|').split('|')]
+  got = dict(zip(header, cells))
+  assert got['fits'] == 'NO' and got['batch/chip'] == '64' and got['max batch/chip'] == '37'
+  assert got['temp GiB'] == got['total GiB'] == '>7.25' and got['HBM GiB'] == '4.70' and got['args GiB'] == ''
+
+
 def test_missing_or_mismatched_libtpu_is_a_one_line_error(monkeypatch, capsys):
   import importlib.metadata as md
   real = md.version
