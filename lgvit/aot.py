@@ -221,7 +221,7 @@ class DoesNotFit(Exception):
   def needed_bytes(self) -> Optional[int]:
     """What libtpu says the program needed, where its message states it."""
     units = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
-    found = (re.search(r'temporaries ([\d.]+)([KMGT])', self.message)
+    found = (re.search(r'temporaries \(?([\d.]+)([KMGT])', self.message)
              or re.search(r'[Uu]sed ([\d.]+)([KMGT])', self.message))
     return int(float(found.group(1)) * units[found.group(2)]) if found else None
 
