@@ -1,12 +1,15 @@
 """CoTNet family: official parameter counts, fixtures of the official code, brute-force references."""
 import itertools
+import os
+import subprocess
+import sys
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import fixture_json, fixture_npz, init_shapes
+from conftest import REPO, fixture_json, fixture_npz, init_shapes, subprocess_env
 
 from lgvit.convert import ConversionError, StateDictConverter, from_torch
 from lgvit.convert.cotnet import convert_cot_layer
@@ -110,18 +113,35 @@ def test_local_aggregation_matches_bruteforce(groups, k, c):
     np.testing.assert_allclose(fn(v, a, kernel_size=k, groups=groups), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('groups,k,c', AGG_CASES)
-def test_local_aggregation_gradient_matches_bruteforce(groups, k, c):
+def check_aggregation_gradient(fn, groups, k, c):
   rng = np.random.default_rng(groups * 10 + k + 1)
   v = rng.standard_normal((2, 5, 7, c)).astype(np.float32)
   a = rng.standard_normal((2, 5, 7, k * k * c // 8)).astype(np.float32)
   cot = rng.standard_normal((2, 5, 7, c)).astype(np.float32)
   want_dv, want_da = aggregation_vjp_bruteforce(v, a, cot, k, groups)
-  for fn in (local_aggregation, local_aggregation_patches):  # custom VJP and plain autodiff
-    loss = lambda v, a, fn=fn: jnp.sum(fn(v, a, kernel_size=k, groups=groups) * cot)
-    dv, da = jax.jit(jax.grad(loss, argnums=(0, 1)))(v, a)
-    np.testing.assert_allclose(dv, want_dv, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(da, want_da, rtol=1e-5, atol=1e-5)
+  loss = lambda v, a: jnp.sum(fn(v, a, kernel_size=k, groups=groups) * cot)
+  dv, da = jax.jit(jax.grad(loss, argnums=(0, 1)))(v, a)
+  np.testing.assert_allclose(dv, want_dv, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, want_da, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('groups,k,c', AGG_CASES)
+def test_local_aggregation_gradient_matches_bruteforce(groups, k, c):
+  check_aggregation_gradient(local_aggregation, groups, k, c)  # the models' custom VJP
+
+
+def test_unfold_form_gradient_matches_bruteforce():
+  # Plain autodiff of the unfold form. A child process with XLA:CPU's Eigen kernels: jaxlib 0.10.2's
+  # YNNPACK fusion of this backward (the transpose of a constant one-hot convolution) segfaults on
+  # CPUs without AVX-512 (seen on an AMD EPYC Zen 3), and a crash would take the test worker down.
+  script = ('import test_cotnet as t\n'
+            'for case in t.AGG_CASES:\n'
+            '  t.check_aggregation_gradient(t.local_aggregation_patches, *case)\n'
+            'print("checked", len(t.AGG_CASES))')
+  env = subprocess_env(LGVIT_XLA_CPU_EIGEN='1', JAX_PLATFORMS='cpu',
+                       PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and f'checked {len(AGG_CASES)}' in proc.stdout, proc.stderr[-3000:]
 
 
 def test_local_aggregation_rejects_mismatched_weights():
