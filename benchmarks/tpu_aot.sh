@@ -12,7 +12,7 @@ FLAGSHIPS=${FLAGSHIPS:-"cotnet50 lesa_wrn50 se_cotnetd152 salg_s nommer_b"}
 run() {  # run TABLE ARGS...
   local log=$OUT/$1.log; shift
   echo "### $(date -u +%FT%TZ) python -m lgvit.aot $*" >> $log
-  $PY -m lgvit.aot "$@" 2>&1 | grep -E '^(v[0-9]|model |\||error)' >> $log
+  $PY -m lgvit.aot "$@" 2>&1 | grep -E '^(v[0-9]|model |\||error)| does not fit: ' >> $log
 }
 done_in() { grep -q "^| $2 |" $OUT/$1.log 2>/dev/null; }  # skip what a log already holds
 # 1. The multi-host compile (v4-32: 4 hosts, 16 chips): the sharding over several processes.
