@@ -226,10 +226,6 @@ class DoesNotFit(Exception):
     return int(float(found.group(1)) * units[found.group(2)]) if found else None
 
 
-def _is_out_of_hbm(error: Exception) -> bool:
-  return 'RESOURCE_EXHAUSTED' in str(error)
-
-
 def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> Compiled:
   """Lowers and compiles the train (or eval) step of ``config`` over a ``data`` mesh of ``devices``.
 
@@ -241,7 +237,7 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
   try:
     compiled = step.lower(*args).compile()
   except Exception as e:  # noqa: BLE001 - jaxlib's runtime error type moves between releases
-    if not _is_out_of_hbm(e):
+    if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
     message = ' '.join(str(e).split())
     raise DoesNotFit(batch_per_chip, time.perf_counter() - t0, message[message.index('RESOURCE_EXHAUSTED'):][:300]) from None
@@ -322,7 +318,7 @@ def _gib(n: float) -> str:
   return f'{n / GIB:.2f}'
 
 
-def report_row(name: str, c: Compiled, hbm: int, max_batch: Optional[int]) -> dict:
+def report_row(name: str, c: Compiled, hbm: int, max_batch: Optional[str]) -> dict:
   return {'model': name, 'batch/chip': c.batch_per_chip, 'compile s': f'{c.compile_s:.0f}',
           'GFLOP/img': f'{c.flops_per_image / 1e9:.3g}', 'args GiB': _gib(c.argument_bytes),
           'temp GiB': _gib(c.temp_bytes), 'out GiB': _gib(c.output_bytes - c.alias_bytes),
@@ -410,18 +406,19 @@ def _run(args) -> int:
       raise AotError(f'{name}: batch per chip must be >= 1 (global batch {config.batch_size}, {len(devices)} chips)')
     with kernels.force(args.kernels):
       measure = lambda b: compile_step(config, devices, b, args.mode)  # noqa: E731
-      first = None
       try:
         first = measure(per_chip)
-        best = None if args.search == 'none' else largest_fitting_batch(measure, hbm, first, args.search)
-        row = report_row(name, first, hbm, best)
       except DoesNotFit as refusal:
         print(f'{name} at {per_chip}/chip does not fit: {refusal.message}', file=sys.stderr, flush=True)
+        first = None
         best = None if args.search == 'none' else _search_below(measure, hbm, refusal, args.search)
         row = refused_row(name, refusal, hbm, best)
+      else:
+        best = None if args.search == 'none' else largest_fitting_batch(measure, hbm, first, args.search)
+        row = report_row(name, first, hbm, best)
     row['dtype'] = config.dtype
     if args.bytes:
-      row['MB accessed/img'] = ('' if first is None else f'{first.bytes_accessed_per_image / 1e6:.0f}')
+      row['MB accessed/img'] = '' if first is None else f'{first.bytes_accessed_per_image / 1e6:.0f}'
     rows.append(row)
     print(' | '.join(f'{k} {row[k]}' for k in columns), flush=True)
   print()
