@@ -9,7 +9,7 @@ forward and forward+backward (d/dvalue and d/dweights of sum(out * cotangent)):
 "peak MiB" is XLA's buffer assignment for the compiled program: temporaries + outputs + arguments
 (``compiled.memory_analysis()``), i.e. what the program needs at its peak, on any backend.
 
-On a CPU without AVX-512 (e.g. AMD EPYC Zen 3) run it with ``LGVIT_XLA_CPU_EIGEN=1``: jaxlib 0.10.2's
+On a CPU without AVX-512 (e.g. AMD EPYC Zen 3) run it with ``LGVIT_XLA_CPU_KERNELS=eigen``: jaxlib 0.10.2's
 default YNNPACK kernels segfault in the patches form's backward there.
 """
 from __future__ import annotations

@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Optional
 
+import lgvit
+
 FIELDS = ['model', 'mode', 'dtype', 'batch', 'size', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_step',
           'gflop_per_s', 'peak_fraction', 'xla_mem_mb', 'rss_peak_mb', 'params_m']
 
@@ -153,15 +155,16 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
 
 
 
-def cell_env(threads: int, eigen: bool = False, host_devices: int = 1) -> tuple[dict[str, str], list[str]]:
+def cell_env(threads: int, cpu_kernels: str = '', host_devices: int = 1) -> tuple[dict[str, str], list[str]]:
   """The environment and command prefix of one benchmark process: ``threads=1`` pins it to core 0
   with single-threaded XLA (as the baselines in docs/official_code.md), 0 leaves XLA its defaults;
-  ``host_devices > 1`` makes XLA:CPU present that many devices."""
+  ``host_devices > 1`` makes XLA:CPU present that many devices; ``cpu_kernels`` overrides lgvit's choice of
+  XLA:CPU kernel library (``LGVIT_XLA_CPU_KERNELS``, see lgvit.use_cpu_kernels)."""
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   if host_devices > 1:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={host_devices}').strip()
-  if eigen:
-    env['LGVIT_XLA_CPU_EIGEN'] = '1'  # the children set the flag when they import lgvit
+  if cpu_kernels:
+    env['LGVIT_XLA_CPU_KERNELS'] = cpu_kernels  # the children add the flag when they import lgvit
   prefix = []
   if threads == 1:
     # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
@@ -206,8 +209,9 @@ def main(argv=None):
   parser.add_argument('--threads', type=int, choices=(0, 1), default=0,
                       help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
                       'docs/official_code.md); 0 leaves XLA its defaults (all cores)')
-  parser.add_argument('--xla-cpu-eigen', action='store_true',
-                      help='CPU: Eigen instead of YNNPACK for dots/convs (lgvit.use_eigen_cpu_kernels)')
+  parser.add_argument('--cpu-kernels', choices=lgvit.CPU_KERNEL_CHOICES, default='',
+                      help='CPU: XLA:CPU\'s kernel library for dots/convs (default: LGVIT_XLA_CPU_KERNELS, else auto; '
+                      'see lgvit.use_cpu_kernels)')
   parser.add_argument('--host-devices', type=int, default=1,
                       help='CPU: split the host into N XLA devices and shard the batch over them (the batch must '
                       'be a multiple of N)')
@@ -224,6 +228,7 @@ def main(argv=None):
     row['peak_gflops'] = round(peak, 1)
     row['threads'] = args.threads
     row['xla_flags'] = os.environ.get('XLA_FLAGS', '')  # as this process ran, after lgvit's own
+    row['cpu_kernels'] = lgvit.CPU_KERNELS
     row['device'] = jax.devices()[0].device_kind
     print(json.dumps(row))
     return 0
@@ -235,7 +240,7 @@ def main(argv=None):
     model_info(n)  # unknown names fail here, before any work
   if args.host_devices < 1 or args.batch % args.host_devices:
     parser.error(f'--batch {args.batch} must be a positive multiple of --host-devices {args.host_devices}')
-  env, prefix = cell_env(args.threads, args.xla_cpu_eigen, args.host_devices)
+  env, prefix = cell_env(args.threads, args.cpu_kernels, args.host_devices)
   peak = float(json.loads(subprocess.run(
       prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
       capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]))

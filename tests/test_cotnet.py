@@ -138,7 +138,7 @@ def test_unfold_form_gradient_matches_bruteforce():
             'for case in t.AGG_CASES:\n'
             '  t.check_aggregation_gradient(t.local_aggregation_patches, *case)\n'
             'print("checked", len(t.AGG_CASES))')
-  env = subprocess_env(LGVIT_XLA_CPU_EIGEN='1', JAX_PLATFORMS='cpu',
+  env = subprocess_env(LGVIT_XLA_CPU_KERNELS='eigen', JAX_PLATFORMS='cpu',
                        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
   proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and f'checked {len(AGG_CASES)}' in proc.stdout, proc.stderr[-3000:]

@@ -27,6 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
+import lgvit  # noqa: E402
 from lgvit import benchmark  # noqa: E402
 
 PAIRS = {'nommer_t': 'NomMer-T (official)', 'cotnet50': 'CoTNet-50 (official)',
@@ -122,7 +123,8 @@ def main(argv=None):
                             capture_output=True, text=True).stdout.strip() or '?'
   import jax, jaxlib  # noqa: E401
   header = [f'CPU: {cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
-            f'jaxlib {jaxlib.__version__}; lgvit XLA_FLAGS: {args.lgvit_flags or "(defaults)"}; batch {args.batch}, '
+            f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {lgvit.CPU_KERNELS} (lgvit.use_cpu_kernels); '
+            f'extra lgvit XLA_FLAGS: {args.lgvit_flags or "(none)"}; batch {args.batch}, '
             f'224x224, float32; 1 core = taskset -c 0 on both sides.',
             f'Command: python benchmarks/official/side_by_side.py ' + ' '.join(argv or sys.argv[1:])]
   if not args.table_only:

@@ -96,7 +96,7 @@ def local_aggregation_patches(value: Array, weights: Array, *, kernel_size: int 
 
   The reference formulation for tests and the benchmark; :func:`local_aggregation` is the one the
   models use. On XLA:CPU without AVX-512, jaxlib 0.10.2's default (YNNPACK) kernels crash in this
-  form's backward; ``LGVIT_XLA_CPU_EIGEN=1`` avoids it (``docs/kernels.md``).
+  form's backward; ``LGVIT_XLA_CPU_KERNELS=eigen`` avoids it (``docs/kernels.md``).
   """
   attn, vshape = _split_heads(value, weights, kernel_size, groups)
   pad = (kernel_size - 1) // 2
