@@ -55,6 +55,12 @@ def use_cpu_kernels(choice: str | None = None) -> str:
   ``--xla_cpu_experimental_ynn_fusion_type`` always wins (returns ``user``); only jaxlib 0.10 gets a
   choice (elsewhere ``xla``). The flag is read by XLA:CPU alone: TPU and GPU programs are unchanged.
   """
+  global CPU_KERNELS
+  CPU_KERNELS = _choose_cpu_kernels(choice)
+  return CPU_KERNELS
+
+
+def _choose_cpu_kernels(choice: str | None) -> str:
   if choice is None:
     choice = os.environ.get('LGVIT_XLA_CPU_KERNELS') or ('eigen' if os.environ.get('LGVIT_XLA_CPU_EIGEN') == '1'
                                                         else 'auto')
@@ -83,4 +89,5 @@ def use_eigen_cpu_kernels():
   return use_cpu_kernels('eigen')
 
 
-CPU_KERNELS = use_cpu_kernels()
+CPU_KERNELS = 'xla'  #: this process's choice, as use_cpu_kernels last returned it
+use_cpu_kernels()

@@ -36,6 +36,7 @@ def test_auto_sends_convolutions_to_eigen_only_without_avx512():
 @pytest.fixture
 def clean_env(monkeypatch):
   monkeypatch.setattr(lgvit, '_jaxlib_is_measured', lambda: True)
+  monkeypatch.setattr(lgvit, 'CPU_KERNELS', lgvit.CPU_KERNELS)  # restored after the test
   for name in ('XLA_FLAGS', 'LGVIT_XLA_CPU_KERNELS', 'LGVIT_XLA_CPU_EIGEN', lgvit._ADDED_ENV):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
@@ -43,7 +44,7 @@ def clean_env(monkeypatch):
 
 
 def test_choices_write_their_flag_and_replace_lgvits_own(clean_env):
-  assert lgvit.use_cpu_kernels('eigen') == 'eigen'
+  assert lgvit.use_cpu_kernels('eigen') == 'eigen' == lgvit.CPU_KERNELS
   assert os.environ['XLA_FLAGS'].split() == ['--xla_backend_optimization_level=0', lgvit.EIGEN_CPU_FLAG]
   assert lgvit.use_cpu_kernels('eigen-conv') == 'eigen-conv'  # replaces, does not stack
   assert os.environ['XLA_FLAGS'].split() == ['--xla_backend_optimization_level=0', lgvit.EIGEN_CONV_FLAG]
