@@ -41,7 +41,6 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import lgvit
 from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
 from lgvit import evals
@@ -362,8 +361,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
   run.say(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
-          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}' +
-          (f' | XLA:CPU kernels {lgvit.CPU_KERNELS}' if jax.default_backend() == 'cpu' else ''))
+          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}')
   return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
 
 
