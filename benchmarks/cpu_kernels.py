@@ -50,15 +50,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   sys.path.insert(0, ROOT)
   import lgvit
-  from lgvit.benchmark import cell_env
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks', 'official'))
-  from side_by_side import cpu_model
+  from lgvit.benchmark import cell_env, cpu_model
   print(f'CPU: {cpu_model()}; threads: {"1 (core 0)" if args.threads else "all"}; '
         f'auto picks {lgvit.auto_cpu_kernels(lgvit.cpu_has_avx512())} here; median of {args.repeats}, ms')
   rows = []
   for choice in args.choices.split(','):
     env, prefix = cell_env(args.threads, choice)
-    env.pop('XLA_FLAGS', None) if not args.threads else None
     env.update(PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
     out = subprocess.run(prefix + [sys.executable, '-c', CHILD, str(args.repeats)], env=env, capture_output=True,
                          text=True, check=True).stdout

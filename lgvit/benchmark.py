@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -153,6 +154,17 @@ def bench_one(name: str, mode: str, batch: int, size: int, dtype: str, warmup: i
       'host_devices': len(args[-1].sharding.device_set),  # the images' placement: what really ran
   }
 
+
+
+def cpu_model() -> str:
+  """This CPU as lscpu names it (model, family, model number, CPU count), for benchmark headers."""
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    fields = dict(l.split(':', 1) for l in out.splitlines() if ':' in l)
+    get = lambda k: fields.get(k, '?').strip()
+    return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}; {get('CPU(s)')} CPUs)"
+  except OSError:
+    return platform.processor() or '?'
 
 
 def cell_env(threads: int, cpu_kernels: str = '', host_devices: int = 1) -> tuple[dict[str, str], list[str]]:

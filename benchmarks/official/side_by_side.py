@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,16 +36,6 @@ BASELINES = ('resnet50', 'swin_t')
 
 def goal(model: str, mode: str) -> float:
   return 1.5 if mode == 'infer' and model not in BASELINES else 1.0
-
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-    fields = dict(l.split(':', 1) for l in out.splitlines() if ':' in l)
-    get = lambda k: fields.get(k, '?').strip()
-    return f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}; {get('CPU(s)')} CPUs)"
-  except OSError:
-    return platform.processor() or '?'
 
 
 def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
@@ -122,7 +111,7 @@ def main(argv=None):
   versions = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__)'],
                             capture_output=True, text=True).stdout.strip() or '?'
   import jax, jaxlib  # noqa: E401
-  header = [f'CPU: {cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
+  header = [f'CPU: {benchmark.cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
             f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {lgvit.CPU_KERNELS} (lgvit.use_cpu_kernels); '
             f'extra lgvit XLA_FLAGS: {args.lgvit_flags or "(none)"}; batch {args.batch}, '
             f'224x224, float32; 1 core = taskset -c 0 on both sides.',
