@@ -50,6 +50,14 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / min(times) / 1e9
 
 
+def matmul_peak_in(env: dict[str, str], prefix: list[str]) -> float:
+  """:func:`measure_matmul_peak` in a fresh process with a benchmark cell's environment (:func:`cell_env`)."""
+  proc = subprocess.run(
+      prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
+      capture_output=True, text=True, env=env, check=True)
+  return float(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 def _cost(compiled) -> tuple[float, float]:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -253,9 +261,7 @@ def main(argv=None):
   if args.host_devices < 1 or args.batch % args.host_devices:
     parser.error(f'--batch {args.batch} must be a positive multiple of --host-devices {args.host_devices}')
   env, prefix = cell_env(args.threads, args.cpu_kernels, args.host_devices)
-  peak = float(json.loads(subprocess.run(
-      prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
-      capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]))
+  peak = matmul_peak_in(env, prefix)
   rows = []
   for name in names:
     size = args.size or model_info(name).input_size

@@ -11,6 +11,12 @@ shows the median images/s of the rounds per side and lgvit / official, against t
 issue: inference >= 1.5x the official NomMer, CoTNet and LESA code and >= 1.0x the torchvision and
 timm baselines, training >= 1.0x everywhere. Raw rows go to OUT.jsonl as they finish (a rerun with
 the same OUT resumes), the table to OUT.md. PyTorch models: benchmarks/official/torch_models.py.
+
+The roofline columns put each cell against what the CPU can do at all: the float32 2048^3 matmul
+peak per core count, measured once per run on each side (XLA and torch.mm; the table uses the
+higher), and the FLOPs XLA counts in lgvit's compiled step (the same network on both sides). A
+cell whose goal needs more than ~90% of the matmul peak for a whole network cannot be met on
+that machine by any kernel work.
 lgvit runs at the default flags a user gets (``--lgvit-flags`` adds XLA flags, for experiments).
 """
 from __future__ import annotations
@@ -65,12 +71,43 @@ def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
   return row
 
 
+def measure_peaks(threads: int, args) -> dict:
+  """The matmul peak (GFLOP/s) at this core count on both sides, each in a fresh process, as one row."""
+  env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
+  env['PYTHONPATH'] = ROOT
+  xla = benchmark.matmul_peak_in(env, prefix)
+  cmd = [args.torch_python, os.path.join(HERE, 'time_torch.py'), '--matmul-peak', '--threads', str(threads)]
+  out = subprocess.run((['taskset', '-c', '0'] if threads == 1 else []) + cmd, capture_output=True, text=True,
+                       check=True).stdout
+  torch_peak = json.loads(out.strip().splitlines()[-1])['matmul_gflop_per_s']
+  return {'side': 'peak', 'threads': threads, 'xla_gflop_per_s': round(xla, 1), 'torch_gflop_per_s': torch_peak,
+          'load': round(os.getloadavg()[0], 2)}
+
+
+def peak_percent(row: dict, images_per_s: float, peak: float) -> float:
+  return 100 * images_per_s * row['gflop_per_step'] / row['batch'] / peak
+
+
 def table(rows: list[dict], header: list[str]) -> str:
   cells: dict = {}
+  peaks = {}
+  commands = [r['command'] for r in rows if r['side'] == 'command']
+  header = header + ['Commands, in order (the later ones add rows to the same OUT.jsonl): ' +
+                     ', then '.join(f'`{c}`' for c in commands)] if commands else header
   for r in rows:
+    if r['side'] == 'command':
+      continue
+    if r['side'] == 'peak':
+      peaks[r['threads']] = max(r['xla_gflop_per_s'], r['torch_gflop_per_s'])
+      continue
     cells.setdefault((r['model'], r['mode'], r['threads']), {}).setdefault(r['side'], []).append(r)
+  if peaks:
+    header = header + ['', 'Matmul peak (float32 2048^3, the higher of XLA and torch.mm, GFLOP/s): ' + ', '.join(
+        f'{peaks[t]:.1f} at {t} core{"s" if t > 1 else ""}' for t in sorted(peaks)) + '. "% of peak" = images/s x '
+        "GFLOP/image (XLA's count for lgvit's compiled step) / that peak; \"goal needs\" = the official % x the goal."]
   lines = header + ['', '| model | mode | cores | official img/s | lgvit img/s | lgvit / official | goal | met | rounds |'
-                    ' lgvit compile s | peak RSS MB official / lgvit |', '|' + '---|' * 11]
+                    ' lgvit compile s | peak RSS MB official / lgvit | GFLOP/img | % of peak official / lgvit / goal needs |',
+                    '|' + '---|' * 13]
   for model in PAIRS:
     for mode in ('infer', 'train'):
       for threads in (1, 2):
@@ -86,8 +123,17 @@ def table(rows: list[dict], header: list[str]) -> str:
         lines.append(f"| {PAIRS[model]} vs `{model}` | {mode} | {threads} | {t:.2f}{spread(c['torch'])} | "
                      f"{j:.2f}{spread(c['lgvit'])} | **{ratio:.2f}x** | >= {target:.1f}x | "
                      f"{'yes' if ratio >= target else f'no ({ratio / target - 1:+.0%})'} | "
-                     f"{min(len(c['torch']), len(c['lgvit']))} | {compile_s:.1f} | {rss} |")
+                     f"{min(len(c['torch']), len(c['lgvit']))} | {compile_s:.1f} | {rss} | "
+                     f"{roofline(c['lgvit'][0], t, j, target, peaks.get(threads))}")
   return '\n'.join(lines) + '\n'
+
+
+def roofline(lgvit_row: dict, official: float, ours: float, target: float, peak: float | None) -> str:
+  gflop = lgvit_row['gflop_per_step'] / lgvit_row['batch']
+  if not peak:
+    return f'{gflop:.1f} | |'
+  pct = lambda ips: peak_percent(lgvit_row, ips, peak)
+  return f'{gflop:.1f} | {pct(official):.0f}% / {pct(ours):.0f}% / {pct(official * target):.0f}% |'
 
 
 def main(argv=None):
@@ -107,20 +153,32 @@ def main(argv=None):
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   raw = args.out + '.jsonl'
   rows = [json.loads(l) for l in open(raw)] if os.path.exists(raw) else []
-  done = {(r['round'], r['side'], r['model'], r['mode'], r['threads']) for r in rows}
+  done = {(r['round'], r['side'], r['model'], r['mode'], r['threads']) for r in rows if r['side'] in ('torch', 'lgvit')}
   versions = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__)'],
                             capture_output=True, text=True).stdout.strip() or '?'
   import jax, jaxlib  # noqa: E401
   header = [f'CPU: {benchmark.cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
             f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {lgvit.CPU_KERNELS} (lgvit.use_cpu_kernels); '
             f'extra lgvit XLA_FLAGS: {args.lgvit_flags or "(none)"}; batch {args.batch}, '
-            f'224x224, float32; 1 core = taskset -c 0 on both sides.',
-            f'Command: python benchmarks/official/side_by_side.py ' + ' '.join(argv or sys.argv[1:])]
+            f'224x224, float32; 1 core = taskset -c 0 on both sides.']
   if not args.table_only:
+    command = 'python benchmarks/official/side_by_side.py ' + ' '.join(argv or sys.argv[1:])
+    if command not in [r['command'] for r in rows if r['side'] == 'command']:
+      rows.append({'side': 'command', 'command': command})
+      with open(raw, 'a') as f:
+        f.write(json.dumps(rows[-1]) + '\n')
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     for m in models:
       if m not in PAIRS:
         raise SystemExit(f'no official counterpart for {m!r}; known: {", ".join(PAIRS)}')
+    measured = {r['threads'] for r in rows if r['side'] == 'peak'}
+    for threads in (int(t) for t in args.threads.split(',')):
+      if threads not in measured:
+        rows.append(measure_peaks(threads, args))
+        with open(raw, 'a') as f:
+          f.write(json.dumps(rows[-1]) + '\n')
+        print(f"matmul peak {threads}c: XLA {rows[-1]['xla_gflop_per_s']}, torch {rows[-1]['torch_gflop_per_s']} GFLOP/s",
+              flush=True)
     for rnd in range(args.rounds):
       for threads in (int(t) for t in args.threads.split(',')):
         for mode in args.modes.split(','):

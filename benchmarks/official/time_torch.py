@@ -6,7 +6,8 @@ The method of lgvit.benchmark, on the PyTorch side: batch 8, 224x224, float32; i
 warm-ups, then the median of ``--repeats`` forwards under ``inference_mode``; a train step =
 forward (train mode: batch statistics, drop-path, Gumbel noise) + cross-entropy + backward +
 SGD(0.01, momentum 0.9), 1 warm-up then the median of ``--repeats`` steps. ``--threads 1`` is
-``set_num_threads(1)`` (run it under ``taskset -c 0``, as side_by_side.py does).
+``set_num_threads(1)`` (run it under ``taskset -c 0``, as side_by_side.py does). ``--matmul-peak``
+times a float32 2048^3 ``torch.mm`` instead (the best of 5, GFLOP/s), the roofline of side_by_side.py.
 """
 import argparse
 import json
@@ -22,9 +23,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_models  # noqa: E402
 
 
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  a = torch.ones(n, n)
+  torch.mm(a, a)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    torch.mm(a, a)
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / min(times) / 1e9
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--model', required=True, choices=sorted(torch_models.PAIRS))
+  parser.add_argument('--model', choices=sorted(torch_models.PAIRS))
+  parser.add_argument('--matmul-peak', action='store_true')
   parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
   parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--batch', type=int, default=8)
@@ -34,6 +47,11 @@ def main():
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   torch.set_num_interop_threads(1)
+  if args.matmul_peak:
+    print(json.dumps({'side': 'torch', 'threads': args.threads, 'matmul_gflop_per_s': round(matmul_peak(), 1)}))
+    return
+  if not args.model:
+    parser.error('--model is required (or --matmul-peak)')
   torch.manual_seed(0)
   t0 = time.perf_counter()
   model = torch_models.build(args.model)
