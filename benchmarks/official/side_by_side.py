@@ -11,13 +11,13 @@ shows the median images/s of the rounds per side and lgvit / official, against t
 issue: inference >= 1.5x the official NomMer, CoTNet and LESA code and >= 1.0x the torchvision and
 timm baselines, training >= 1.0x everywhere. Raw rows go to OUT.jsonl as they finish (a rerun with
 the same OUT resumes), the table to OUT.md. PyTorch models: benchmarks/official/torch_models.py.
+lgvit runs at the default flags a user gets (``--lgvit-flags`` adds XLA flags, for experiments).
 
 The roofline columns put each cell against what the CPU can do at all: the float32 2048^3 matmul
-peak per core count, measured once per run on each side (XLA and torch.mm; the table uses the
+peak per core count, measured once per results file on each side (XLA and torch.mm; the table uses the
 higher), and the FLOPs XLA counts in lgvit's compiled step (the same network on both sides). A
 cell whose goal needs more than ~90% of the matmul peak for a whole network cannot be met on
 that machine by any kernel work.
-lgvit runs at the default flags a user gets (``--lgvit-flags`` adds XLA flags, for experiments).
 """
 from __future__ import annotations
 
@@ -44,15 +44,25 @@ def goal(model: str, mode: str) -> float:
   return 1.5 if mode == 'infer' and model not in BASELINES else 1.0
 
 
+def torch_command(args, threads: int, *options: str) -> list[str]:
+  """time_torch.py at this core count; 1 core is pinned to core 0, as lgvit's 1-core cells."""
+  cmd = [args.torch_python, os.path.join(HERE, 'time_torch.py'), '--threads', str(threads), *options]
+  return ['taskset', '-c', '0'] + cmd if threads == 1 else cmd
+
+
+def append_row(raw: str, rows: list[dict], row: dict):
+  rows.append(row)
+  with open(raw, 'a') as f:
+    f.write(json.dumps(row) + '\n')
+
+
 def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
   repeats = args.repeats if mode == 'train' else args.infer_repeats
   warmup = 1 if mode == 'train' else 2
   if side == 'torch':
-    cmd = [args.torch_python, os.path.join(HERE, 'time_torch.py'), '--model', model, '--mode', mode,
-           '--threads', str(threads), '--batch', str(args.batch), '--repeats', str(repeats)]
+    cmd = torch_command(args, threads, '--model', model, '--mode', mode, '--batch', str(args.batch),
+                        '--repeats', str(repeats))
     env = dict(os.environ)
-    if threads == 1:
-      cmd = ['taskset', '-c', '0'] + cmd
   else:
     env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
     if args.lgvit_flags:
@@ -76,24 +86,19 @@ def measure_peaks(threads: int, args) -> dict:
   env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
   env['PYTHONPATH'] = ROOT
   xla = benchmark.matmul_peak_in(env, prefix)
-  cmd = [args.torch_python, os.path.join(HERE, 'time_torch.py'), '--matmul-peak', '--threads', str(threads)]
-  out = subprocess.run((['taskset', '-c', '0'] if threads == 1 else []) + cmd, capture_output=True, text=True,
-                       check=True).stdout
+  out = subprocess.run(torch_command(args, threads, '--matmul-peak'), capture_output=True, text=True, check=True).stdout
   torch_peak = json.loads(out.strip().splitlines()[-1])['matmul_gflop_per_s']
   return {'side': 'peak', 'threads': threads, 'xla_gflop_per_s': round(xla, 1), 'torch_gflop_per_s': torch_peak,
           'load': round(os.getloadavg()[0], 2)}
-
-
-def peak_percent(row: dict, images_per_s: float, peak: float) -> float:
-  return 100 * images_per_s * row['gflop_per_step'] / row['batch'] / peak
 
 
 def table(rows: list[dict], header: list[str]) -> str:
   cells: dict = {}
   peaks = {}
   commands = [r['command'] for r in rows if r['side'] == 'command']
-  header = header + ['Commands, in order (the later ones add rows to the same OUT.jsonl): ' +
-                     ', then '.join(f'`{c}`' for c in commands)] if commands else header
+  if commands:
+    header = header + ['Commands, in order (the later ones add rows to the same OUT.jsonl): ' +
+                       ', then '.join(f'`{c}`' for c in commands)]
   for r in rows:
     if r['side'] == 'command':
       continue
@@ -132,7 +137,7 @@ def roofline(lgvit_row: dict, official: float, ours: float, target: float, peak:
   gflop = lgvit_row['gflop_per_step'] / lgvit_row['batch']
   if not peak:
     return f'{gflop:.1f} | |'
-  pct = lambda ips: peak_percent(lgvit_row, ips, peak)
+  pct = lambda images_per_s: 100 * images_per_s * gflop / peak
   return f'{gflop:.1f} | {pct(official):.0f}% / {pct(ours):.0f}% / {pct(official * target):.0f}% |'
 
 
@@ -164,9 +169,7 @@ def main(argv=None):
   if not args.table_only:
     command = 'python benchmarks/official/side_by_side.py ' + ' '.join(argv or sys.argv[1:])
     if command not in [r['command'] for r in rows if r['side'] == 'command']:
-      rows.append({'side': 'command', 'command': command})
-      with open(raw, 'a') as f:
-        f.write(json.dumps(rows[-1]) + '\n')
+      append_row(raw, rows, {'side': 'command', 'command': command})
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     for m in models:
       if m not in PAIRS:
@@ -174,9 +177,7 @@ def main(argv=None):
     measured = {r['threads'] for r in rows if r['side'] == 'peak'}
     for threads in (int(t) for t in args.threads.split(',')):
       if threads not in measured:
-        rows.append(measure_peaks(threads, args))
-        with open(raw, 'a') as f:
-          f.write(json.dumps(rows[-1]) + '\n')
+        append_row(raw, rows, measure_peaks(threads, args))
         print(f"matmul peak {threads}c: XLA {rows[-1]['xla_gflop_per_s']}, torch {rows[-1]['torch_gflop_per_s']} GFLOP/s",
               flush=True)
     for rnd in range(args.rounds):
@@ -189,9 +190,7 @@ def main(argv=None):
                 continue
               row = run_cell(side, model, mode, threads, args)
               row['round'] = rnd
-              rows.append(row)
-              with open(raw, 'a') as f:
-                f.write(json.dumps(row) + '\n')
+              append_row(raw, rows, row)
               print(f"round {rnd} {side:5s} {model:14s} {mode:5s} {threads}c: {row['images_per_s']:.2f} img/s "
                     f"(load {row['load']})", flush=True)
   text = table(rows, header)

@@ -45,13 +45,13 @@ def main():
   parser.add_argument('--warmup', type=int, default=0, help='0: 2 for infer, 1 for train')
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
+  if not (args.model or args.matmul_peak):
+    parser.error('--model is required (or --matmul-peak)')
   torch.set_num_threads(args.threads)
   torch.set_num_interop_threads(1)
   if args.matmul_peak:
     print(json.dumps({'side': 'torch', 'threads': args.threads, 'matmul_gflop_per_s': round(matmul_peak(), 1)}))
     return
-  if not args.model:
-    parser.error('--model is required (or --matmul-peak)')
   torch.manual_seed(0)
   t0 = time.perf_counter()
   model = torch_models.build(args.model)
