@@ -27,12 +27,16 @@ BACKBONES = {b: f'upernet_{b}' for b in ('nommer_t', 'nommer_s', 'nommer_b', 'sw
                                          'cotnet50', 'se_cotnetd50', 'lesa_resnet50')}
 ADE20K_TRAIN_EXAMPLES = 20_210
 _WINDOWED = dict(pad_windows=True)  # the UperNet entries' own backbone override (512 / 32 is not a window multiple)
+_AXIAL = dict(lesa_position='axial')  # the UperNet LESA entry's own override (lgvit/models/upernet.py)
+#: Backbone variables that an ImageNet run cannot fill: LESA's classification position tables (1-D raster
+#: offsets) are replaced by the detection code's 2-D ones, and the BNs around them change width.
+FRESH_IN_BACKBONE = {'lesa_resnet50': r'/binary/(rel_height|rel_width|similarity_bn|output_bn)(/|$)'}
 #: backbone -> its classification demo's shrunk widths (the family config's DEMO_MODEL).
 DEMO_BACKBONES = {
     'nommer_t': {**nommer.DEMO_MODEL, **_WINDOWED}, 'nommer_s': {**nommer.DEMO_MODEL, **_WINDOWED},
     'nommer_b': {**nommer.DEMO_MODEL, **_WINDOWED}, 'swin_t': {**swin.DEMO_MODEL, **_WINDOWED},
     'swin_s': {**swin.DEMO_MODEL, **_WINDOWED}, 'salg_t': salg.DEMO_MODEL, 'cotnet50': cotnet.demo_model('cotnet50'),
-    'se_cotnetd50': cotnet.demo_model('se_cotnetd50'), 'lesa_resnet50': lesa.DEMO_MODEL}
+    'se_cotnetd50': cotnet.demo_model('se_cotnetd50'), 'lesa_resnet50': {**lesa.DEMO_MODEL, **_AXIAL}}
 
 
 def get_config(arg=None):
@@ -84,6 +88,8 @@ def get_config(arg=None):
 
   c.init_from = f'workdirs/{args.backbone}'  # an ImageNet run of the backbone (or a converted checkpoint)
   c.init_skip = r'^(params|batch_stats)/(decode_head|auxiliary_head|norm\d+)/'  # the heads start fresh
+  if args.backbone in FRESH_IN_BACKBONE:
+    c.init_skip += '|' + FRESH_IN_BACKBONE[args.backbone]
   if args.demo:
     apply_demo(c, args.backbone)
   c.lock()

@@ -83,8 +83,7 @@ def evaluate_segmentation(loaded, config, mode: str) -> dict[str, dict[str, floa
   import jax
   from lgvit import segmentation_task
   from lgvit.data import pipeline
-  from lgvit.modeling import normalize
-  apply_fn = jax.jit(lambda x: loaded.model.apply(loaded.variables, normalize(x), train=False))
+  apply_fn = jax.jit(lambda x: loaded.model.apply(loaded.variables, x, train=False))  # normalised images
   builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
   metrics = segmentation_task.evaluate_per_image(apply_fn, config, builder, mode)
   name = f'{config.data.dataset}:{config.data.eval_split}:{mode}'

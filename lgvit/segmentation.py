@@ -7,9 +7,11 @@ mIoU (the mean over the classes whose union is non-empty, i.e. mmseg's nan-mean:
 from both the ground truth and the predictions does not count), pixel accuracy (aAcc), per-class
 and mean accuracy (mAcc, over the classes present in the ground truth).
 
-Inference takes ``apply_fn(images) -> logits``: NHWC float images whose sides are multiples of
-``size_divisor`` to (B, h, w, K) logits at any stride (UperNet: 4), e.g.
-``lambda x: model.apply(variables, x, train=False)``:
+Inference takes ``apply_fn(images) -> logits``: NHWC *normalised* float images
+(``lgvit.modeling.normalize``) whose sides are multiples of ``size_divisor`` to (B, h, w, K) logits at
+any stride (UperNet: 4), e.g. ``lambda x: model.apply(variables, x, train=False)``. The images given to
+the helpers are normalised too, so that the zero padding they add is the mean colour, as mmseg's
+``Pad`` after ``Normalize``:
 
 * :func:`infer_whole` -- mmseg ``mode='whole'``: the image resized to the test scale keeping its
   aspect ratio (mmcv's rule), padded to ``size_divisor``, the logits resized to the padded input,
@@ -89,9 +91,18 @@ def rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
 
 
 def pad_to_multiple(images: Array, divisor: int) -> Array:
-  """Zero-pads NHWC images at the bottom/right to sides that are multiples of ``divisor``."""
+  """Zero-pads NHWC images at the bottom/right to sides that are multiples of ``divisor`` (on normalised
+  images zero is the mean colour, mmseg's padding)."""
   h, w = images.shape[1:3]
   return jnp.pad(images, ((0, 0), (0, -h % divisor), (0, -w % divisor), (0, 0)))
+
+
+def zero_outside(images: Array, content: Array) -> Array:
+  """Normalised (B, H, W, C) images with every pixel outside the top-left ``content`` (B, 2) = (h, w)
+  region set to 0, the mean colour: mmseg pads after normalising, lgvit's uint8 batches cannot."""
+  rows = jnp.arange(images.shape[1])[None, :, None] < content[:, 0, None, None]
+  cols = jnp.arange(images.shape[2])[None, None, :] < content[:, 1, None, None]
+  return jnp.where((rows & cols)[..., None], images, jnp.zeros((), images.dtype))
 
 
 def full_resolution_logits(apply_fn: ApplyFn, images: Array, size_divisor: int = 32) -> Array:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lgvit.models.layers import resize_bilinear
-from lgvit.segmentation import confusion_matrix, metrics_from_confusion, upernet_loss
+from lgvit.segmentation import confusion_matrix, metrics_from_confusion, upernet_loss, zero_outside
 
 Array = jax.Array
 
@@ -22,12 +22,15 @@ Array = jax.Array
 def train_forward(model, config):
   """``(params, batch_stats, images, batch, rngs, aug_keys) -> (loss, (metrics, new batch_stats))`` of a UperNet
   train step (``lgvit.train.make_train_step`` calls it for ``config.task == 'segmentation'``): mmseg's
-  decode + 0.4 x auxiliary pixel cross-entropy; unreadable images (``valid == 0``) count for nothing."""
+  decode + 0.4 x auxiliary pixel cross-entropy; unreadable images (``valid == 0``) count for nothing. The crop
+  padding (outside ``batch['content']``) is the mean colour, as mmseg pads after normalising."""
   from lgvit.modeling import compute_dtype
   seg, dtype = config.seg, compute_dtype(config)
 
   def forward(params, batch_stats, images, batch, rngs, aug_keys):
     del aug_keys  # the augmentations ran on the host (lgvit.data.seg_pipeline)
+    if 'content' in batch:
+      images = zero_outside(images, batch['content'])
     outputs, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images.astype(dtype), train=True,
                                     rngs=rngs, mutable=['batch_stats'])
     valid = batch['valid'].astype(jnp.float32)
@@ -67,13 +70,14 @@ def _region_to_size(logits, scaled, size, label_canvas):
 
 def make_eval_step(model, config):
   """``(variables, batch) -> {'confusion', 'count', 'skipped', 'downscaled'}`` sums over a batch of
-  :func:`lgvit.data.seg_pipeline.eval_dataset` (fixed canvases; masked slots count for nothing)."""
+  :func:`lgvit.data.seg_pipeline.eval_dataset` (one padded image shape per batch; masked slots count for
+  nothing): mmseg ``mode='whole'`` for each image, its padding set to the mean colour."""
   from lgvit.modeling import compute_dtype, normalize
   dtype, seg = compute_dtype(config), config.seg
 
   def eval_step(variables, batch):
-    images = batch['image']
-    logits = model.apply(variables, normalize(images, dtype), train=False).astype(jnp.float32)
+    images = zero_outside(normalize(batch['image'], dtype), batch['scaled'])
+    logits = model.apply(variables, images, train=False).astype(jnp.float32)
     logits = resize_bilinear(logits, images.shape[1:3])
     logits = logits_at_label_size(logits, batch['scaled'], batch['size'], batch['label'].shape[1:3])
     mask = batch['mask']
@@ -85,6 +89,23 @@ def make_eval_step(model, config):
   return eval_step
 
 
+def _local_copy(tree, sharding):
+  """A replicated global array tree as arrays on this process's devices only (its own shards of them)."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    shards = {s.device: s.data for s in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, [shards[d] for d in sharding.mesh.devices.flat])
+  return jax.tree_util.tree_map(one, tree)
+
+
+def _pad_batch(batch: dict, size: int) -> dict:
+  """A partial batch padded with all-zero (``mask == 0``) slots to ``size`` images."""
+  missing = size - len(batch['mask'])
+  return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) if missing else v
+          for k, v in batch.items()}
+
+
 def metrics_row(confusion, config) -> dict:
   """``mIoU``, ``aAcc``, ``mAcc`` and ``IoU/<class>`` (the dataset's class names, as predict prints them)."""
   from lgvit.predict import class_names
@@ -94,18 +115,33 @@ def metrics_row(confusion, config) -> dict:
   return row
 
 
-def evaluate(eval_fn, variables, config, builder, batch_sharding, split: Optional[str] = None) -> dict:
+def evaluate(eval_fn, variables, config, builder, batch_sharding=None, split: Optional[str] = None) -> dict:
   """Every image of the eval split once: ``mIoU``, ``aAcc``, ``mAcc`` (0..1), ``IoU/<class>`` per class,
-  ``count``, ``skipped`` (unreadable) and ``downscaled`` (images fit into the canvas)."""
+  ``count``, ``skipped`` (unreadable) and ``downscaled`` (images fit into the canvas).
+
+  Each process scores its own shard on its own devices, in batches of one padded image shape (so the
+  shapes need not agree between processes: ``eval_fn`` is compiled once per shape); the sums are then
+  gathered, so every process returns the metrics of the whole split. ``batch_sharding`` is unused
+  (the training mesh spans every process); ``eval_fn`` is a jitted :func:`make_eval_step`."""
+  del batch_sharding
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from lgvit.data import pipeline, seg_pipeline
-  from lgvit.evals import global_batch
+  from lgvit.modeling import make_mesh
   local_batch = config.eval_batch_size // jax.process_count()
-  ds, _ = seg_pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), split=split)
-  totals = None
+  mesh = make_mesh(jax.local_devices())
+  local_variables = _local_copy(variables, NamedSharding(mesh, P()))
+  sharded = NamedSharding(mesh, P('data'))
+  ds = seg_pipeline.eval_dataset(config, builder, local_batch=local_batch, process_index=jax.process_index(),
+                                 process_count=jax.process_count(), split=split)
+  totals = {'confusion': np.zeros((config.num_classes,) * 2, np.int64), 'count': 0, 'skipped': 0, 'downscaled': 0}
   for batch in pipeline.as_numpy(ds):
-    out = jax.device_get(eval_fn(variables, global_batch(batch, batch_sharding)))  # int64 sums on the host
-    totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
+    placed = jax.device_put(_pad_batch(batch, local_batch), sharded)
+    out = jax.device_get(eval_fn(local_variables, placed))
+    totals = {k: totals[k] + np.asarray(out[k], np.int64) for k in totals}
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    totals = {k: np.asarray(multihost_utils.process_allgather(np.asarray(v, np.int64))).sum(0)
+              for k, v in totals.items()}
   row = metrics_row(totals['confusion'], config)
   row.update(count=int(totals['count']), skipped=int(totals['skipped']), downscaled=int(totals['downscaled']))
   return row
@@ -123,12 +159,15 @@ def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Op
   """mmseg's test modes exactly, each image at its own size (one compile per distinct size):
   ``mode`` 'whole' (resize to ``data.scale``), 'slide' (``seg.eval_crop`` windows at ``seg.eval_stride``)
   or 'multiscale' (``seg.ms_ratios`` x flip if ``seg.flip``, whole or slide per ``seg.eval_mode``).
-  ``apply_fn`` maps 0..255 float images to logits. Every process scores its shard; the sums are
+  ``apply_fn`` maps normalised images (``lgvit.modeling.normalize``) to logits. In 'whole' mode the
+  image is scaled as the in-training eval scales it (:func:`lgvit.data.seg_pipeline.scale_for_eval`:
+  mmcv's uint8 resize), so the two agree image by image. Every process scores its shard; the sums are
   gathered, so every process returns the metrics of the whole split."""
   import tensorflow_datasets as tfds
   from lgvit import segmentation as seg_lib
   from lgvit.data import pipeline, seg_pipeline
   from lgvit.data.seg_transforms import reduce_zero_label
+  from lgvit.modeling import normalize
   if mode not in ('whole', 'slide', 'multiscale'):
     raise ValueError(f"mode must be 'whole', 'slide' or 'multiscale', got {mode!r}")
   data, seg = config.data, config.seg
@@ -139,13 +178,18 @@ def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Op
   if data.reduce_zero_label:
     ds = ds.map(lambda image, label: (image, reduce_zero_label(label)))
   scale = tuple(data.scale)
+  if mode == 'whole':  # no canvas bound here: every image at its scaled size
+    ds = ds.map(lambda image, label: (image, label, seg_pipeline.scale_for_eval(image, scale, (2**30, 2**30))[0]))
+  else:
+    ds = ds.map(lambda image, label: (image, label, image))
   score = jax.jit(lambda label, logits: confusion_matrix(label, jnp.argmax(logits, -1), config.num_classes,
                                                           seg.ignore_label))
   confusion, count = np.zeros((config.num_classes,) * 2, np.int64), 0
-  for image, label in tfds.as_numpy(ds):
-    x = jnp.asarray(image[None], jnp.float32)
+  for image, label, scaled in tfds.as_numpy(ds):
+    x = normalize(jnp.asarray(image[None]))
     if mode == 'whole':
-      logits = seg_lib.infer_whole(apply_fn, x, scale=scale)
+      logits = seg_lib.infer_whole(apply_fn, normalize(jnp.asarray(scaled[None])))
+      logits = resize_bilinear(logits, label.shape)
     elif mode == 'slide':
       logits = seg_lib.infer_slide(apply_fn, x, crop=tuple(seg.eval_crop), stride=tuple(seg.eval_stride), scale=scale)
     else:

@@ -91,6 +91,8 @@ CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear
            'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
            'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
            'matmul_precision': ('default', 'high', 'highest')}
+#: Choices of fields only some recipes set (configs/common.transfer_style); absent means the default.
+OPTIONAL_CHOICES = {'aug.crop': pipeline.TRAIN_CROPS, 'init_skip_values': ckpt.SKIP_VALUES}
 
 
 def task_of(config) -> str:
@@ -104,12 +106,18 @@ def _field(config, dotted: str):
   return config
 
 
+def _has_field(config, dotted: str) -> bool:
+  section, _, name = dotted.rpartition('.')
+  return name in (_field(config, section) if section else config)
+
+
 def check_config(config):
   for name in POSITIVE:
     value = _field(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
       raise ConfigError(f'{name} must be a positive number, got {value!r} (--config.{name}=...)')
-  for name, choices in CHOICES.items():
+  optional = {k: v for k, v in OPTIONAL_CHOICES.items() if _has_field(config, k)}
+  for name, choices in {**CHOICES, **optional}.items():
     if _field(config, name) not in choices:
       raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {_field(config, name)!r} "
                         f'(--config.{name}=...)')
@@ -355,7 +363,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
-            eval_step=jax.jit(task(config).eval_step(model, config), out_shardings=replicated),
+            eval_step=jax.jit(task(config).eval_step(model, config),
+                              **({'out_shardings': replicated} if task(config).global_eval else {})),
             batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
             log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, extra_evals=extra_evals)
   also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
@@ -381,7 +390,8 @@ def init_from_checkpoint(state: TrainState, tx, config, replicated, state_shardi
     # its classifier has no place here, and the segmentation heads keep their fresh values.
     loaded = {col: {'backbone': tree} for col, tree in loaded.items()}
   fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
-                                config.init_skip, model_info(config.model).resize_rules)
+                                config.init_skip, model_info(config.model).resize_rules,
+                                skip_values=config.get('init_skip_values', 'fresh'))
   fitted = jax.device_put(fitted, replicated)
   state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
                         opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))
@@ -555,6 +565,7 @@ class Task:
   dataset_classes: Callable  # (config, builder) -> the dataset's class count as the model sees it, or None
   evaluate_and_log: Callable  # (run, loop) -> loop with last_eval
   main_metric: str  # the eval metric best/ falls back to
+  global_eval: bool = True  # eval batches span every process; False: each process on its own devices
 
 
 TASKS = {
@@ -563,7 +574,7 @@ TASKS = {
     'segmentation': Task(segmentation_task.train_forward, segmentation_task.make_eval_step,
                          seg_pipeline.shard_dataset,
                          lambda config, builder: seg_pipeline.num_classes(builder, config.data.reduce_zero_label),
-                         evaluate_segmentation_and_log, 'mIoU'),
+                         evaluate_segmentation_and_log, 'mIoU', global_eval=False),
 }
 
 

@@ -51,7 +51,7 @@ def test_transform_is_a_pure_function_of_the_seed_and_keeps_image_and_label_alig
   np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
   outs = [st.train_transform(image, label, [s, 0], **kw) for s in range(8)]
   assert len({o[1].numpy().tobytes() for o in outs}) > 1  # different seeds, different crops/flips
-  for img, lab in outs:
+  for img, lab, _ in outs:
     img, lab = img.numpy(), lab.numpy()
     assert img.shape == (32, 32, 3) and lab.shape == (32, 32) and img.dtype == lab.dtype == np.uint8
     counted = lab != 255
@@ -62,10 +62,11 @@ def test_transform_is_a_pure_function_of_the_seed_and_keeps_image_and_label_alig
 
 def test_small_images_are_padded_with_the_ignore_label():
   image, label = _example(20, 30)
-  img, lab = st.train_transform(image, label, [0, 0], scale=(30, 20), ratio_range=(1.0, 1.0), crop=(32, 48),
-                                hflip=False, photometric=False)
+  img, lab, content = st.train_transform(image, label, [0, 0], scale=(30, 20), ratio_range=(1.0, 1.0),
+                                         crop=(32, 48), hflip=False, photometric=False)
   img, lab = img.numpy(), lab.numpy()
-  assert (lab[20:] == 255).all() and (lab[:, 30:] == 255).all() and (img[20:] == 0).all()
+  assert (lab[20:] == 255).all() and (lab[:, 30:] == 255).all()
+  assert list(content.numpy()) == [20, 30]  # the train step sets the pixels outside it to the mean colour
   np.testing.assert_array_equal(lab[:20, :30], label.numpy()[:, :] - 1)
 
 

@@ -229,20 +229,100 @@ def test_upernet_outputs_stride_4_logits_and_the_aux_head_in_training():
 
 def test_default_classes_and_drop_path_reach_the_backbone():
   model = create_model('upernet_nommer_t')
-  assert model.num_classes == 150 and model.backbone.drop_path_rate == 0.2 and model.backbone.features_only
-  assert create_model('upernet_nommer_b').backbone.drop_path_rate == 0.5
+  assert model.num_classes == 150 and model.backbone.features_only
+  # NomMer's own stochastic depth (paper Sec. 4.1/4.2, official nommer_*_attn.yaml): 0.1 / 0.3 / 0.5
+  for variant, rate in (('t', 0.1), ('s', 0.3), ('b', 0.5)):
+    assert create_model(f'upernet_nommer_{variant}').backbone.drop_path_rate == rate
+    assert create_model(f'nommer_{variant}').drop_path_rate == rate
   assert create_model('upernet_swin_t', drop_path_rate=0.1).backbone.drop_path_rate == 0.1
   assert create_model('nommer_t').num_classes == 1000
 
 
-@pytest.mark.parametrize('name', ['upernet_nommer_t', 'upernet_swin_t', 'upernet_salg_t', 'upernet_se_cotnetd50',
-                                  'upernet_lesa_resnet50'])
-def test_every_family_runs_at_512(name):
-  """Shapes of the full-size model at the paper's 512x512 crop (jax.eval_shape: traced, not run)."""
+@pytest.mark.parametrize('name', list_models(task='segmentation'))
+def test_every_upernet_built_at_512_runs_at_other_sizes(name):
+  """Built (initialised) at the 512x512 training crop, applied at the sizes whole-image, multi-scale and
+  the in-training eval feed: a 512x704 ADE20K image and a 1024x1024 one (jax.eval_shape: traced, not run)."""
   model = create_model(name)
-  x = jnp.zeros((1, 512, 512, 3))
-  out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0])
-  assert out.shape == (1, 128, 128, 150)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 512, 512, 3)), train=False))
+  for h, w in ((512, 512), (512, 704), (1024, 1024)):
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, h, w, 3)), train=False), variables)
+    assert out.shape == (1, h // 4, w // 4, 150)
+
+
+def test_nommer_features_resample_the_position_embedding_bicubically_at_apply_time():
+  """features_only NomMer at a new size equals the same weights with pos_embedding resized beforehand by
+  PyTorch's bicubic (mmseg's resize_pos_embed); the classifier still refuses a new size."""
+  import torch
+  kw = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), pad_windows=True)
+  model = create_model('nommer_t', features_only=True, **kw)
+  small = random_variables(model, jnp.zeros((1, 64, 64, 3)), seed=3)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 64, 96, 3))
+  got = model.apply(small, x, train=False)
+  pos = np.asarray(small['params']['pos_embedding'])
+  want_pos = torch.nn.functional.interpolate(torch.tensor(pos).permute(0, 3, 1, 2), size=(4, 6), mode='bicubic',
+                                             align_corners=False).permute(0, 2, 3, 1).numpy()
+  small['params']['pos_embedding'] = jax.random.normal(jax.random.PRNGKey(2), pos.shape)
+  pos = np.asarray(small['params']['pos_embedding'])
+  got = model.apply(small, x, train=False)
+  want_pos = torch.nn.functional.interpolate(torch.tensor(pos).permute(0, 3, 1, 2), size=(4, 6), mode='bicubic',
+                                             align_corners=False).permute(0, 2, 3, 1).numpy()
+  resized = jax.tree_util.tree_map(lambda a: a, small)
+  resized['params']['pos_embedding'] = jnp.asarray(want_pos)
+  big = model.apply(resized, x, train=False)
+  for a, b in zip(got, big):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  classifier = create_model('nommer_t', **kw)
+  cls_vars = random_variables(classifier, jnp.zeros((1, 64, 64, 3)), seed=3)
+  with pytest.raises(InvalidInputSizeError, match='pos_embedding grid 4x4'):
+    classifier.apply(cls_vars, x, train=False)
+
+
+def test_lesa_axial_relative_logits_equal_a_brute_force_loop_at_smaller_and_larger_maps():
+  """The detection code's 2-D query term q.(R_h[a - x] + R_w[b - y]) with tables built for a 3x3 map: at
+  2x3 an offset keeps its trained row; at 4x5 the tables are resampled as torch's linear interpolate."""
+  import torch
+  from lgvit.models import lesa
+  rng = np.random.default_rng(0)
+  table_h, table_w = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+
+  def resampled(table, side):
+    if 2 * side - 1 <= len(table):
+      return table, len(table) // 2  # (rows, index of offset 0)
+    t = torch.nn.functional.interpolate(torch.tensor(table.T[None]), size=2 * side - 1, mode='linear',
+                                        align_corners=False)[0].numpy().T
+    return t, side - 1
+
+  for h, w in ((2, 3), (3, 3), (4, 5)):
+    q = rng.standard_normal((2, h, w, 2, 4)).astype(np.float32)
+    got = np.asarray(lesa.axial_relative_logits(jnp.asarray(q), jnp.asarray(table_h), jnp.asarray(table_w)))
+    (rh, zh), (rw, zw) = resampled(table_h, h), resampled(table_w, w)
+    want = np.zeros((2, h * w, h * w, 2), np.float32)
+    for x in range(h):
+      for y in range(w):
+        for a in range(h):
+          for b in range(w):
+            want[:, x * w + y, a * w + b] = np.einsum('ngc,c->ng', q[:, x, y], rh[zh + a - x] + rw[zw + b - y])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lesa_upernet_backbone_uses_the_detection_position_embedding_and_loads_an_imagenet_run():
+  """upernet_lesa_resnet50's LESA layers carry rel_height/rel_width (no raster 'relative' table), and the
+  config's init_skip lets a classification checkpoint fill everything else."""
+  from configs import upernet
+  from lgvit import checkpoint
+  model = create_model('upernet_lesa_resnet50')
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 512, 512, 3)), train=False))
+  binary = shapes['params']['backbone']['layer3_1']['conv2']['binary']
+  assert set(binary) >= {'rel_height', 'rel_width'} and 'relative' not in binary
+  assert binary['rel_height'].shape == (63, 16)  # 2 * 32 - 1 offsets of the 32x32 stage-3 map, 256/(2*8) deep
+  classifier = create_model('lesa_resnet50', features_only=True)
+  imagenet = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  loaded = {k: {'backbone': jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), v)} for k, v in imagenet.items()}
+  skip = upernet.get_config('backbone=lesa_resnet50').init_skip
+  with pytest.raises(checkpoint.CheckpointError, match='rel_height: missing in checkpoint'):
+    checkpoint.adapt_variables(loaded, shapes, skip=r'^(params|batch_stats)/(decode_head|auxiliary_head)/')
+  fitted = checkpoint.adapt_variables(loaded, shapes, skip=skip)
+  assert jax.tree_util.tree_structure(fitted) == jax.tree_util.tree_structure(shapes)
 
 
 def test_window_attention_pads_maps_the_window_does_not_tile():

@@ -5,14 +5,20 @@ pure function of its seed, as in :mod:`lgvit.data.pipeline` (exact resume). In m
 
 1. ``reduce_zero_label``: ADE20K's 0 ("other") -> 255 (ignored), classes 1..150 -> 0..149;
 2. ``Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)``: a ratio r ~ U(0.5, 2.0),
-   the image rescaled so that its long side <= 2048 r and short side <= 512 r (bilinear; labels nearest);
+   the scale truncated to integers (``int(2048 r), int(512 r)``, as mmseg's ``random_sample_ratio``), the
+   image rescaled so that its long side <= that long bound and short side <= the short one (bilinear;
+   labels nearest);
 3. ``RandomCrop(512, cat_max_ratio=0.75)``: up to 10 tries for a crop in which no class covers 75% of
    the non-ignored pixels (and at least two classes occur), else an 11th crop;
 4. ``RandomFlip(0.5)``;
 5. ``PhotoMetricDistortion``: each with probability 1/2, brightness +-32, contrast x U(0.5, 1.5)
-   (before or after the HSV steps, 1/2 each), saturation x U(0.5, 1.5), hue +-18 (of 180), each step
-   rounded to uint8 as mmseg does; TF's float HSV stands in for OpenCV's uint8 HSV;
-6. ``Pad(512, seg_pad_val=255)`` at the bottom/right (images 0).
+   (before or after the HSV steps, 1/2 each), saturation x U(0.5, 1.5) then truncated to uint8 steps of
+   the 0..255 saturation channel, hue + an integer in [-18, 18) (numpy's ``randint(-18, 18)``, of 180),
+   each step truncated to uint8 as mmseg does; TF's float HSV stands in for OpenCV's uint8 HSV;
+6. ``Pad(512, pad_val=0, seg_pad_val=255)`` at the bottom/right. mmseg pads *after* ``Normalize``, so
+   the padded pixels are the mean colour; the uint8 batch cannot hold the mean exactly, so the example
+   carries its ``content`` size and the train step zeroes the normalised pixels outside it
+   (:func:`lgvit.segmentation.zero_outside`).
 """
 from __future__ import annotations
 
@@ -30,11 +36,13 @@ def reduce_zero_label(label: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.where((label == 0) | (label == IGNORE_LABEL), IGNORE_LABEL, label - 1), tf.uint8)
 
 
-def rescale_size(h: tf.Tensor, w: tf.Tensor, scale: Sequence[float], ratio=1.0) -> tuple[tf.Tensor, tf.Tensor]:
-  """mmcv keep-ratio rule (as :func:`lgvit.segmentation.rescale_size`) on tensors, for ``scale`` times
-  ``ratio`` (a tensor: the random resize's draw)."""
+def rescale_size(h: tf.Tensor, w: tf.Tensor, scale: Sequence[float], ratio=None) -> tuple[tf.Tensor, tf.Tensor]:
+  """mmcv keep-ratio rule (as :func:`lgvit.segmentation.rescale_size`) on tensors, for ``scale`` or, with
+  ``ratio`` (a tensor: the random resize's draw), for mmseg's ``(int(long * ratio), int(short * ratio))``."""
   h, w = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
-  long, short = max(scale) * ratio, min(scale) * ratio
+  long, short = float(max(scale)), float(min(scale))
+  if ratio is not None:
+    long, short = tf.floor(long * ratio), tf.floor(short * ratio)
   factor = tf.minimum(long / tf.maximum(h, w), short / tf.minimum(h, w))
   return tf.cast(tf.floor(h * factor + 0.5), tf.int32), tf.cast(tf.floor(w * factor + 0.5), tf.int32)
 
@@ -90,8 +98,10 @@ def photometric_distortion(image, seed):
   do_contrast = coin(2)
   x = tf.where(do_contrast & contrast_first, to_uint8(x * contrast_alpha), x)
   hsv = tf.image.rgb_to_hsv(x / 255.0)
-  saturation = tf.where(coin(5), tf.clip_by_value(hsv[..., 1] * uniform(6, 0.5, 1.5), 0.0, 1.0), hsv[..., 1])
-  hue_delta = tf.cast(tf.random.stateless_uniform([], s[8], -18, 19, tf.int32), tf.float32) / 180.0
+  # OpenCV's uint8 HSV: the scaled saturation is clipped and truncated to an integer of 0..255.
+  scaled_saturation = tf.floor(tf.clip_by_value(hsv[..., 1] * 255.0 * uniform(6, 0.5, 1.5), 0.0, 255.0)) / 255.0
+  saturation = tf.where(coin(5), scaled_saturation, hsv[..., 1])
+  hue_delta = tf.cast(tf.random.stateless_uniform([], s[8], -18, 18, tf.int32), tf.float32) / 180.0
   hue = tf.where(coin(7), tf.math.floormod(hsv[..., 0] + hue_delta, 1.0), hsv[..., 0])
   x = to_uint8(tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], -1)) * 255.0 + 0.5)
   x = tf.where(do_contrast & ~contrast_first, to_uint8(x * contrast_alpha), x)
@@ -101,7 +111,8 @@ def photometric_distortion(image, seed):
 def train_transform(image, label, seed, *, scale: Sequence[int] = (2048, 512), ratio_range=(0.5, 2.0),
                     crop: Sequence[int] = (512, 512), cat_max_ratio: float = 0.75, hflip: bool = True,
                     photometric: bool = True, zero_label_is_ignored: bool = True):
-  """(H, W, 3) uint8 image and (H, W) label -> a (crop, crop, 3) uint8 image and (crop, crop) uint8 label."""
+  """(H, W, 3) uint8 image and (H, W) label -> a (crop, crop, 3) uint8 image, a (crop, crop) uint8 label and
+  the (2,) int32 ``content`` size: the image fills ``[:content[0], :content[1]]``, the rest is padding."""
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
   label = tf.cast(label, tf.uint8)
   if zero_label_is_ignored:
@@ -114,7 +125,8 @@ def train_transform(image, label, seed, *, scale: Sequence[int] = (2048, 512), r
     label = tf.where(flip, label[:, ::-1], label)
   if photometric:
     image = photometric_distortion(image, seeds[3])
-  pad_h, pad_w = crop[0] - tf.shape(image)[0], crop[1] - tf.shape(image)[1]
+  content = tf.shape(image)[:2]
+  pad_h, pad_w = crop[0] - content[0], crop[1] - content[1]
   image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
   label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_LABEL)
-  return tf.ensure_shape(image, (*crop, 3)), tf.ensure_shape(label, tuple(crop))
+  return tf.ensure_shape(image, (*crop, 3)), tf.ensure_shape(label, tuple(crop)), tf.cast(content, tf.int32)

@@ -405,14 +405,39 @@ def resize_relative_position_table(table: np.ndarray, new_window: int | Sequence
   return np.asarray(out).reshape(nh * nw, -1)
 
 
+def _torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """(n_out, n_in) weights of ``F.interpolate(mode='bicubic', align_corners=False)`` along one axis:
+  Keys' cubic with a = -0.75, half-pixel centres, taps clamped at the border, no anti-aliasing."""
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  base = np.floor(src)
+  t = src - base
+  def near(d):  # |d| <= 1
+    return ((a + 2) * d - (a + 3)) * d * d + 1
+  def far(d):  # 1 < |d| < 2
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+  weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+  matrix = np.zeros((n_out, n_in))
+  for k in range(4):
+    np.add.at(matrix, (np.arange(n_out), np.clip(base.astype(int) - 1 + k, 0, n_in - 1)), weights[:, k])
+  return matrix.astype(np.float32)
+
+
+def resize_bicubic(x: Array, size: Sequence[int]) -> Array:
+  """PyTorch's ``F.interpolate(mode='bicubic', align_corners=False)`` on (B, H, W, C), traceable: the
+  position-embedding resize of Swin, timm and mmseg's ``resize_pos_embed`` (``jax.image.resize``'s
+  cubic is Keys' a = -0.5 and anti-aliases when shrinking, so it differs)."""
+  rows = jnp.asarray(_torch_bicubic_matrix(x.shape[1], size[0]))
+  cols = jnp.asarray(_torch_bicubic_matrix(x.shape[2], size[1]))
+  x = jnp.einsum('oh,bhwc->bowc', rows, x.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('pw,bowc->bopc', cols, x, precision=jax.lax.Precision.HIGHEST)
+
+
 def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
-  """Bicubically resamples a (1, H, W, C) position embedding to (1, *new_hw, C) (Swin/timm rule)."""
+  """Resamples a (1, H, W, C) position embedding to (1, *new_hw, C) as Swin/timm do (:func:`resize_bicubic`)."""
   pos = np.asarray(pos)
   if pos.ndim != 4 or pos.shape[0] != 1:
     raise ValueError(f'pos_embedding must be (1, H, W, C), got {pos.shape}')
-  nh, nw = new_hw
-  out = jax.image.resize(jnp.asarray(pos, jnp.float32), (1, nh, nw, pos.shape[-1]), 'bicubic')
-  return np.asarray(out, pos.dtype)
+  return np.asarray(resize_bicubic(jnp.asarray(pos, jnp.float32), new_hw), pos.dtype)
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,

@@ -379,9 +379,16 @@ class NomMer(nn.Module):
                                   head_dtype=self.dtype)
 
   def position_embedding(self, h: int, w: int, c: int) -> Array:
-    """The stage-3 ``pos_embedding`` (1, S/16, S/16, 4C); its shape records the training size."""
+    """The stage-3 ``pos_embedding`` (1, S/16, S/16, 4C); its shape records the training size.
+
+    As a dense-prediction backbone (``features_only``) it is resampled to each input's grid at apply
+    time (bicubic, :func:`layers.resize_bicubic`), as mmseg's ViT ``resize_pos_embed`` does, so one set of
+    weights runs at every size (UperNet's whole-image and multi-scale inference). The classifier keeps
+    its one size: there a different grid means the wrong checkpoint or the wrong input."""
     if self.has_variable('params', 'pos_embedding'):
       trained = self.get_variable('params', 'pos_embedding').shape[1:3]
+      if tuple(trained) != (h, w) and self.features_only:
+        return layers.resize_bicubic(self.get_variable('params', 'pos_embedding'), (h, w))
       if tuple(trained) != (h, w):
         raise InvalidInputSizeError(
             f'{self.name or "NomMer"}: these variables were made for {trained[0] * 16}x{trained[1] * 16} inputs '

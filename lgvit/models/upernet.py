@@ -137,7 +137,7 @@ class UperNet(nn.Module):
 def _create_upernet(name: str, *, backbone: str, backbone_kwargs: Optional[Mapping[str, Any]] = None,
                     drop_path_rate: Optional[float] = None, dtype: Any = jnp.float32, **head) -> UperNet:
   """``backbone`` is a registered name; ``backbone_kwargs`` its constructor overrides (a demo's
-  shrunk widths), ``drop_path_rate`` its stochastic depth (the recipe's 0.2/0.3/0.5)."""
+  shrunk widths), ``drop_path_rate`` its stochastic depth (the entry's rate)."""
   kwargs = dict(backbone_kwargs or {})
   if drop_path_rate is not None:
     kwargs['drop_path_rate'] = drop_path_rate
@@ -149,7 +149,9 @@ def _create_upernet(name: str, *, backbone: str, backbone_kwargs: Optional[Mappi
 # at 512x2048, single-scale and multi-scale+flip mIoU). docs/segmentation.md explains the gaps.
 _PAD = dict(pad_windows=True)  # Swin/NomMer: 512 / 4 = 128 is not a multiple of the 7x7 windows
 _variant = registry.family('upernet', _create_upernet, task='segmentation', input_size=512, num_classes=150)
-_variant('upernet_nommer_t', backbone='nommer_t', backbone_kwargs=_PAD, drop_path_rate=0.2, feature_norm=True,
+# Backbone drop path: NomMer's own rates (0.1/0.3/0.5 for T/S/B, the paper's ImageNet and COCO settings and the
+# official nommer_*_attn.yaml), Swin's mmseg config 0.3, SALG-T 0.2 (lgvit's choice: no official code).
+_variant('upernet_nommer_t', backbone='nommer_t', backbone_kwargs=_PAD, drop_path_rate=0.1, feature_norm=True,
          params=54_427_264, paper=dict(params=54e6, gflops=954, miou=46.1, miou_ms=47.3))
 _variant('upernet_nommer_s', backbone='nommer_s', backbone_kwargs=_PAD, drop_path_rate=0.3, feature_norm=True,
          params=73_503_848, paper=dict(params=73e6, gflops=1056, miou=48.7, miou_ms=50.4))
@@ -162,4 +164,7 @@ _variant('upernet_swin_s', backbone='swin_s', backbone_kwargs=_PAD, drop_path_ra
 _variant('upernet_salg_t', backbone='salg_t', drop_path_rate=0.2, feature_norm=True, params=60_068_528)
 _variant('upernet_cotnet50', backbone='cotnet50', params=63_162_260)
 _variant('upernet_se_cotnetd50', backbone='se_cotnetd50', params=64_047_628)
-_variant('upernet_lesa_resnet50', backbone='lesa_resnet50', params=65_883_180)
+# LESA: the official detection code's 2-D relative position embedding (docs/segmentation.md), so that one set
+# of weights runs at every input size; its tables and the BNs around them start fresh from an ImageNet run.
+_variant('upernet_lesa_resnet50', backbone='lesa_resnet50', backbone_kwargs=dict(lesa_position='axial'),
+         params=64_458_508)
