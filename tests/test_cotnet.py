@@ -413,7 +413,7 @@ def test_features_only_strides():
 
 
 CONFIGS = ['cotnet50', 'cotnet101', 'cotnext50_2x48d', 'cotnext101_2x48d', 'se_cotnetd50', 'se_cotnetd101',
-           'se_cotnetd152', 'se_cotnetd152_320']
+           'se_cotnetd152', 'se_cotnetd152_320', 'se_resnetd50']
 
 
 @pytest.mark.parametrize('variant', CONFIGS)
@@ -439,3 +439,98 @@ def test_demo_reaches_95_percent(variant, tmp_path):
   config = importlib.import_module(f'configs.{variant}').get_config('demo')
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['eval_top1'] >= 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 6's SE-ResNetD-50 and the default (100-epoch) setup of Tables 3, 5 and 6.
+# ---------------------------------------------------------------------------------------------
+
+
+def resnet_rs50_params():
+  """The official ``models/resnet_rs.py:resnet_rs50`` counted from its layer shapes: the SE-CoTNetD-50
+  stem and strides, plain 3x3 convs, SE(reduction 4, biases, no BN) after bn3, strided 1x1 shortcuts."""
+  n = 3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 2 * (32 + 32 + 64)  # stem convs + BN
+  c_in = 64
+  for planes, depth in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+    w, out = planes, 4 * planes
+    for b in range(depth):
+      n += c_in * w + w * w * 9 + w * out + 2 * (w + w + out)  # conv1, conv2, conv3 + BN
+      n += 2 * out * (out // 4) + out // 4 + out  # SE fc1, fc2 (+ biases)
+      n += (c_in * out + 2 * out) if b == 0 else 0  # shortcut conv + BN
+      c_in = out
+  return n + 2048 * 1000 + 1000
+
+
+def test_se_resnetd50_is_se_cotnetd50_without_cot():
+  model = create_model('se_resnetd50')
+  assert {model.make_spatial.kind(s, b) for s in range(4) for b in range(6)} == {'split_attn'}
+  assert (model.stem, model.stem_width, model.stem_pool, model.downsample, tuple(model.stage_strides)) == (
+      'deep', 32, False, 'avg', (2, 2, 2, 2))
+  count = layers.count_params(init_shapes(model, 224)['params'])
+  assert count == 26_217_896
+  # The paper's 35.7M is the official resnet_rs50 (docs/models_cotnet.md): 35,654,920 parameters.
+  assert resnet_rs50_params() == 35_654_920 and round(resnet_rs50_params() / 1e6, 1) == 35.7
+  no_cot = layers.count_params(init_shapes(create_model('se_cotnetd50', cot_stages=(False,) * 4), 224)['params'])
+  assert no_cot == count
+
+
+TABLE3 = {  # variant -> paper top-1 without / with EMA ("*"); se_resnetd50 is Table 6 (no EMA row)
+    'cotnet50': (79.2, 79.8), 'cotnext50_2x48d': (79.5, 80.2), 'se_cotnetd50': (79.8, 80.5),
+    'cotnet101': (80.0, 80.9), 'cotnext101_2x48d': (80.3, 81.3), 'se_cotnetd101': (80.5, 81.4),
+    'se_resnetd50': (79.1, None),
+}
+ROWS = [(v, ema) for v, top1 in TABLE3.items() for ema in (False, True) if top1[ema] is not None]
+
+
+@pytest.mark.parametrize('variant,ema', ROWS)
+def test_default_setup_rows_follow_the_paper(variant, ema):
+  import math
+
+  from configs import common, cotnet
+  from lgvit import optim
+  from lgvit.models import model_info
+  assert cotnet.DEFAULT_SETUP[variant] == TABLE3[variant]
+  arg = f'variant={variant},setup=default' + (',ema' if ema else '')
+  c = cotnet.get_config(arg)
+  assert (c.model, c.num_epochs, c.batch_size, c.data.image_size) == (variant, 100.0, 512, 224)
+  assert (c.optim.optimizer, c.optim.momentum, c.optim.weight_decay) == ('sgd', 0.9, 1e-4)
+  assert (c.aug.label_smoothing, c.aug.randaugment, c.aug.mixup_alpha, c.aug.cutmix_alpha,
+          c.aug.random_erase_prob) == (0.1, '', 0.0, 0.0, 0.0)
+  assert (tuple(c.aug.crop_scale), c.aug.hflip) == ((0.08, 1.0), True)
+  assert (c.model_kwargs.drop_path_rate, c.model_kwargs.drop_rate) == (0.0, 0.0)
+  assert (c.ema_decay, c.best_metric) == ((0.9999, 'ema_top1') if ema else (0.0, 'top1'))
+  spe = common.IMAGENET_TRAIN_EXAMPLES // 512
+  sched = optim.lr_schedule(c.schedule, c.batch_size, spe, 100 * spe)
+  peak = 0.1 * 512 / 256
+  assert float(sched(0)) == 0.0  # per step, linear from 0 to 0.1 B / 256 over 5 epochs, ...
+  assert math.isclose(float(sched(5 * spe // 2)), peak / 2, rel_tol=1e-4)
+  assert math.isclose(float(sched(5 * spe - 1)), peak, rel_tol=1e-3)
+  cosine = 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 5 / 100))  # ... then timm's cosine over 100 epochs
+  assert math.isclose(float(sched(5 * spe)), cosine, rel_tol=1e-5)
+  assert math.isclose(float(sched(100 * spe - 1)), 1e-5, rel_tol=1e-2)  # down to the official min_lr
+  assert model_info(variant).input_size == 224
+  for mode in ('demo', 'demo_recipe'):
+    demo = cotnet.get_config(f'{arg},{mode}')
+    assert (demo.data.dataset, demo.data.image_size, demo.aug.label_smoothing) == ('lgvit_digits', 32, 0.1)
+    assert demo.ema_decay == (0.99 if ema and mode == 'demo_recipe' else 0.0)
+    with pytest.raises(AttributeError):
+      demo.no_such_field = 1
+  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=32)
+
+
+def test_default_setup_arguments():
+  import importlib
+
+  from configs import cotnet
+  assert cotnet.get_config('variant=se_resnetd50').to_dict() == cotnet.get_config(
+      'variant=se_resnetd50,setup=default').to_dict()  # Table 6 is its only recipe
+  assert cotnet.get_config('variant=cotnet50').num_epochs == 350.0  # advanced stays the default elsewhere
+  thin = importlib.import_module('configs.cotnet50').get_config('setup=default,ema')
+  assert thin.to_dict() == cotnet.get_config('variant=cotnet50,setup=default,ema').to_dict()
+  for arg, message in [('variant=se_cotnetd152,setup=default', 'no row for se_cotnetd152'),
+                       ('variant=se_resnetd50,setup=advanced', 'no advanced recipe for se_resnetd50'),
+                       ('variant=se_resnetd50,ema', 'no EMA row for se_resnetd50'),
+                       ('variant=cotnet50,ema', 'setup=default'),
+                       ('variant=cotnet50,setup=long', "unknown CoTNet setup 'long'")]:
+    with pytest.raises(ValueError, match=message):
+      cotnet.get_config(arg)
