@@ -80,3 +80,17 @@ def test_photometric_distortion_changes_colours_only():
     np.testing.assert_array_equal(plain[1].numpy(), distorted[1].numpy())  # same geometry
     changed += not np.array_equal(plain[0].numpy(), distorted[0].numpy())
   assert changed >= 3
+
+
+def test_mmsegs_integer_random_scale_hue_range_and_uint8_saturation():
+  # Resize(ratio_range): mmseg draws r, then rescales to (int(2048 r), int(512 r)); r = 0.751758 gives the
+  # bounds (1539, 384), where the unrounded 384.9 would give a 385-pixel short side.
+  ratio = tf.constant(384.9 / 512, tf.float64)
+  assert [int(v) for v in st.rescale_size(tf.constant(1000), tf.constant(1000), (2048, 512), ratio)] == [384, 384]
+  assert [int(v) for v in st.rescale_size(tf.constant(375), tf.constant(500), (2048, 512))] == [512, 683]
+  # PhotoMetricDistortion's hue: numpy randint(-18, 18) never draws 18
+  shifts = {int(st.hue_shift(tf.constant([i, 7], tf.int64))) for i in range(600)}
+  assert min(shifts) == -18 and max(shifts) == 17 and len(shifts) == 36
+  # saturation on OpenCV's uint8 scale: 0.5 * 1.3 = 0.65 -> floor(165.75) / 255
+  got = st.scale_saturation(tf.constant([0.5, 0.9, 0.0]), 1.3).numpy()
+  np.testing.assert_allclose(got, [165 / 255, 1.0, 0.0], rtol=1e-6)

@@ -103,28 +103,75 @@ def test_ade20k_train_batches(ade20k):
     np.testing.assert_array_equal(batch[k], again[k])  # a pure function of (seed, epoch, position)
 
 
-def test_ade20k_eval_keeps_every_label_at_its_own_size(ade20k):
+def test_ade20k_eval_batches_images_by_padded_shape_and_keeps_every_label_at_its_own_size(ade20k):
   from lgvit.data import pipeline, seg_pipeline
   from lgvit.data.seg_transforms import IGNORE_LABEL
   data_dir, val_labels = ade20k
   c = _config(data_dir)
   builder = pipeline.get_builder('lgvit_ade20k', data_dir)
-  ds, steps = seg_pipeline.eval_dataset(c, builder, local_batch=3, process_index=0, process_count=1)
-  (batch,) = list(pipeline.as_numpy(ds))
-  assert steps == 1 and list(batch['mask']) == [1, 1, 0]
-  assert batch['image'].shape == (3, 32, 64, 3) and batch['label'].shape == (3, 96, 96)
+  batches = list(pipeline.as_numpy(seg_pipeline.eval_dataset(c, builder, local_batch=3, process_index=0,
+                                                             process_count=1)))
+  # (30, 80) -> scaled (24, 64) -> padded (32, 64); (48, 36) -> (32, 24): two shapes, one image each
+  assert sorted(b['image'].shape for b in batches) == [(1, 32, 32, 3), (1, 32, 64, 3)]
   by_size = {label.shape: label for label in val_labels.values()}  # TFDS's order is its own; sizes differ
-  assert sorted(tuple(s) for s in batch['size'][:2]) == sorted(by_size)
-  for i in range(2):
-    label = by_size[tuple(batch['size'][i])]
+  for batch in batches:
+    assert list(batch['mask']) == [1] and batch['label'].shape == (1, 96, 96)
+    label = by_size[tuple(batch['size'][0])]
     h, w = label.shape
     sh, sw = segmentation.rescale_size(h, w, (64, 32))
     factor = min(1.0, 32 / sh, 64 / sw)  # fit into the 32x64 canvas
-    assert tuple(batch['scaled'][i]) == (int(sh * factor), int(sw * factor))
+    assert tuple(batch['scaled'][0]) == (int(sh * factor), int(sw * factor))
+    assert batch['image'].shape[1:3] == tuple(-(-int(s * factor) // 32) * 32 for s in (sh, sw))
     reduced = np.where(label == 0, IGNORE_LABEL, label.astype(np.int64) - 1)
-    np.testing.assert_array_equal(batch['label'][i, :h, :w], reduced)
-    assert (batch['label'][i, h:] == IGNORE_LABEL).all() and (batch['label'][i, :, w:] == IGNORE_LABEL).all()
-    assert not batch['image'][i, batch['scaled'][i][0]:].any()  # zero padding below the image
+    np.testing.assert_array_equal(batch['label'][0, :h, :w], reduced)
+    assert (batch['label'][0, h:] == IGNORE_LABEL).all() and (batch['label'][0, :, w:] == IGNORE_LABEL).all()
+
+
+def test_in_training_eval_equals_whole_image_inference_image_by_image(ade20k):
+  """The train loop's eval (images batched by padded shape, padding masked to the mean colour, on a
+  non-square canvas) through the real NomMer UperNet equals lgvit.evaluate's mmseg 'whole' mode, which
+  runs each image alone at its own size; and neither matches the old black, canvas-padded input."""
+  from lgvit.data import pipeline
+  from lgvit.modeling import build_model, init_variables, normalize
+  data_dir, _ = ade20k
+  c = upernet.get_config('backbone=nommer_t,demo')
+  c.unlock()
+  c.num_classes = 150
+  c.data.update(dataset='lgvit_ade20k', data_dir=data_dir, reduce_zero_label=True)
+  c.data.scale = (64, 32)
+  c.seg.eval_canvas, c.seg.label_canvas = (64, 96), (96, 96)
+  c.eval_batch_size = 2
+  builder = pipeline.get_builder('lgvit_ade20k', data_dir)
+  model = build_model(c)
+  variables = init_variables(model, 64, seed=1)
+  in_training = segmentation_task.evaluate(jax.jit(segmentation_task.make_eval_step(model, c)), variables, c, builder)
+  apply_fn = jax.jit(lambda x: model.apply(variables, x, train=False))
+  whole = segmentation_task.evaluate_per_image(apply_fn, c, builder, 'whole')
+  assert in_training['count'] == whole['count'] == 2 and in_training['skipped'] == 0
+  for key in ('mIoU', 'aAcc', 'mAcc'):
+    assert in_training[key] == pytest.approx(whole[key], abs=1e-9), key
+  ious = [k for k in whole if k.startswith('IoU/')]
+  np.testing.assert_allclose([in_training[k] for k in ious], [whole[k] for k in ious], atol=1e-9)
+
+  # The same images on one 64x96 canvas with black padding (what the eval did before) score otherwise.
+  from lgvit.data import seg_pipeline
+  import tensorflow_datasets as tfds
+  ds = builder.as_dataset(split='validation', shuffle_files=False,
+                          decoders={k: tfds.decode.SkipDecoding() for k in seg_pipeline.ENCODED})
+  changed = 0
+  for ex in tfds.as_numpy(ds):
+    import tensorflow as tf
+    image, _ = seg_pipeline.decode(ex)
+    scaled = seg_pipeline.scale_for_eval(image, (64, 32), (64, 96))[0].numpy()
+    sh, sw = scaled.shape[:2]
+    canvas = np.zeros((1, 64, 96, 3), np.uint8)
+    canvas[0, :sh, :sw] = scaled
+    old = resize_bilinear(apply_fn(normalize(jnp.asarray(canvas))), (64, 96))[:, :sh, :sw]
+    padded = np.zeros((1, -(-sh // 32) * 32, -(-sw // 32) * 32, 3), np.float32)
+    padded[0, :sh, :sw] = np.asarray(normalize(jnp.asarray(scaled)))
+    new = resize_bilinear(apply_fn(jnp.asarray(padded)), padded.shape[1:3])[:, :sh, :sw]
+    changed += int(np.abs(np.asarray(old) - np.asarray(new)).max() > 1e-3)
+  assert changed == 2
 
 
 def test_scene_parse150_is_refused_with_the_reason(tmp_path):
@@ -225,3 +272,37 @@ def test_demo_on_two_devices_resumes_and_logs_the_miou_of_whole_image_inference(
   assert evaluate.main(['--workdir', str(workdir), '--segment-mode', 'whole', '--out', str(out)]) == 0
   (scores,) = json.loads(out.read_text())['evals'].values()
   assert scores['count'] == 200 and abs(scores['mIoU'] - expected) < 1e-4
+
+
+def test_train_crop_padding_is_the_mean_colour_whatever_the_uint8_batch_holds(ade20k):
+  """mmseg pads after Normalize: the train forward sees 0 (the mean) outside each crop's ``content``."""
+  from lgvit.data import pipeline
+  from lgvit.modeling import build_model, init_variables, normalize
+  data_dir, _ = ade20k
+  c = _config(data_dir)
+  builder = pipeline.get_builder('lgvit_ade20k', data_dir)
+  (batch,) = _train_batches(c, builder)
+  assert batch['content'].shape == (2, 2) and (batch['content'] <= 32).all()
+
+  demo = upernet.get_config('backbone=swin_t,demo')
+  model = build_model(demo)
+  variables = init_variables(model, 64, seed=0)
+  forward = segmentation_task.train_forward(model, demo)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+  content = np.array([[40, 64], [64, 24]], np.int32)
+  inside = (np.arange(64)[None, :, None] < content[:, 0, None, None]) & (np.arange(64)[None, None, :] < content[:, 1, None, None])
+  labels = np.where(inside, rng.integers(0, 11, (2, 64, 64)), 255).astype(np.uint8)
+  mean = np.round(np.asarray([123.675, 116.28, 103.53])).astype(np.uint8)
+
+  def loss(fill, with_content=True):
+    x = np.where(inside[..., None], image, fill).astype(np.uint8)
+    fed = {'label': labels, 'valid': np.ones(2, np.int32), **({'content': content} if with_content else {})}
+    rngs = {'dropout': jax.random.PRNGKey(0), 'drop_path': jax.random.PRNGKey(1), 'gumbel': jax.random.PRNGKey(2)}
+    return float(forward(variables['params'], variables['batch_stats'], normalize(jnp.asarray(x)), fed, rngs, None)[0])
+
+  black, white = loss(0), loss(255)
+  assert black == pytest.approx(white, rel=1e-7)  # whatever fills the padding, it is the mean colour
+  assert abs(black - loss(mean, with_content=False)) < 1e-4  # ~ padding with the uint8-rounded mean
+  # Without the content mask the fill reaches the network (black padding is what the pipeline did before).
+  assert abs(loss(0, with_content=False) - loss(255, with_content=False)) > 100 * abs(black - white) + 1e-5

@@ -82,6 +82,16 @@ def random_crop(image, label, seed, crop: Sequence[int], cat_max_ratio: float):
   return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
 
 
+def hue_shift(seed) -> tf.Tensor:
+  """The hue step in OpenCV's units (degrees / 2): numpy's ``randint(-18, 18)``, i.e. -18..17."""
+  return tf.random.stateless_uniform([], seed, -18, 18, tf.int32)
+
+
+def scale_saturation(saturation, alpha):
+  """A 0..1 saturation times ``alpha`` on OpenCV's uint8 scale: clipped to 0..255, truncated, back to 0..1."""
+  return tf.floor(tf.clip_by_value(saturation * 255.0 * alpha, 0.0, 255.0)) / 255.0
+
+
 def photometric_distortion(image, seed):
   """mmseg ``PhotoMetricDistortion`` (defaults) on a uint8 RGB image."""
   s = tf.random.experimental.stateless_split(seed, 9)
@@ -98,10 +108,8 @@ def photometric_distortion(image, seed):
   do_contrast = coin(2)
   x = tf.where(do_contrast & contrast_first, to_uint8(x * contrast_alpha), x)
   hsv = tf.image.rgb_to_hsv(x / 255.0)
-  # OpenCV's uint8 HSV: the scaled saturation is clipped and truncated to an integer of 0..255.
-  scaled_saturation = tf.floor(tf.clip_by_value(hsv[..., 1] * 255.0 * uniform(6, 0.5, 1.5), 0.0, 255.0)) / 255.0
-  saturation = tf.where(coin(5), scaled_saturation, hsv[..., 1])
-  hue_delta = tf.cast(tf.random.stateless_uniform([], s[8], -18, 18, tf.int32), tf.float32) / 180.0
+  saturation = tf.where(coin(5), scale_saturation(hsv[..., 1], uniform(6, 0.5, 1.5)), hsv[..., 1])
+  hue_delta = tf.cast(hue_shift(s[8]), tf.float32) / 180.0
   hue = tf.where(coin(7), tf.math.floormod(hsv[..., 0] + hue_delta, 1.0), hsv[..., 0])
   x = to_uint8(tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], -1)) * 255.0 + 0.5)
   x = tf.where(do_contrast & ~contrast_first, to_uint8(x * contrast_alpha), x)
