@@ -199,28 +199,41 @@ def finetune_style(c: ml_collections.ConfigDict, *, init_from: str, image_size: 
 
 
 def transfer_style(c: ml_collections.ConfigDict, *, init_from: str, head: str, steps: int, warmup_steps: int,
-                   batch: int = 512, lr: float = 0.01) -> ml_collections.ConfigDict:
+                   batch: int = 512, lr: float = 0.01, crop: str = 'resmall_crop',
+                   crop_pct: float = 384 / 448) -> ml_collections.ConfigDict:
   """big_vision's transfer recipe (``big_vision/configs/transfer.py``; the ViT paper's fine-tuning, sec. 4.1).
 
-  SGD with momentum 0.9 (big_vision ``momentum_hp``: no Nesterov, no weight decay), global-norm
-  clip 1.0, lr 0.01 at batch 512 (scaled linearly with the batch), linear warm-up over
-  ``warmup_steps`` then cosine to 0 over the rest (big_vision's schedule starts the cosine after the
-  warm-up), ``steps`` steps. Training: inception crop (big_vision ``inception_crop``: 5-100% of the
-  area) and a random flip; evaluation resizes to the input size (crop_pct 1.0). No label smoothing,
-  Mixup, RandAugment or EMA. The classifier matching ``head`` is re-initialised; the rest comes from
-  ``init_from``.
+  Each value's source is in docs/transfer.md. From big_vision: SGD with momentum 0.9 (``momentum_hp``:
+  no Nesterov, no weight decay), global-norm clip 1.0, lr 0.01 at batch 512 (scaled linearly with the
+  batch), linear warm-up over ``warmup_steps`` then cosine to 0 over the rest, ``steps`` steps; the
+  train crop ``crop`` (``'resmall_crop'``: ``resize_small(h_res) | random_crop(l_res)``, or
+  ``'inception_crop'``) with a random flip; evaluation ``resize_small(h_res) | central_crop(l_res)``,
+  i.e. ``crop_pct = l_res / h_res`` (384 / 448); no label smoothing, Mixup, RandAugment or EMA; the
+  classifier matching ``head`` starts at zero (big_vision's ViT and BiT heads are zero-initialised),
+  the rest comes from ``init_from``; no drop path or dropout (neither big_vision's ViT nor BiT has
+  them in transfer). lgvit's own: bilinear antialiased resizing (big_vision: ``area`` for
+  resize_small, bilinear without antialiasing for the inception crop).
   """
   c.optim.update(optimizer='sgd', momentum=0.9, nesterov=False, weight_decay=0.0, wd_exclude='none',
                  grad_clip_norm=1.0)
   c.schedule.update(lr=lr, lr_base_batch=batch, warmup_steps=warmup_steps, warmup_epochs=0.0, warmup_lr=0.0,
                     min_lr=0.0, decay='cosine', unit='step', warmup_prefix=True)
   c.batch_size, c.eval_batch_size, c.num_train_steps = batch, batch, steps
+  # crop_scale / crop_ratio only matter for the inception crop: big_vision's 5-100% of the area.
   c.aug.update(crop_scale=(0.05, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True)
-  c.data.update(crop_pct=1.0, interpolation='bilinear')
+  c.aug.crop = crop  # read by lgvit.data.pipeline.shard_dataset; other recipes lack it (inception crop)
+  c.data.update(crop_pct=crop_pct, interpolation='bilinear')
   c.ema_decay, c.best_metric = 0.0, 'top1'
   c.evals = ()  # the target dataset's own held-out split only, not the ImageNet suite
   c.checkpoint_every_steps = 1000
   c.init_from, c.init_skip = init_from, head
+  # Its own regex, not init_skip's: a wider --config.init_skip (LESA's size-bound tables) keeps those fresh.
+  c.init_zeros = head  # read by lgvit.train.init_from_checkpoint; other recipes lack it (nothing zeroed)
+  # Every registered classifier takes drop_path_rate; drop_rate only some (not NomMer), so it is reset
+  # only where the backbone's kwargs set it (elsewhere the model default, 0, applies).
+  c.model_kwargs.drop_path_rate = 0.0
+  if 'drop_rate' in c.model_kwargs:
+    c.model_kwargs.drop_rate = 0.0
   return c
 
 

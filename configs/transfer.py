@@ -1,54 +1,83 @@
 """Fine-tune a trained or converted backbone on another TFDS classification dataset (big_vision style).
 
-    python main.py --config=configs/transfer.py:dataset=cifar10,init_from=workdirs/nommer_t --workdir=W
-    python main.py --config=configs/transfer.py:model=cotnet50,dataset=oxford_iiit_pet,init_from=/ckpt/cotnet50 \\
+    python main.py --config=configs/transfer.py:dataset=cifar10,init_from=workdirs/resnet50 --workdir=W
+    python main.py --config=configs/transfer.py:model=nommer_t_384,dataset=oxford_iiit_pet,init_from=/ckpt/nommer_t \\
         --workdir=W                                             # a `python -m lgvit.convert` directory
     python main.py --config=configs/transfer.py:dataset=lgvit_digits,init_from=/tmp/demo,demo --workdir=W  # CPU
 
-Arguments (docs/transfer.md has the walk-through):
+Arguments (docs/transfer.md has the walk-through and every value's source):
 
 * ``init_from``: a training workdir, an export dir (``python -m lgvit.export``) or a converted
   checkpoint dir (``python -m lgvit.convert``). The config reads the model and its ``model_kwargs``
-  (a demo's shrunk widths, drop path) from it, so the new model has the backbone's architecture;
+  (a demo's shrunk widths) from it, so the new model has the backbone's architecture;
   ``--config.init_from=...`` instead swaps only the weights (fine for registered architectures).
 * ``model``: any registered name (``lgvit.models.list_models()``); default: the one ``init_from``
   names. Another variant of the same family is allowed (``nommer_t_384`` from a ``nommer_t`` run).
-* ``dataset``: a TFDS name. :data:`DATASETS` holds big_vision's splits, class counts and lengths;
-  for any other dataset the splits default to ``train``/``test`` (``train=``, ``eval=`` change them),
-  the class count is read from the TFDS builder (or given as ``num_classes=``), and it trains
-  ``steps=2000`` steps with 200 warm-up steps.
-* ``res``: the training and evaluation size (default: the model's registered input size; ``demo``:
-  32). When it differs from the backbone's, ``init_from`` resamples the position tables by the
-  model's resize rules (``ModelInfo.resize_rules``); a size the architecture cannot take is refused.
-* ``steps``, ``lr``: override the table's length and the base LR (at batch 512).
+* ``dataset``: a TFDS name. :data:`DATASETS` holds big_vision's splits, class counts, lengths and
+  crops; any other dataset takes the splits ``train``/``test`` (``train=``, ``eval=`` change them),
+  the class count of the TFDS builder (or ``num_classes=``) and BiT's hyper-rule for its length
+  (:func:`bit_schedule`) from the size of its train split, read from the prepared dataset in
+  ``data_dir`` (default: TFDS's) or given as ``train_examples=``.
+* ``res``: the training and evaluation size, big_vision's 384 by default (``demo``: 32); evaluation
+  resizes the shorter side to ``res * 448 / 384`` first. When it differs from the backbone's size,
+  ``init_from`` resamples the position tables by the model's resize rules
+  (``ModelInfo.resize_rules``); a size the architecture cannot take is refused.
+* ``crop``: ``resmall_crop`` or ``inception_crop`` for training (default: the table's).
+* ``steps``, ``lr``: override the length and the base LR (at batch 512).
 * ``demo``: a CPU-sized run (32 px, batch 64 at the full lr 0.01, 200 steps).
 
-The classifier (``head`` or ``fc`` Dense) is re-initialised: :data:`HEAD` is ``init_skip``. The
-recipe is :func:`configs.common.transfer_style` (big_vision's ``configs/transfer.py``: SGD with
-momentum 0.9, no weight decay, clip 1.0, lr 0.01 at batch 512, cosine after a linear warm-up,
-inception crop and flip for training, resize for evaluation). The eval split is the held-out part
-of ``train`` (big_vision's ``val``), on which the best checkpoint is picked; report the test split
-with ``--config.data.eval_split=<test split of the table>`` on a copy of the run.
+The recipe is :func:`configs.common.transfer_style`; the classifier (``head`` or ``fc`` Dense,
+:data:`HEAD`) starts at zero. The eval split is the held-out part of ``train`` (big_vision's
+``val``), on which the best checkpoint is picked; report the test split with
+``--config.data.eval_split=<test split of the table>`` on a copy of the run.
 """
+from typing import NamedTuple
+
 from configs import common
 
-#: dataset -> (train split, held-out eval split, test split, classes, train examples, steps, warm-up
-#: steps). big_vision configs/transfer.py ``_set_dataset``; the example counts are TFDS's.
+
+class Dataset(NamedTuple):
+  train: str
+  held_out: str  # big_vision's ``val``: what the best checkpoint is picked on
+  test: str
+  classes: int
+  examples: int  # in ``train`` (TFDS's counts)
+  steps: int
+  warmup: int
+  crop: str  # the train crop (lgvit.data.pipeline.TRAIN_CROPS)
+
+
+#: big_vision configs/transfer.py: splits, classes and lengths from ``_set_dataset``; the crop from its
+#: docstring's best setting per dataset (selected on minival); the example counts are TFDS's.
 DATASETS = {
-    'cifar10': ('train[:98%]', 'train[98%:]', 'test', 10, 49_000, 10_000, 500),
-    'cifar100': ('train[:98%]', 'train[98%:]', 'test', 100, 49_000, 10_000, 500),
-    'oxford_iiit_pet': ('train[:90%]', 'train[90%:]', 'test', 37, 3_312, 500, 100),
-    'oxford_flowers102': ('train[:90%]', 'train[90%:]', 'test', 102, 918, 500, 100),
-    'imagenet2012': ('train[:99%]', 'train[99%:]', 'validation', 1000, 1_268_355, 20_000, 500),
-    # The embedded digits (no download): their own train/validation split, a CPU-sized length.
-    'lgvit_digits': ('train', 'validation', 'validation', 10, 1_437, 300, 30),
+    'cifar10': Dataset('train[:98%]', 'train[98%:]', 'test', 10, 49_000, 10_000, 500, 'resmall_crop'),
+    'cifar100': Dataset('train[:98%]', 'train[98%:]', 'test', 100, 49_000, 10_000, 500, 'resmall_crop'),
+    'oxford_iiit_pet': Dataset('train[:90%]', 'train[90%:]', 'test', 37, 3_312, 500, 100, 'inception_crop'),
+    'oxford_flowers102': Dataset('train[:90%]', 'train[90%:]', 'test', 102, 918, 500, 100, 'inception_crop'),
+    'imagenet2012': Dataset('train[:99%]', 'train[99%:]', 'validation', 1000, 1_268_355, 20_000, 500,
+                            'inception_crop'),
+    # The embedded digits (no download): their own train/validation split, a CPU-sized length (lgvit's).
+    'lgvit_digits': Dataset('train', 'validation', 'validation', 10, 1_437, 300, 30, 'resmall_crop'),
 }
-#: Unknown datasets: (train split, eval split, steps, warm-up steps).
-OTHER_DATASET = ('train', 'test', 2_000, 200)
+#: Unknown datasets: train split, eval split, and big_vision's default crop (its ``crop`` argument).
+OTHER_DATASET = ('train', 'test', 'resmall_crop')
+#: big_vision's ``l_res`` and ``h_res``: train/eval at 384, the eval resizing the shorter side to 448.
+RES, RESIZE = 384, 448
 #: The classifier of every family (``layers.classifier_head``: ``fc`` in the ResNet skeleton, else
 #: ``head``); NomMer's ``head_norm`` and the stage norms are backbone, so the match is anchored.
 HEAD = r'^params/(head|fc)/'
+CROPS = ('resmall_crop', 'inception_crop')
 DEMO = dict(res=32, batch=64, steps=200, warmup=20)
+
+
+def bit_schedule(train_examples: int) -> tuple[int, int]:
+  """(steps, warm-up steps) by BiT's hyper-rule (big_transfer ``bit_hyperrule.get_schedule``: the first
+  and last of its boundaries); it gives big_vision's lengths of the :data:`DATASETS` it shares."""
+  if train_examples < 20_000:
+    return 500, 100
+  if train_examples < 500_000:
+    return 10_000, 500
+  return 20_000, 500
 
 
 def _num_classes_from_tfds(dataset: str) -> int:
@@ -59,6 +88,22 @@ def _num_classes_from_tfds(dataset: str) -> int:
   except Exception as e:  # noqa: BLE001 - unknown name, no 'label' ClassLabel feature, ...
     raise ValueError(f'cannot read the class count of TFDS dataset {dataset!r} ({type(e).__name__}); give it as '
                      f"num_classes=N (known datasets: {', '.join(DATASETS)})") from None
+
+
+def _train_examples_from_tfds(dataset: str, split: str, data_dir: str) -> int:
+  """The size of ``split`` of a prepared TFDS dataset (TFDS only knows it once the data is there)."""
+  import tensorflow_datasets as tfds
+  where = data_dir or 'the default TFDS data_dir'
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir or None)
+    if builder.is_prepared():
+      return int(builder.info.splits[split].num_examples)
+    why = f'not prepared in {where}'
+  except Exception as e:  # noqa: BLE001 - an unknown name, a bad split, ...
+    why = f'{type(e).__name__}: {e}'.splitlines()[0]
+  raise ValueError(f'cannot read the size of split {split!r} of TFDS dataset {dataset!r} ({why}), which sets '
+                   "its length by BiT's hyper-rule; give train_examples=N or data_dir=DIR (where it is prepared; "
+                   '--config.data.data_dir is read too late for this)') from None
 
 
 def _backbone(init_from: str) -> dict:
@@ -73,36 +118,48 @@ def _backbone(init_from: str) -> dict:
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, model='', dataset='cifar10', init_from='', res=0, steps=0, lr=0.0, num_classes=0,
-                          train='', eval='', demo=False)
+  args = common.parse_arg(arg, model='', dataset='cifar10', init_from='', res=0, crop='', steps=0, lr=0.0,
+                          num_classes=0, train='', eval='', train_examples=0, data_dir='', demo=False)
   source = _backbone(args.init_from)
   model = args.model or source['model']
   if not model:
     raise ValueError('configs/transfer.py needs model=NAME (a registered lgvit model) or init_from=DIR naming one '
-                     "(e.g. ':model=nommer_t,dataset=cifar10,init_from=workdirs/nommer_t')")
+                     "(e.g. ':model=nommer_t_384,dataset=cifar10,init_from=workdirs/nommer_t')")
   from lgvit.models import model_info
-  info = model_info(model)  # an unknown name is an UnknownModelError listing the registered ones
+  model_info(model)  # an unknown name is an UnknownModelError listing the registered ones
+  if args.crop and args.crop not in CROPS:
+    raise ValueError(f"unknown crop {args.crop!r}; choose one of {', '.join(CROPS)}")
 
   if args.dataset in DATASETS:
-    train, held_out, _, num_classes, train_examples, steps, warmup = DATASETS[args.dataset]
+    if args.train_examples:
+      raise ValueError(f'train_examples is for datasets outside the table; {args.dataset} has its length '
+                       'there (steps=N changes it)')
+    d = DATASETS[args.dataset]
+    train, held_out, num_classes, train_examples, steps, warmup, crop = (d.train, d.held_out, d.classes, d.examples,
+                                                                         d.steps, d.warmup, d.crop)
   else:
-    train, held_out, steps, warmup = OTHER_DATASET
-    num_classes, train_examples = 0, 0
-  num_classes = args.num_classes or num_classes or _num_classes_from_tfds(args.dataset)
+    train, held_out, crop = OTHER_DATASET
+    num_classes = args.num_classes or _num_classes_from_tfds(args.dataset)
+    train_examples = args.train_examples or _train_examples_from_tfds(args.dataset, args.train or train,
+                                                                      args.data_dir)
+    steps, warmup = bit_schedule(train_examples)
+  num_classes = args.num_classes or num_classes
   batch = 512
   if args.demo:
     batch, steps, warmup = DEMO['batch'], DEMO['steps'], DEMO['warmup']
   steps = args.steps or steps
+  res = args.res or (DEMO['res'] if args.demo else RES)
 
   c = common.base_config(model)
   c.model_kwargs.update(source['model_kwargs'])
   c.num_classes = num_classes
   c.data.update(dataset=args.dataset, train_split=args.train or train, eval_split=args.eval or held_out,
-                image_size=args.res or (DEMO['res'] if args.demo else info.input_size))
+                image_size=res)
+  if args.data_dir:
+    c.data.data_dir = args.data_dir
   common.transfer_style(c, init_from=args.init_from, head=HEAD, steps=steps, warmup_steps=warmup, batch=batch,
-                        **({'lr': args.lr} if args.lr else {}))
-  # About ten evaluations per run (one per epoch where the train split is unknown).
-  c.eval_every_epochs = steps * batch / train_examples / 10 if train_examples else 1.0
+                        crop=args.crop or crop, crop_pct=RES / RESIZE, **({'lr': args.lr} if args.lr else {}))
+  c.eval_every_epochs = steps * batch / train_examples / 10  # about ten evaluations per run
   if args.demo or args.dataset == 'lgvit_digits':
     c.data.update(shuffle_buffer=2048, cache_train=True)
   if args.dataset == 'lgvit_digits':

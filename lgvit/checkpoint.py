@@ -385,13 +385,13 @@ def restore_on_this_host(item_dir: str) -> dict[str, Any]:
 
 
 def adapt_variables(loaded: dict[str, Any], target: dict[str, Any], skip: str = '',
-                    resize_rules: Optional[ResizeRules] = None) -> dict[str, Any]:
+                    resize_rules: Optional[ResizeRules] = None, zeros: str = '') -> dict[str, Any]:
   """Fits ``loaded`` variables into the tree of ``target`` (arrays or ShapeDtypeStructs).
 
   Leaves present in both with equal shapes are copied; leaves named in ``resize_rules`` (the model's
   ``ModelInfo.resize_rules``: position tables) are resampled to the target's shape; leaves matching
-  the ``skip`` regex keep the target's (fresh) values. Anything else is an error that names every
-  mismatched parameter.
+  the ``zeros`` regex are zeros (a transfer's new head, docs/transfer.md), those matching ``skip``
+  keep the target's (fresh) values. Anything else is an error that names every mismatched parameter.
   """
   resize_rules = resize_rules or {}
   flat_loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded))
@@ -399,6 +399,9 @@ def adapt_variables(loaded: dict[str, Any], target: dict[str, Any], skip: str = 
   out, problems = {}, []
   for key, tgt in flat_target.items():
     name = '/'.join(key)
+    if zeros and re.search(zeros, name):
+      out[key] = np.zeros(tgt.shape, tgt.dtype)
+      continue
     if skip and re.search(skip, name):
       out[key] = tgt
       continue

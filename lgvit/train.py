@@ -92,7 +92,7 @@ CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear
            'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
            'matmul_precision': ('default', 'high', 'highest')}
 #: Choices of fields only some recipes set (configs/common.transfer_style); absent means the default.
-OPTIONAL_CHOICES = {'aug.crop': pipeline.TRAIN_CROPS, 'init_skip_values': ckpt.SKIP_VALUES}
+OPTIONAL_CHOICES = {'aug.crop': pipeline.TRAIN_CROPS}
 
 
 def task_of(config) -> str:
@@ -391,7 +391,7 @@ def init_from_checkpoint(state: TrainState, tx, config, replicated, state_shardi
     loaded = {col: {'backbone': tree} for col, tree in loaded.items()}
   fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
                                 config.init_skip, model_info(config.model).resize_rules,
-                                skip_values=config.get('init_skip_values', 'fresh'))
+                                zeros=config.get('init_zeros', ''))
   fitted = jax.device_put(fitted, replicated)
   state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
                         opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))

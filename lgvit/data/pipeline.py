@@ -146,13 +146,22 @@ def _decode_and_random_crop(image_bytes, seed, image_size: int, scale, ratio, me
   return _resize(image, (image_size, image_size), method)
 
 
+def _decode_and_resize_small_random_crop(image_bytes, seed, image_size: int, crop_pct: float, method: str):
+  """big_vision's ``resize_small | random_crop``: the eval's resize (:func:`_resize_small`), then a window
+  of ``image_size`` at a random place instead of the centre."""
+  image = _resize_small(tf.io.decode_image(image_bytes, channels=3, expand_animations=False), image_size, crop_pct,
+                        method)
+  return tf.image.stateless_random_crop(image, (image_size, image_size, 3), seed)
+
+
 def _decode_and_center_crop(image_bytes, image_size: int, crop_pct: float, method: str):
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   return _center_crop(image, image_size, crop_pct, method)
 
 
-def _center_crop(image, image_size: int, crop_pct: float, method: str):
-  """Resize the shorter side to image_size / crop_pct, then center-crop image_size (timm eval)."""
+def _resize_small(image, image_size: int, crop_pct: float, method: str):
+  """The shorter side to floor(image_size / crop_pct), the aspect kept; neither side below image_size, so a
+  crop of image_size always fits."""
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
   short = tf.floor(image_size / crop_pct)
@@ -161,9 +170,15 @@ def _center_crop(image, image_size: int, crop_pct: float, method: str):
   new_w = tf.cast(tf.round(w * scale), tf.int32)
   new_h = tf.maximum(new_h, image_size)
   new_w = tf.maximum(new_w, image_size)
-  image = _resize(image, (new_h, new_w), method)
-  top = (new_h - image_size) // 2
-  left = (new_w - image_size) // 2
+  return _resize(image, (new_h, new_w), method)
+
+
+def _center_crop(image, image_size: int, crop_pct: float, method: str):
+  """Resize the shorter side to image_size / crop_pct, then center-crop image_size (timm eval)."""
+  image = _resize_small(image, image_size, crop_pct, method)
+  shape = tf.shape(image)
+  top = (shape[0] - image_size) // 2
+  left = (shape[1] - image_size) // 2
   return image[top:top + image_size, left:left + image_size]
 
 
@@ -252,21 +267,34 @@ def shard_records(data, builder, *, seed: int, epoch: int, start_step: int, step
   return ds, _example_seed(seed, epoch, shard)
 
 
+#: ``aug.crop``, big_vision's names: 'inception_crop' (random-resized crop over ``aug.crop_scale`` and
+#: ``aug.crop_ratio``) | 'resmall_crop' (the eval's resize by ``data.crop_pct``, then a random window).
+TRAIN_CROPS = ('inception_crop', 'resmall_crop')
+
+
 def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int, steps_per_epoch: int,
                   shard_batch: int, shard: int, shard_count: int) -> tf.data.Dataset:
   """Batches ``start_step .. steps_per_epoch-1`` of ``epoch`` from one data shard, as uint8 NHWC.
 
-  ``data`` and ``aug`` are the config's sections of those names."""
+  ``data`` and ``aug`` are the config's sections of those names; ``aug.crop`` (absent: the inception
+  crop) picks the train crop of :data:`TRAIN_CROPS`."""
   ds, seed_of = shard_records(data, builder, seed=seed, epoch=epoch, start_step=start_step,
                               steps_per_epoch=steps_per_epoch, shard_batch=shard_batch, shard=shard,
                               shard_count=shard_count)
   method = data.interpolation
   randaug = _randaugment_fn(aug)
+  # Only transfer_style sets aug.crop; every other config, and an older config.json, means the inception crop.
+  crop = aug.get('crop', 'inception_crop')
+  if crop not in TRAIN_CROPS:
+    raise ValueError(f"aug.crop must be one of {', '.join(map(repr, TRAIN_CROPS))}, got {crop!r}")
 
   def preprocess(pos, example):
     seeds = tf.random.experimental.stateless_split(seed_of(pos), 3)
-    image = _decode_and_random_crop(example['image'], seeds[0], data.image_size, tuple(aug.crop_scale),
-                                    tuple(aug.crop_ratio), method)
+    if crop == 'resmall_crop':
+      image = _decode_and_resize_small_random_crop(example['image'], seeds[0], data.image_size, data.crop_pct, method)
+    else:
+      image = _decode_and_random_crop(example['image'], seeds[0], data.image_size, tuple(aug.crop_scale),
+                                      tuple(aug.crop_ratio), method)
     if aug.hflip:
       flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
       image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
