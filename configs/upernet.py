@@ -11,8 +11,8 @@ of 1500 iterations with ratio 1e-6, poly decay power 1.0 to 0, aux loss 0.4, ADE
 backbone's drop-path is its UperNet entry's (NomMer-T/S/B 0.2/0.3/0.5, Swin 0.3). Our choice: the
 conv backbones use the same AdamW recipe (mmseg trains its ResNet UperNets with SGD 0.01).
 
-Evaluation during training is mmseg's ``mode='whole'`` on a fixed canvas (``seg.eval_canvas``, see
-lgvit/data/seg_pipeline.py and docs/segmentation.md for where that can differ from mmseg).
+Evaluation during training is mmseg's ``mode='whole'`` image by image, the images batched by their
+padded shape (lgvit/data/seg_pipeline.py; docs/segmentation.md says where it can differ from mmseg).
 
 ``demo``: the backbone's own digits demo (its family config's ``DEMO_MODEL``) under a 64-channel
 UperNet on the embedded ``lgvit_digits_seg`` (64x64 canvases, 11 classes), from scratch with AdamW
@@ -80,9 +80,9 @@ def get_config(arg=None):
   seg.multiscale = False  # opt-in: also evaluate multi-scale (+flip)
   seg.ms_ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   seg.flip = True
-  # Ours: one compiled eval program for every image. The keep-ratio resize of data.scale gives ADE20K
-  # images a 512 short side; the canvas holds every aspect ratio up to 2:1 (wider ones are scaled down
-  # to fit and counted as eval_downscaled), and the labels keep their size on the label canvas.
+  # Ours: the largest eval image. The keep-ratio resize of data.scale gives ADE20K images a 512 short
+  # side; up to 1024 holds every aspect ratio up to 2:1 (wider ones are scaled down to fit and counted
+  # as eval_downscaled). The labels keep their size on the label canvas (one shape per compile).
   seg.eval_canvas = (1024, 1024)
   seg.label_canvas = (2048, 2048)
 

@@ -49,7 +49,7 @@ def train_forward(model, config):
 
 
 def logits_at_label_size(logits: Array, scaled: Array, size: Array, label_canvas: Sequence[int]) -> Array:
-  """mmseg ``mode='whole'`` on a fixed canvas: (B, h, w, K) logits of zero-padded canvases, each holding its
+  """mmseg ``mode='whole'`` on a batch of one padded shape: (B, h, w, K) logits of padded images, each holding its
   image at ``scaled`` (B, 2) = (h, w) in the top-left corner, -> logits at the label's own ``size`` (B, 2)
   in the top-left corner of ``label_canvas``: resized to the canvas (bilinear), then the scaled region
   resized to the original size (bilinear, half-pixel centres; outside it the values are meaningless)."""
@@ -117,7 +117,7 @@ def metrics_row(confusion, config) -> dict:
 
 def evaluate(eval_fn, variables, config, builder, batch_sharding=None, split: Optional[str] = None) -> dict:
   """Every image of the eval split once: ``mIoU``, ``aAcc``, ``mAcc`` (0..1), ``IoU/<class>`` per class,
-  ``count``, ``skipped`` (unreadable) and ``downscaled`` (images fit into the canvas).
+  ``count``, ``skipped`` (unreadable) and ``downscaled`` (images scaled down to fit ``seg.eval_canvas``).
 
   Each process scores its own shard on its own devices, in batches of one padded image shape (so the
   shapes need not agree between processes: ``eval_fn`` is compiled once per shape); the sums are then
