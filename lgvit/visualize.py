@@ -12,8 +12,10 @@ the pictures show that crop. Which pictures depends on the model's family:
   context (the paper's colours): ``nommer_nomination_stage{B}_block{L-1}.png`` (crop overlay |
   flat map) and the grid ``nommer_nominations.png``.
 * SALG: the region segmentation of every SALG stage (the paper's Fig. 4): ``salg_regions_stage{s}.png``.
-* LESA: the unary and binary weights 1/(1+w), w/(1+w) of every LESA layer (the paper's Table 2 per
-  layer) ``lesa_unary_binary.png``, and where the binary term gets its weight, ``lesa_binary_maps.png``.
+* LESA family: the unary and binary weights of every layer as the paper's Tables 1 and 2 define them
+  (LESA: 1/(1+w), w/(1+w) of the fusion gate; SA: the softmax weight S[i,i] a position puts on itself,
+  and 1 - S[i,i]; static LESA: 0.5 each), ``lesa_unary_binary.png``, and where the binary term gets
+  its weight, ``lesa_binary_maps.png`` (LESA and SA); the mean over the layers is also printed.
 * CoTNet: the static (K1) vs dynamic (K2) fusion weight of every CoT layer and stage,
   ``cotnet_static_dynamic.png``.
 
@@ -243,42 +245,88 @@ def salg_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture]
 # ---------------------------------------------------------------------------------------------
 
 
+#: The unary/binary weights of each LESA-family variant as the paper's Tables 1 and 2 define them
+#: (lgvit.models.lesa.unary_binary_shares_per_layer): legend labels and the summary's 'definition'.
+LESA_SHARE_DEFINITIONS = {
+    'lesa': ('unary 1/(1+ω)', 'binary ω/(1+ω)', 'LESA (Tab. 2): 1/(1+ω) and ω/(1+ω) of the fusion gate ω'),
+    'sa': ('unary S[i,i]', 'binary 1 - S[i,i]', 'SA (Tabs. 1 and 2): the softmax weight S[i,i] a position puts on '
+           'itself, and the rest'),
+    'static': ('unary (ω = 1)', 'binary (ω = 1)', 'static LESA: unary + binary with equal weights (ω = 1)'),
+}
+
+
+def _paper_unary_weight(model):
+  from lgvit.models import model_info
+  try:
+    return model_info(model.name).paper.get('unary_weight')
+  except LgvitError:
+    return None
+
+
+def _binary_share_maps(variant, intermediates) -> list[tuple[tuple[str, ...], np.ndarray]]:
+  """(layer path, (h, w) binary share of each position) of the first image: LESA, ω/(1+ω) averaged
+  over channels; SA, 1 - S[i,i] averaged over heads. Empty for static LESA (0.5 everywhere)."""
+  if variant == 'lesa':
+    return [(path, np.mean(g / (1.0 + g), axis=-1)) for path, g in sown(intermediates, 'gate')]
+  if variant == 'sa':
+    shapes = {path: b.shape[:2] for path, b in sown(intermediates, 'binary_term')}
+    return [(path[:-1], (1.0 - np.mean(np.diagonal(a, axis1=1, axis2=2), axis=0)).reshape(shapes[path[:-1]]))
+            for path, a in sown(intermediates, 'attention') if path[-1] == 'binary']
+  return []
+
+
 def lesa_pictures(crop: np.ndarray, intermediates, model) -> tuple[list[Picture], dict[str, Any]]:
-  del model
-  gates = sown_or_explain(intermediates, 'gate', 'this LESA model has no dynamic fusion (static_lesa: unary + '
-                          'binary with equal weights; sa: binary only), so there are no weights to draw')
-  layers = ['/'.join(path) for path, _ in gates]
-  # Table 2's weights of one image: 1/(1+w) and w/(1+w) averaged over positions and channels.
-  binary = [float(np.mean(g / (1.0 + g))) for _, g in gates]
-  unary = [float(np.mean(1.0 / (1.0 + g))) for _, g in gates]
+  from lgvit.models import lesa
+  del crop
+  variant = getattr(getattr(model, 'make_spatial', None), 'variant', None)
+  if variant not in LESA_SHARE_DEFINITIONS:
+    raise NothingToDrawError(f'{model.name} has no unary/binary weights to draw: '
+                             + ('Attention Augmentation concatenates conv and attention channels, and the LESA paper '
+                                'defines weights only for SA and LESA' if variant == 'aa' else f'variant {variant!r}'))
+  try:
+    # Tables 1/2's weights of this one image, per layer: the definitions of unary_binary_shares.
+    shares = lesa.unary_binary_shares_per_layer(model, intermediates)
+  except ValueError as e:
+    raise NothingToDrawError(str(e)) from None
+  unary_label, binary_label, definition = LESA_SHARE_DEFINITIONS[variant]
+  layers = list(shares)
+  unary = [u for u, _ in shares.values()]
+  binary = [b for _, b in shares.values()]
+  paper = _paper_unary_weight(model)
   fig = _figure(max(6.0, 0.6 * len(layers) + 2), 4.8)
   ax = fig.add_subplot(1, 1, 1)
   x = np.arange(len(layers))
-  ax.bar(x, unary, color='tab:blue', label='unary 1/(1+ω)')
-  ax.bar(x, binary, bottom=unary, color='tab:orange', label='binary ω/(1+ω)')
+  ax.bar(x, unary, color='tab:blue', label=unary_label)
+  ax.bar(x, binary, bottom=unary, color='tab:orange', label=binary_label)
+  paper_note = f' (paper, trained {model.name}: {paper:.1%})' if paper is not None else ''
   ax.axhline(float(np.mean(unary)), color='black', linestyle='--', linewidth=1,
-             label=f'mean unary {np.mean(unary):.1%} (paper, trained LESA-R50: 67.0%)')
+             label=f'mean unary {np.mean(unary):.1%}{paper_note}')
   ax.set_xticks(x, [l.split('/')[0] for l in layers], rotation=45, ha='right', fontsize=8)
   ax.set_ylim(0, 1)
   ax.set_ylabel('weight share')
-  ax.set_title('LESA: unary vs binary weight per layer', fontsize=10)
+  ax.set_title(f'{model.name}: unary vs binary weight per layer', fontsize=10)
   ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.22), ncol=2)
   fig.subplots_adjust(bottom=0.38)
-  pictures = [Picture('lesa_unary_binary.png', _to_image(fig), 'unary vs binary weight share of each LESA layer')]
+  pictures = [Picture('lesa_unary_binary.png', _to_image(fig),
+                      f'unary vs binary weight share of each layer ({variant})')]
 
-  cols = min(len(gates), 4)
-  rows = -(-len(gates) // cols)
-  fig = _figure(2.6 * cols + 1.6, 2.6 * rows + 0.3)
-  for i, (path, g) in enumerate(gates):
-    ax = fig.add_subplot(rows, cols, i + 1)
-    im = ax.imshow(np.mean(g / (1.0 + g), axis=-1), cmap='viridis', vmin=0, vmax=0.5, interpolation='nearest')
-    ax.set_title(path[0], fontsize=9)
-    ax.axis('off')
-  fig.colorbar(im, ax=fig.axes, shrink=0.8, label='binary share ω/(1+ω)')
-  pictures.append(Picture('lesa_binary_maps.png', _to_image(fig), 'where each LESA layer weighs the binary term'))
+  maps = _binary_share_maps(variant, intermediates)
+  if maps:
+    cols = min(len(maps), 4)
+    rows = -(-len(maps) // cols)
+    fig = _figure(2.6 * cols + 1.6, 2.6 * rows + 0.3)
+    vmax = 0.5 if variant == 'lesa' else 1.0  # omega/(1+omega) < 0.5
+    for i, (path, m) in enumerate(maps):
+      ax = fig.add_subplot(rows, cols, i + 1)
+      im = ax.imshow(m, cmap='viridis', vmin=0, vmax=vmax, interpolation='nearest')
+      ax.set_title(path[0], fontsize=9)
+      ax.axis('off')
+    fig.colorbar(im, ax=fig.axes, shrink=0.8, label=f'binary share {binary_label.split(" ", 1)[1]}')
+    pictures.append(Picture('lesa_binary_maps.png', _to_image(fig), 'where each layer weighs the binary term'))
   summary = {l: {'unary': u, 'binary': b} for l, u, b in zip(layers, unary, binary)}
-  return pictures, {'unary_binary': summary, 'mean_unary': float(np.mean(unary)),
-                    'mean_binary': float(np.mean(binary))}
+  return pictures, {'variant': variant, 'definition': definition, 'unary_binary': summary,
+                    'mean_unary': float(np.mean(unary)), 'mean_binary': float(np.mean(binary)),
+                    'paper_mean_unary': paper}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +425,9 @@ def main(argv=None) -> int:
     for path, pic in zip(save(pics, summary, args.out), pics):
       print(f'{path}  {pic.image.width}x{pic.image.height}  {pic.title}')
     print(f"{os.path.join(args.out, 'summary.json')}  top-5: {', '.join(summary['top5'])}")
+    if 'mean_unary' in summary:  # LESA family: the paper's Tables 1/2 "Weights (%)" of this image
+      print(f"unary / binary weight: {summary['mean_unary']:.1%} / {summary['mean_binary']:.1%}  "
+            f"({summary['definition']}; mean over {len(summary['unary_binary'])} layers)")
 
   return cli.report_errors(run)
 

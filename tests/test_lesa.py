@@ -1,18 +1,21 @@
 """LESA: the layer against a float64 NumPy brute force, the converted official fixtures (eval, float64,
-stride 2, train mode), parameter counts, input-size handling and the fusion-gate introspection."""
+stride 2, train mode), parameter counts, input-size handling and the fusion-gate introspection; the
+Tables 1/2 unary/binary weights against brute-force loops; SA-WRN50 and the Attention Augmentation
+baseline (the AA layer against a NumPy formulation of Bello et al.)."""
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import fixture_json, fixture_npz
+from conftest import fixture_json, fixture_npz, random_variables
 
 from lgvit import checkpoint
 from lgvit.convert import ConversionError, from_torch
 from lgvit.convert.lesa import image_size_from_checkpoint
 from lgvit.models import create_model, model_info
 from lgvit.models.layers import InvalidInputSizeError, count_params
-from lgvit.models.lesa import LESA, BinaryTerm, fusion_weight_shares, relative_embeddings
+from lgvit.models.lesa import (LESA, AttentionAugmentedConv, BinaryTerm, aa_depths, fusion_weight_shares,
+                               relative_embeddings, unary_binary_shares, unary_binary_shares_per_layer)
 
 FIXTURES = {  # name -> (stage strides, the LESA layer whose internals are stored, its stride)
     'lesa_small_112': ((1, 2, 2, 1), 'layer3.1.conv2', 1),
@@ -415,3 +418,194 @@ def test_demo_reaches_95_percent(tmp_path):
   from lgvit import train
   result = train.train_and_evaluate(lesa_resnet50.get_config('demo'), str(tmp_path / 'demo'))
   assert result['eval_top1'] >= 0.95, result
+
+
+# ------------------------------------------------------------------------------------------------
+# SA-WRN50 and Attention Augmentation (Tables 2 and 6).
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sa_wrn50_and_aa_resnet50_counts_and_layout():
+  counts = {}
+  for name in ('sa_wrn50', 'aa_resnet50'):
+    model = create_model(name)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    counts[name] = count_params(variables['params'])
+    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False), variables)
+    assert logits.shape == (2, 1000)
+    params = variables['params']
+    if name == 'sa_wrn50':  # WRN widths, binary term only, on LESA's eight layers
+      assert params['layer3_1']['conv2']['binary']['relative'].shape == (128, 391)
+      assert params['layer4_0']['conv2']['binary']['qkv']['kernel'].shape == (1024, 2048)
+      assert 'unary' not in params['layer4_2']['conv2'] and 'fusion' not in params['layer4_2']['conv2']
+    else:  # kappa 0.2, upsilon 0.1, 8 heads: dk/dv = 48/24 at C=256, 96/48 at C=512; 14x14 maps
+      aa = [b for b in params if b.startswith('layer') and 'qkv' in params[b]['conv2']]
+      assert aa == ['layer3_1', 'layer3_2', 'layer3_3', 'layer3_4', 'layer3_5', 'layer4_0', 'layer4_1', 'layer4_2']
+      layer3, layer4 = params['layer3_1']['conv2'], params['layer4_0']['conv2']
+      assert layer3['conv']['kernel'].shape == (3, 3, 256, 232) and layer3['qkv']['kernel'].shape == (1, 1, 256, 120)
+      assert layer3['proj']['kernel'].shape == (1, 1, 24, 24) and layer3['key_rel_w'].shape == (27, 6)
+      assert layer4['qkv']['kernel'].shape == (1, 1, 512, 240) and layer4['key_rel_h'].shape == (27, 12)
+      assert set(params['layer3_0']['conv2']) == {'conv', 'bn'}  # stage 3's first (stride-2) block: a plain conv
+  assert counts == {'sa_wrn50': 38_272_808, 'aa_resnet50': 25_152_596}
+  # Paper: SA-WRN50 37.7M (Tab. 2) counts without the relative tables, as its LESA-WRN50 60.6M does.
+  relative = sum(2 * c // 8 * 391 for c in (512,) * 5 + (1024,) * 3)
+  assert relative == 550_528 and round((counts['sa_wrn50'] - relative) / 1e5) / 10 == 37.7
+  assert round(counts['aa_resnet50'] / 1e4) / 100 == 25.15  # Tab. 6
+
+
+def numpy_aa_conv(x, p, bs, heads, dk, dv):
+  """Bello et al.'s augmented conv written out: explicit 3x3 conv, per-head loops over query and key
+  positions with the 2-D relative logits q_i.(k_j + r^W[w_j - w_i] + r^H[h_j - h_i]) / sqrt(dk/heads)."""
+  n, h, w, c = x.shape
+  dkh, dvh = dk // heads, dv // heads
+  kernel = p['conv']['kernel']  # (3, 3, C, C - dv)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  conv = np.zeros((n, h, w, c - dv))
+  for i in range(h):
+    for j in range(w):
+      for a in range(3):
+        for b in range(3):
+          conv[:, i, j] += padded[:, i + a, j + b] @ kernel[a, b]
+  qkv = x @ p['qkv']['kernel'][0, 0]
+  q, k, v = qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
+  attn = np.zeros((n, h, w, dv))
+  for g in range(heads):
+    qg, kg, vg = (t[..., g * d:(g + 1) * d] for t, d in ((q, dkh), (k, dkh), (v, dvh)))
+    for i in range(h * w):
+      hi, wi = divmod(i, w)
+      logits = np.zeros((n, h * w))
+      for j in range(h * w):
+        hj, wj = divmod(j, w)
+        key = kg[:, hj, wj] + p['key_rel_w'][wj - wi + w - 1] + p['key_rel_h'][hj - hi + h - 1]
+        logits[:, j] = (qg[:, hi, wi] * key).sum(-1) / np.sqrt(dkh)
+      weights = np.exp(logits - logits.max(-1, keepdims=True))
+      weights /= weights.sum(-1, keepdims=True)
+      attn[:, hi, wi, g * dvh:(g + 1) * dvh] = np.einsum('nj,njc->nc', weights, vg.reshape(n, h * w, dvh))
+  out = np.concatenate([conv, attn @ p['proj']['kernel'][0, 0]], axis=-1)
+  scale = p['bn']['scale'] / np.sqrt(bs['bn']['var'] + 1e-5)
+  return (out - bs['bn']['mean']) * scale + p['bn']['bias']
+
+
+@pytest.mark.parametrize('hw', [(3, 5), (4, 4)])
+def test_aa_conv_matches_numpy(hw):
+  """Non-square too, so a swap of the height and width tables (or offsets) cannot hide."""
+  rng = np.random.default_rng(1)
+  c, heads = 40, 2
+  module = AttentionAugmentedConv(heads, key_ratio=0.4, value_ratio=0.2)  # dk 16, dv 8: 2 heads of 8 / 4
+  assert aa_depths(c, 0.4, 0.2, heads) == (16, 8)
+  x = rng.normal(size=(2, *hw, c))
+  with jax.enable_x64(True):
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                       module.init(jax.random.PRNGKey(0), jnp.asarray(x), train=False))
+    variables = jax.tree_util.tree_map(lambda a: a + rng.uniform(0.1, 0.5, a.shape), variables)
+    out = module.apply(variables, jnp.asarray(x), train=False)
+  assert variables['params']['key_rel_w'].shape == (2 * hw[1] - 1, 8)
+  assert variables['params']['key_rel_h'].shape == (2 * hw[0] - 1, 8)
+  want = numpy_aa_conv(x, variables['params'], variables['batch_stats'], heads, 16, 8)
+  # The conv channels exactly; the attention ones to float32 round-off: the shared
+  # layers.dot_product_attention takes its softmax in float32 (a wrong offset or table is O(1) off).
+  np.testing.assert_allclose(np.asarray(out)[..., :c - 8], want[..., :c - 8], atol=1e-10, rtol=0)
+  np.testing.assert_allclose(np.asarray(out), want, atol=2e-5, rtol=0)
+
+
+def test_aa_depths_and_sizes():
+  assert aa_depths(256, 0.2, 0.1, 8) == (48, 24) and aa_depths(512, 0.2, 0.1, 8) == (96, 48)
+  with pytest.raises(ValueError, match='dv=0'):
+    aa_depths(64, 0.2, 0.1, 8)
+  module = AttentionAugmentedConv(2, strides=2, input_stride=16)
+  x = jnp.zeros((1, 4, 6, 40))
+  variables = module.init(jax.random.PRNGKey(0), x)
+  assert module.apply(variables, x).shape == (1, 2, 3, 40)  # attention on the pooled 2x3 map
+  assert variables['params']['key_rel_w'].shape == (5, 4)
+  with pytest.raises(InvalidInputSizeError, match='not divisible by its stride 2.*multiple of 32 px'):
+    module.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 6, 40)))
+  with pytest.raises(InvalidInputSizeError, match="'key_rel_w' has shape \\(5, 4\\).*4x4 map"):
+    module.apply(variables, jnp.zeros((1, 8, 8, 40)))
+
+
+@pytest.mark.slow
+def test_full_size_aa_resnet50_forward():
+  model = create_model('aa_resnet50')
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 224, 224, 3))
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(1), x, train=False))(x)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(logits)))
+  assert count_params(variables['params']) == 25_152_596
+
+
+# ------------------------------------------------------------------------------------------------
+# The Tables 1/2 "Weights (%)": unary and binary shares against a brute force.
+# ------------------------------------------------------------------------------------------------
+
+
+def brute_force_shares(variant, inter):
+  """Per layer: SA, the mean over images, heads and query positions of the attention a query puts on
+  itself (loops); LESA, the means of 1/(1+omega) and omega/(1+omega) over every gate entry."""
+  per_layer = []
+  for block in sorted(inter, key=lambda b: tuple(int(t) for t in b[len('layer'):].split('_'))):
+    layer = inter[block].get('conv2', {})
+    if variant == 'sa' and 'binary' in layer:
+      attn = np.asarray(layer['binary']['attention'][0], np.float64)
+      n, heads, length, _ = attn.shape
+      np.testing.assert_allclose(attn.sum(-1), 1.0, rtol=1e-5)  # unary + binary = 1 at every query
+      total = 0.0
+      for b in range(n):
+        for g in range(heads):
+          for i in range(length):
+            total += attn[b, g, i, i]
+      unary = total / (n * heads * length)
+      per_layer.append((unary, 1.0 - unary))
+    elif variant == 'lesa' and 'gate' in layer:
+      gate = np.asarray(layer['gate'][0], np.float64).ravel()
+      per_layer.append((sum(1 / (1 + g) for g in gate) / gate.size, sum(g / (1 + g) for g in gate) / gate.size))
+  return per_layer
+
+
+@pytest.mark.parametrize('name', ['sa_resnet50', 'lesa_resnet50'])
+def test_unary_binary_shares_match_brute_force(name):
+  model = create_model(name, **SMALL)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))  # 4x4 maps in stages 3 and 4
+  variables = random_variables(model, x, scale=0.5)
+  _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))(variables, x)
+  inter = state['intermediates']
+  want = brute_force_shares(model.make_spatial.variant, inter)
+  assert len(want) == 2  # layer3_1 and layer4_0
+  per_layer = unary_binary_shares_per_layer(model, inter)
+  assert list(per_layer) == ['layer3_1/conv2', 'layer4_0/conv2']
+  np.testing.assert_allclose(list(per_layer.values()), want, rtol=1e-5)
+  np.testing.assert_allclose(unary_binary_shares(model, inter), np.mean(want, axis=0), rtol=1e-5)
+  assert abs(sum(unary_binary_shares(model, inter)) - 1) < 1e-6
+  if name == 'sa_resnet50':  # a random SA spreads its attention: the diagonal is far from all-or-nothing
+    assert 0.01 < unary_binary_shares(model, inter)[0] < 0.9
+  else:
+    np.testing.assert_allclose(unary_binary_shares('lesa', inter), fusion_weight_shares(inter), rtol=1e-6)
+
+
+def test_sa_share_is_the_diagonal_of_the_numpy_attention():
+  """One SA layer: the shares from the numpy transcription's attention (independent of the model's)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 3, 4, 32))
+  module = LESA(groups=4, variant='sa')
+  with jax.enable_x64(True):
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                       module.init(jax.random.PRNGKey(0), jnp.asarray(x)))
+    variables = jax.tree_util.tree_map(lambda a: a + rng.uniform(0.1, 0.5, a.shape), variables)
+    _, state = module.apply(variables, jnp.asarray(x), mutable=['intermediates'])
+  params = variables['params']['binary']
+  stats = variables['batch_stats']['binary']
+  _, attn = numpy_binary_term(x, params, stats, 4)
+  unary = np.mean([attn[b, g, i, i] for b in range(2) for g in range(4) for i in range(12)])
+  assert unary_binary_shares_per_layer('sa', state['intermediates']) == {'': pytest.approx((unary, 1 - unary),
+                                                                                           rel=1e-9)}
+
+
+def test_static_and_aa_shares():
+  model = create_model('static_lesa_resnet50', **SMALL)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = random_variables(model, x)
+  _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  assert unary_binary_shares(model, state['intermediates']) == (0.5, 0.5)  # equal weights: omega = 1
+  with pytest.raises(ValueError, match='defines no unary/binary weights'):
+    unary_binary_shares(create_model('aa_resnet50'), {})
+  with pytest.raises(ValueError, match='not a LESA-family model'):
+    unary_binary_shares(create_model('resnet50'), {})

@@ -31,7 +31,10 @@ def photo(tmp_path_factory):
 
 
 def run_family(family, tmp_path, photo, seed=0):
-  name = FAMILY_MODELS[family]
+  return run_model(FAMILY_MODELS[family], tmp_path, photo, seed)
+
+
+def run_model(name, tmp_path, photo, seed=0):
   kwargs = small_kwargs(name)
   model = create_model(name, num_classes=10, **kwargs)
   variables = random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32), seed=seed, scale=0.5)
@@ -95,6 +98,47 @@ def test_lesa_weights_are_the_sown_gates(tmp_path, photo):
   for name in ('lesa_unary_binary.png', 'lesa_binary_maps.png'):
     w, h = Image.open(out / name).size
     assert w >= 400 and h >= 250
+
+
+def test_lesa_weights_are_the_definitions_of_tables_1_and_2(tmp_path, photo, capsys):
+  """SA: the unary weight is the softmax diagonal S[i,i] (Tab. 1), read here from the sown attention
+  with loops; LESA: the printed line is summary.json's mean; static LESA: 0.5 each, no maps."""
+  out, _, inter, summary = run_model('sa_resnet50', tmp_path / 'sa', photo)
+  attention = visualize.sown(inter, 'attention')  # (heads, L, L) of the one image
+  assert [p for p, _ in attention] == [('layer3_1', 'conv2', 'binary'), ('layer4_0', 'conv2', 'binary')]
+  diagonals = []
+  for path, a in attention:
+    heads, length, _ = a.shape
+    unary = sum(float(a[g, i, i]) for g in range(heads) for i in range(length)) / (heads * length)
+    layer = '/'.join(path[:-1])
+    np.testing.assert_allclose(summary['unary_binary'][layer]['unary'], unary, rtol=1e-5)
+    np.testing.assert_allclose(summary['unary_binary'][layer]['binary'], 1 - unary, rtol=1e-5)
+    diagonals.append(unary)
+  np.testing.assert_allclose(summary['mean_unary'], np.mean(diagonals), rtol=1e-5)
+  assert summary['variant'] == 'sa' and summary['paper_mean_unary'] == 0.02  # Tab. 2, trained SA-R50
+  assert f"unary / binary weight: {summary['mean_unary']:.1%} / {summary['mean_binary']:.1%}" in capsys.readouterr().out
+  for name in ('lesa_unary_binary.png', 'lesa_binary_maps.png'):
+    w, h = Image.open(out / name).size
+    assert w >= 400 and h >= 250
+
+  _, _, inter, summary = run_model('lesa_resnet50', tmp_path / 'lesa', photo)
+  printed = capsys.readouterr().out
+  assert f"unary / binary weight: {summary['mean_unary']:.1%} / {summary['mean_binary']:.1%}" in printed
+  assert '1/(1+ω)' in printed and summary['paper_mean_unary'] == 0.67
+
+  out, _, _, summary = run_model('static_lesa_resnet50', tmp_path / 'static', photo)
+  assert summary['mean_unary'] == summary['mean_binary'] == 0.5 and len(summary['unary_binary']) == 2
+  assert (out / 'lesa_unary_binary.png').exists() and not (out / 'lesa_binary_maps.png').exists()
+
+
+def test_aa_has_no_weights_to_draw(tmp_path, photo, capsys):
+  name = 'aa_resnet50'
+  kwargs = small_kwargs(name)
+  model = create_model(name, num_classes=10, **kwargs)
+  source = save_variables_dir(tmp_path / 'v', name, kwargs,
+                              random_variables(model, np.zeros((1, SIZE, SIZE, 3), np.float32)))
+  assert visualize.main(['--workdir', source, '--image', photo, '--out', str(tmp_path / 'o')]) == 2
+  assert 'Attention Augmentation concatenates conv and attention channels' in capsys.readouterr().err
 
 
 def test_family_without_pictures_is_a_clear_error(tmp_path, photo, capsys):

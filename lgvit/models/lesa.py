@@ -31,7 +31,10 @@ Two baselines of the paper's Table 6 are not in the official code and are built 
 * ``static_lesa_resnet50`` -- "adding the unary and binary terms without the dynamic fusion
   module" (Sec. 3.3: "a static way of merging the two terms with equal weights"): ``out = U + B``.
 
-Their parameter counts equal the paper's to 0.01M (18,050,792 and 20,423,912).
+Their parameter counts equal the paper's to 0.01M (18,050,792 and 20,423,912). Also from the paper:
+``sa_wrn50`` (Tab. 2, SA on WRN-50-2) and ``aa_resnet50`` (Tab. 6, Attention Augmentation of Bello
+et al. 2019 on the same eight convs, :class:`AttentionAugmentedConv`: 25,152,596 = the paper's 25.15M).
+:func:`unary_binary_shares` computes the Tables 1/2 "Weights (%)" of SA and LESA models.
 
 Feature-map size: the official layer fixes L at construction (so it runs only on 209-224 px
 inputs). Here L is read off the input at ``init``, so any size trains. Weights built for one L
