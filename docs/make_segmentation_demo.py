@@ -1,6 +1,6 @@
 """Trains the UperNet digits demo and draws docs/images/segmentation_demo.png (image | truth | prediction).
 
-    PYTHONPATH=. python docs/make_segmentation_demo.py [--workdir /tmp/seg_demo] [--backbone nommer_t]
+    PYTHONPATH=. python docs/make_segmentation_demo.py [--workdir /tmp/seg_demo] [--backbone nommer_t] [--data-dir D]
 
 Runs ``main.py --config=configs/upernet.py:backbone=B,demo`` (resumes or skips when the workdir is
 finished), then draws the first ``--rows`` validation canvases of ``lgvit_digits_seg`` through
@@ -23,11 +23,14 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', default='/tmp/lgvit_seg_demo')
   parser.add_argument('--backbone', default='nommer_t')
+  parser.add_argument('--data-dir', default=None, help="TFDS data dir (default: TFDS's own)")
   parser.add_argument('--rows', type=int, default=4)
   parser.add_argument('--out', default=str(ROOT / 'docs' / 'images' / 'segmentation_demo.png'))
   args = parser.parse_args(argv)
   config = f'configs/upernet.py:backbone={args.backbone},demo'
-  subprocess.run([sys.executable, 'main.py', f'--config={config}', f'--workdir={args.workdir}'], cwd=ROOT, check=True)
+  data_dir = [f'--config.data.data_dir={args.data_dir}'] if args.data_dir else []
+  subprocess.run([sys.executable, 'main.py', f'--config={config}', f'--workdir={args.workdir}', *data_dir], cwd=ROOT,
+                 check=True)
 
   import jax
   import jax.numpy as jnp
@@ -41,11 +44,14 @@ def main(argv=None):
   sys.path.insert(0, str(ROOT))
   from configs import upernet
   c = upernet.get_config(f'backbone={args.backbone},demo')
+  if args.data_dir:
+    c.unlock()
+    c.data.data_dir = args.data_dir
   model, variables = build_model(c), ckpt.load_variables(args.workdir)
-  apply = jax.jit(lambda x: model.apply(variables, normalize(x), train=False))
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))  # normalised images (lgvit.segmentation)
   builder = pipeline.get_builder('lgvit_digits_seg', c.data.data_dir)
   ex = next(iter(tfds.as_numpy(builder.as_dataset(split='validation', shuffle_files=False).batch(args.rows))))
-  pred = np.asarray(jnp.argmax(segmentation.infer_whole(apply, jnp.asarray(ex['image'], jnp.float32)), -1))
+  pred = np.asarray(jnp.argmax(segmentation.infer_whole(apply, normalize(jnp.asarray(ex['image']))), -1))
   palette = segmentation.palette_for(c.num_classes)
   rows = [segmentation.comparison_picture(ex['image'][i], ex['annotation'][i, ..., 0], pred[i], palette)
           for i in range(args.rows)]

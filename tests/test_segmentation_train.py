@@ -254,10 +254,10 @@ def test_demo_on_two_devices_resumes_and_logs_the_miou_of_whole_image_inference(
   c = upernet.get_config('backbone=swin_t,demo')
   model = build_model(c)
   variables = ckpt.load_variables(str(workdir))
-  apply = jax.jit(lambda x: model.apply(variables, normalize(x), train=False))
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))  # the helpers take normalised images
   cm = np.zeros((11, 11), np.int64)
   for ex in tfds.as_numpy(pipeline.get_builder('lgvit_digits_seg', str(data_dir)).as_dataset(split='validation').batch(50)):
-    logits = segmentation.infer_whole(apply, jnp.asarray(ex['image'], jnp.float32))
+    logits = segmentation.infer_whole(apply, normalize(jnp.asarray(ex['image'])))
     pred, truth = np.asarray(jnp.argmax(logits, -1)).ravel(), ex['annotation'][..., 0].astype(np.int64).ravel()
     cm += np.bincount(truth * 11 + pred, minlength=121).reshape(11, 11)
   assert cm.sum() == 200 * 64 * 64
