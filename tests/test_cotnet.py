@@ -461,17 +461,56 @@ def resnet_rs50_params():
   return n + 2048 * 1000 + 1000
 
 
-def test_se_resnetd50_is_se_cotnetd50_without_cot():
+def test_se_resnetd50_is_official_resnet_rs50():
+  from lgvit.models import model_info
+  from lgvit.models.cotnet import OutputSE
   model = create_model('se_resnetd50')
-  assert {model.make_spatial.kind(s, b) for s in range(4) for b in range(6)} == {'split_attn'}
+  assert {model.make_spatial.kind(s, b) for s in range(4) for b in range(6)} == {'conv'}  # plain 3x3 + BN + ReLU
   assert (model.stem, model.stem_width, model.stem_pool, model.downsample, tuple(model.stage_strides)) == (
-      'deep', 32, False, 'avg', (2, 2, 2, 2))
-  count = layers.count_params(init_shapes(model, 224)['params'])
-  assert count == 26_217_896
-  # The paper's 35.7M is the official resnet_rs50 (docs/models_cotnet.md): 35,654,920 parameters.
-  assert resnet_rs50_params() == 35_654_920 and round(resnet_rs50_params() / 1e6, 1) == 35.7
-  no_cot = layers.count_params(init_shapes(create_model('se_cotnetd50', cot_stages=(False,) * 4), 224)['params'])
-  assert no_cot == count
+      'deep', 32, False, 'conv', (2, 2, 2, 2))  # strided 1x1 shortcuts (avg_down=False)
+  assert model.make_output_gate == OutputSE(reduction=4) and model.zero_init_last_bn
+  params = init_shapes(model, 224)['params']
+  assert layers.count_params(params) == resnet_rs50_params() == model_info('se_resnetd50').params == 35_654_920
+  shapes = lambda tree: jax.tree_util.tree_map(lambda p: p.shape, tree)
+  c_in = 64
+  for s, (planes, depth) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+    for b in range(depth):
+      block = params[f'layer{s + 1}_{b}']
+      assert shapes(block['se']) == {  # SE(reduction 4) on the 4 * planes outputs: hidden = planes, biases, no BN
+          'fc1': {'kernel': (1, 1, 4 * planes, planes), 'bias': (planes,)},
+          'fc2': {'kernel': (1, 1, planes, 4 * planes), 'bias': (4 * planes,)}}
+      assert ('downsample' in block) == (b == 0)
+      if b == 0:
+        assert shapes(block['downsample']['conv']) == {'kernel': (1, 1, c_in, 4 * planes)}
+      c_in = 4 * planes
+
+
+def test_se_resnetd50_gates_bn3_before_the_residual_add():
+  kw = dict(num_classes=10, stage_depths=(1, 1, 1, 1), stage_planes=(8, 8, 8, 8), stem_width=8)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  variables = jit_init(create_model('se_resnetd50', zero_init_last_bn=False, **kw), x)
+
+  def gated(bias):  # fc2 = constant ``bias``: the gate is sigmoid(bias) everywhere
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: (jnp.zeros_like(p) if 'kernel' in str(path[-1]) else jnp.full_like(p, bias))
+        if any('fc2' in str(k) for k in path) and any('se' == getattr(k, 'key', None) for k in path) else p,
+        variables)
+
+  def features(v, **overrides):
+    return create_model('se_resnetd50', features_only=True, zero_init_last_bn=False, **kw, **overrides).apply(
+        v, x, train=False)
+
+  no_se = {'params': {k: {n: m for n, m in blk.items() if n != 'se'} if k.startswith('layer') else blk
+                      for k, blk in variables['params'].items()}, 'batch_stats': variables['batch_stats']}
+  open_gate = features(gated(30.0))
+  for a, b in zip(open_gate, features(no_se, make_output_gate=None)):  # gate 1: the block without SE
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # gate 0: each block is ReLU(shortcut), so the SE scales bn3's output, not the sum.
+  closed = features(gated(-30.0))
+  shortcut = jax.nn.relu(layers.ConvBN(32, 1, 2, act=None).apply(
+      {'params': variables['params']['layer2_0']['downsample'],
+       'batch_stats': variables['batch_stats']['layer2_0']['downsample']}, closed[0], train=False))
+  np.testing.assert_allclose(closed[1], shortcut, rtol=1e-5, atol=1e-5)
 
 
 TABLE3 = {  # variant -> paper top-1 without / with EMA ("*"); se_resnetd50 is Table 6 (no EMA row)

@@ -24,9 +24,10 @@ The networks are :class:`lgvit.models.resnet.ResNet` with a ``make_spatial`` fac
   SE-CoTNetD-152 runs every 3x3 replacement at stride 1 and blur-pools after it.
 * Paper ablations as model fields: ``context`` (Table 5: 'static', 'dynamic', 'linear', 'full') and
   ``cot_stages`` (Table 6: which of res2..res5 use CoT; the others keep a plain 3x3 conv + BN + ReLU).
-* SE-ResNetD-50 (Table 6's baseline, ``se_resnetd50``): SE-CoTNetD-50 with no CoT stage, i.e. its S
-  blocks everywhere. The paper's 35.7M is another network, the official ``resnet_rs50`` (SE after bn3);
-  ``docs/models_cotnet.md`` gives both counts.
+* SE-ResNetD-50 (Table 6's baseline, ``se_resnetd50``): the official ``models/resnet_rs.py:resnet_rs50``
+  (35,654,920 parameters, the paper's 35.7M): SE-CoTNetD's deep stem (no max-pool) and strides, plain
+  3x3 conv + BN + ReLU, strided 1x1 conv + BN shortcuts, and a classic SE (:class:`OutputSE`, hidden =
+  planes) on bn3's output before the residual add.
 
 Introspection: each full CoT layer sows ``intermediates/.../conv2/fusion_weights``, shape
 (B, C, 2): per sample and channel the softmax share of the dynamic (index 0) and the static
@@ -245,6 +246,20 @@ class CoTSpatial:
     return layers.ConvBN(width, 3, stride, groups=self.cardinality, name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputSE:
+  """``make_output_gate`` for :class:`~lgvit.models.resnet.ResNet`: the official ``resnet_rs`` Bottleneck's
+  ``se``, timm's ``SEModule(channels, reduction)`` on bn3's output: mean -> 1x1 conv(+b) -> ReLU -> 1x1
+  conv(+b) -> sigmoid gate, hidden max(channels // reduction, 8) (reduction 4: the block's planes)."""
+  reduction: int = 4
+
+  def __call__(self, stage: int, block: int, channels: int, name: str) -> nn.Module:
+    del stage, block
+    # The official init: every Conv2d weight kaiming_normal(fan_out), biases PyTorch's default.
+    return layers.SqueezeExcite(max(channels // self.reduction, 8), kernel_init=layers.kaiming_normal_fan_out,
+                                name=name)
+
+
 # --------------------------------------------------------------------------------------------
 # Networks.
 # --------------------------------------------------------------------------------------------
@@ -267,6 +282,15 @@ def _create_se_cotnetd(name: str, *, stem_width: int, blur_pool: bool = False, c
                    'downsample': 'avg', 'make_spatial': spatial, 'zero_init_last_bn': True, **kwargs}, name=name)
 
 
+def _create_resnet_rs(name: str, *, stem_width: int, **kwargs) -> ResNet:
+  """The official ``resnet_rs`` (the paper's SE-ResNetD): SE-CoTNetD's deep stem and strides, plain 3x3
+  convs (CoTSpatial's 'conv' blocks, official names conv2/bn2), strided 1x1 shortcuts (``avg_down=False``),
+  an SE (reduction 4) after bn3."""
+  return ResNet(**{'stage_strides': (2, 2, 2, 2), 'stem': 'deep', 'stem_width': stem_width, 'stem_pool': False,
+                   'downsample': 'conv', 'make_spatial': CoTSpatial(cot_stages=(False, False, False, False)),
+                   'make_output_gate': OutputSE(4), 'zero_init_last_bn': True, **kwargs}, name=name)
+
+
 # params: the official code's exact counts; paper: params and GFLOPs (multiply-adds) from Tables 3/4,
 # top-1 from Table 4 (the advanced 350-epoch recipe the configs reproduce).
 _R50, _R101, _R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
@@ -287,9 +311,7 @@ _se_cotnetd('se_cotnetd152', stage_depths=_R152, stem_width=64, blur_pool=True, 
             params=55_783_688, paper=dict(params=55.8e6, gmacs=17.0, top1=84.0))
 _se_cotnetd('se_cotnetd152_320', stage_depths=_R152, stem_width=64, blur_pool=True, input_size=320, crop_pct=0.909,
             params=55_783_688, paper=dict(params=55.8e6, gmacs=26.5, top1=84.6))
-# Table 6's SE-ResNetD-50 (default setup, top-1 from Table 6): the SE-CoTNetD-50 backbone with its S blocks in
-# every stage. The paper's 35.7M is the official resnet_rs50 (classic SE, reduction 4, after bn3: 35,654,920),
-# a block ResNet's Bottleneck has no slot for; this model has 26.6% fewer (docs/models_cotnet.md), so the
-# paper's count is not a ModelInfo.paper figure here (tests/test_models.py checks those within 3%).
-_se_cotnetd('se_resnetd50', stage_depths=_R50, stem_width=32, cot_stages=(False, False, False, False),
-            params=26_217_896, paper=dict(gmacs=4.4, top1=79.1))
+# Table 6's SE-ResNetD-50 (default setup, top-1 from Table 6): the official resnet_rs50.
+_resnet_rs = registry.family('cotnet', _create_resnet_rs, interpolation='bicubic')
+_resnet_rs('se_resnetd50', stage_depths=_R50, stem_width=32, params=35_654_920,
+           paper=dict(params=35.7e6, gmacs=4.4, top1=79.1))

@@ -5,7 +5,9 @@ A bottleneck is ``conv1 1x1 -> bn1 -> ReLU -> spatial op -> conv3 1x1 -> bn3 -> 
 plugs in a CoT layer, LESA its locally enhanced self-attention, SE-CoTNetD a split-attention conv.
 A family passes ``make_spatial(stage, block, width, stride, name) -> nn.Module`` to :class:`ResNet`;
 the returned module maps (B, H, W, width) to (B, H/stride, W/stride, width) and is called as
-``op(x, train=...)``.
+``op(x, train=...)``. An optional ``make_output_gate(stage, block, channels, name) -> nn.Module`` adds a
+module after bn3 (before drop-path and the residual add), e.g. the official CoTNet ``resnet_rs``'s SE;
+without it (the default) the block has no such module.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from lgvit.models.layers import check_min_size
 from lgvit.models import registry
 
 SpatialFactory = Callable[..., nn.Module]
+GateFactory = Callable[..., nn.Module]  # (stage, block, channels, name) -> module called as gate(y, train=...)
 
 
 def plain_spatial(groups: int = 1) -> SpatialFactory:
@@ -42,6 +45,7 @@ class Bottleneck(nn.Module):
   downsample: str = 'conv'  # 'conv': strided 1x1 conv + BN; 'avg': avg-pool 2x2 (ResNet-D) + 1x1 + BN
   drop_path: float = 0.0
   zero_init_last_bn: bool = False
+  make_output_gate: Optional[GateFactory] = None  # applied to bn3's output, as 'se'
   dtype: Any = None
 
   @nn.compact
@@ -60,6 +64,8 @@ class Bottleneck(nn.Module):
     y = self.spatial(self.stage, self.index, self.width, self.strides, name='conv2')(y, train=train)
     bn3_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = layers.ConvBN(out_ch, 1, act=None, bn_scale_init=bn3_init, dtype=self.dtype, name='conv3')(y, train=train)
+    if self.make_output_gate is not None:
+      y = self.make_output_gate(self.stage, self.index, out_ch, name='se')(y, train=train)
     y = layers.DropPath(self.drop_path)(y, train=train)
     return nn.relu(y + shortcut)
 
@@ -77,6 +83,7 @@ class ResNet(nn.Module):
   stem_pool: bool = True
   downsample: str = 'conv'
   make_spatial: Optional[SpatialFactory] = None
+  make_output_gate: Optional[GateFactory] = None
   num_classes: int = 1000
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
@@ -110,8 +117,8 @@ class ResNet(nn.Module):
       for b in range(depth):
         x = Bottleneck(planes, width, stride if b == 0 else 1, spatial, stage=s, index=b,
                        expansion=self.expansion, downsample=self.downsample, drop_path=dpr[s][b],
-                       zero_init_last_bn=self.zero_init_last_bn, dtype=self.dtype,
-                       name=f'layer{s + 1}_{b}')(x, train=train)
+                       zero_init_last_bn=self.zero_init_last_bn, make_output_gate=self.make_output_gate,
+                       dtype=self.dtype, name=f'layer{s + 1}_{b}')(x, train=train)
       features.append(x)
     if self.features_only:
       return features
