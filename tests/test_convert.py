@@ -154,3 +154,38 @@ def test_bad_convert_inputs_are_one_line_errors_and_write_nothing(tmp_path, caps
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and expect in err[0], err
   assert sorted(p.name for p in tmp_path.rglob('*')) == before
+
+
+def test_official_resnet_rs50_names_convert_to_se_resnetd50():
+  """CoTNet's models/resnet_rs.py names (deep stem conv1.0/1/3/4/6 + bn1, strided 1x1 downsample.0/1, timm
+  SEModule se.fc1/se.fc2 with biases after bn3): every tensor placed, none left over."""
+  rng = np.random.default_rng(1)
+  sd = {}
+
+  def conv(name, o, i, k, bias=False):
+    sd[f'{name}.weight'] = rng.normal(size=(o, i, k, k)).astype(np.float32)
+    if bias:
+      sd[f'{name}.bias'] = rng.normal(size=o).astype(np.float32)
+
+  def bn(name, c):
+    for p in ('weight', 'bias', 'running_mean'):
+      sd[f'{name}.{p}'] = rng.normal(size=c).astype(np.float32)
+    sd[f'{name}.running_var'] = rng.uniform(0.5, 2, size=c).astype(np.float32)
+
+  conv('conv1.0', 8, 3, 3), bn('conv1.1', 8), conv('conv1.3', 8, 8, 3), bn('conv1.4', 8), conv('conv1.6', 16, 8, 3)
+  bn('bn1', 16)
+  cin = 16
+  for s_, planes in enumerate((8, 8, 8, 8)):  # hidden = planes (timm rounds SE widths to multiples of 8)
+    p = f'layer{s_ + 1}.0'
+    conv(f'{p}.conv1', planes, cin, 1), bn(f'{p}.bn1', planes)
+    conv(f'{p}.conv2', planes, planes, 3), bn(f'{p}.bn2', planes)
+    conv(f'{p}.conv3', planes * 4, planes, 1), bn(f'{p}.bn3', planes * 4)
+    conv(f'{p}.se.fc1', planes, planes * 4, 1, bias=True), conv(f'{p}.se.fc2', planes * 4, planes, 1, bias=True)
+    conv(f'{p}.downsample.0', planes * 4, cin, 1), bn(f'{p}.downsample.1', planes * 4)
+    cin = planes * 4
+  sd['fc.weight'] = rng.normal(size=(3, 32)).astype(np.float32)
+  sd['fc.bias'] = rng.normal(size=3).astype(np.float32)
+  v = from_torch('se_resnetd50', sd, image_size=64, **{**TINY, 'stage_planes': (8, 8, 8, 8), 'stem_width': 8})
+  se = v['params']['layer3_0']['se']
+  np.testing.assert_array_equal(se['fc1']['kernel'], sd['layer3.0.se.fc1.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(se['fc2']['bias'], sd['layer3.0.se.fc2.bias'])

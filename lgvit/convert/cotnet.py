@@ -50,6 +50,9 @@ def convert_cotnet(conv: StateDictConverter, model_name, model):
     for b in range(depth):
       tkey, fpath = f'layer{s + 1}.{b}', (f'layer{s + 1}_{b}',)
       convert_bottleneck_common(conv, tkey, fpath, downsample=model.downsample)
+      if model.make_output_gate is not None:  # resnet_rs50 (se_resnetd50): timm's SEModule after bn3
+        conv.conv(f'{tkey}.se.fc1', fpath + ('se', 'fc1'))
+        conv.conv(f'{tkey}.se.fc2', fpath + ('se', 'fc2'))
       kind = spatial.kind(s, b)
       if kind == 'cot':
         convert_cot_layer(conv, f'{tkey}.conv2', fpath + ('conv2',), spatial.context)
