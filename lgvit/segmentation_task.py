@@ -178,18 +178,15 @@ def evaluate_per_image(apply_fn, config, builder, mode: str = 'whole', split: Op
   if data.reduce_zero_label:
     ds = ds.map(lambda image, label: (image, reduce_zero_label(label)))
   scale = tuple(data.scale)
-  if mode == 'whole':  # no canvas bound here: every image at its scaled size
-    ds = ds.map(lambda image, label: (image, label, seg_pipeline.scale_for_eval(image, scale, (2**30, 2**30))[0]))
-  else:
-    ds = ds.map(lambda image, label: (image, label, image))
+  if mode == 'whole':  # scaled here, as the in-training eval does (no canvas bound: every image at its size)
+    ds = ds.map(lambda image, label: (seg_pipeline.scale_for_eval(image, scale, (2**30, 2**30))[0], label))
   score = jax.jit(lambda label, logits: confusion_matrix(label, jnp.argmax(logits, -1), config.num_classes,
                                                           seg.ignore_label))
   confusion, count = np.zeros((config.num_classes,) * 2, np.int64), 0
-  for image, label, scaled in tfds.as_numpy(ds):
+  for image, label in tfds.as_numpy(ds):
     x = normalize(jnp.asarray(image[None]))
     if mode == 'whole':
-      logits = seg_lib.infer_whole(apply_fn, normalize(jnp.asarray(scaled[None])))
-      logits = resize_bilinear(logits, label.shape)
+      logits = resize_bilinear(seg_lib.infer_whole(apply_fn, x), label.shape)
     elif mode == 'slide':
       logits = seg_lib.infer_slide(apply_fn, x, crop=tuple(seg.eval_crop), stride=tuple(seg.eval_stride), scale=scale)
     else:

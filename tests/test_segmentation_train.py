@@ -160,7 +160,6 @@ def test_in_training_eval_equals_whole_image_inference_image_by_image(ade20k):
                           decoders={k: tfds.decode.SkipDecoding() for k in seg_pipeline.ENCODED})
   changed = 0
   for ex in tfds.as_numpy(ds):
-    import tensorflow as tf
     image, _ = seg_pipeline.decode(ex)
     scaled = seg_pipeline.scale_for_eval(image, (64, 32), (64, 96))[0].numpy()
     sh, sw = scaled.shape[:2]
