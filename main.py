@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lgvit import cli
+from lgvit import cli, cpu_kernels
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with optional arguments, e.g. '
                                          'configs/nommer.py:variant=b,demo.', lock_config=True)
@@ -45,6 +45,7 @@ def _want_distributed() -> bool:
 
 
 def main(argv):
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if flags.FLAGS['verbosity'].present:  # --verbosity=0 (info) or 1 (debug): every library's logs

@@ -41,6 +41,8 @@ import sys
 import time
 from typing import Optional
 
+from lgvit import cpu_kernels
+
 # libtpu takes a machine-wide lock file unless told not to; a compile-only client needs no lock, and
 # the lock would make two AOT runs (or a test next to one) on one host fail.
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
@@ -351,6 +353,7 @@ def _search_below(measure, hbm: int, refusal: DoesNotFit, search: str) -> str:
 
 
 def main(argv=None) -> int:
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.aot', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--topology', required=True, help='e.g. v5e:2x4 (v5e-8), v4:2x2x1 (v4-8), v4:2x2x4 (4 hosts)')

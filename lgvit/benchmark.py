@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Optional
 
-import lgvit
+import lgvit.cpu_kernels
 
 FIELDS = ['model', 'mode', 'dtype', 'batch', 'size', 'compile_s', 'images_per_s', 'step_ms', 'gflop_per_step',
           'gflop_per_s', 'peak_fraction', 'xla_mem_mb', 'rss_peak_mb', 'params_m']
@@ -53,7 +53,8 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def matmul_peak_in(env: dict[str, str], prefix: list[str]) -> float:
   """:func:`measure_matmul_peak` in a fresh process with a benchmark cell's environment (:func:`cell_env`)."""
   proc = subprocess.run(
-      prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b; print(json.dumps(b.measure_matmul_peak()))'],
+      prefix + [sys.executable, '-c', 'import json, lgvit.benchmark as b, lgvit.cpu_kernels as k; k.use(); '
+                'print(json.dumps(b.measure_matmul_peak()))'],
       capture_output=True, text=True, env=env, check=True)
   return float(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -179,12 +180,12 @@ def cell_env(threads: int, cpu_kernels: str = '', host_devices: int = 1) -> tupl
   """The environment and command prefix of one benchmark process: ``threads=1`` pins it to core 0
   with single-threaded XLA (as the baselines in docs/official_code.md), 0 leaves XLA its defaults;
   ``host_devices > 1`` makes XLA:CPU present that many devices; ``cpu_kernels`` overrides lgvit's choice of
-  XLA:CPU kernel library (``LGVIT_XLA_CPU_KERNELS``, see lgvit.use_cpu_kernels)."""
+  XLA:CPU kernel library (``LGVIT_XLA_CPU_KERNELS``, see lgvit.cpu_kernels)."""
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   if host_devices > 1:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={host_devices}').strip()
   if cpu_kernels:
-    env['LGVIT_XLA_CPU_KERNELS'] = cpu_kernels  # the children add the flag when they import lgvit
+    env['LGVIT_XLA_CPU_KERNELS'] = cpu_kernels  # each child's lgvit.cpu_kernels.use() adds the flag
   prefix = []
   if threads == 1:
     # The XLA flag alone still lets Eigen use every core; pinning is what makes it one core.
@@ -229,9 +230,9 @@ def main(argv=None):
   parser.add_argument('--threads', type=int, choices=(0, 1), default=0,
                       help='CPU only: 1 pins each run to core 0 with single-threaded XLA (as the baselines in '
                       'docs/official_code.md); 0 leaves XLA its defaults (all cores)')
-  parser.add_argument('--cpu-kernels', choices=lgvit.CPU_KERNEL_CHOICES, default='',
+  parser.add_argument('--cpu-kernels', choices=lgvit.cpu_kernels.CHOICES, default='',
                       help='CPU: XLA:CPU\'s kernel library for dots/convs (default: LGVIT_XLA_CPU_KERNELS, else auto; '
-                      'see lgvit.use_cpu_kernels)')
+                      'see lgvit.cpu_kernels)')
   parser.add_argument('--host-devices', type=int, default=1,
                       help='CPU: split the host into N XLA devices and shard the batch over them (the batch must '
                       'be a multiple of N)')
@@ -239,6 +240,7 @@ def main(argv=None):
   parser.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
   parser.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  cpu_kernels = lgvit.cpu_kernels.use()  # before the first JAX computation (XLA reads XLA_FLAGS once)
 
   if args.single:  # child process: one model, JSON on the last line
     import jax
@@ -248,7 +250,7 @@ def main(argv=None):
     row['peak_gflops'] = round(peak, 1)
     row['threads'] = args.threads
     row['xla_flags'] = os.environ.get('XLA_FLAGS', '')  # as this process ran, after lgvit's own
-    row['cpu_kernels'] = lgvit.CPU_KERNELS
+    row['cpu_kernels'] = cpu_kernels
     row['device'] = jax.devices()[0].device_kind
     print(json.dumps(row))
     return 0

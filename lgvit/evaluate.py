@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 
-from lgvit import cli, evals
+from lgvit import cli, cpu_kernels, evals
 from lgvit import workdir as layout
 from lgvit.errors import ConfigError, WorkdirError
 
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.evaluate', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   source = parser.add_mutually_exclusive_group(required=True)

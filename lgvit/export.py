@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgvit import checkpoint, cli, modeling
+from lgvit import checkpoint, cli, cpu_kernels, modeling
 from lgvit import workdir as layout
 from lgvit.errors import ConfigError
 
@@ -155,6 +155,7 @@ def export(workdir: str, out: str, prefer_ema: bool = True, fmt: str = 'jax',
 
 
 def main(argv=None):
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.export', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)

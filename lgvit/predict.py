@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from lgvit import cli
+from lgvit import cli, cpu_kernels
 from lgvit import workdir as layout
 from lgvit.errors import LgvitError
 
@@ -289,6 +289,7 @@ def missing_files_error(paths: Sequence[str]) -> Optional[str]:
 
 
 def main(argv=None) -> int:
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   add_source_arguments(parser)

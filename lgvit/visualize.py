@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from lgvit import cli, predict
+from lgvit import cli, cpu_kernels, predict
 from lgvit.errors import LgvitError
 
 #: Paper Fig. 4 colours, indexed by the sown nomination (0 = CNN, 1 = local, 2 = global).
@@ -408,6 +408,7 @@ def save(pics: list[Picture], summary: dict[str, Any], out: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.visualize', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   predict.add_source_arguments(parser)

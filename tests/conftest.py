@@ -7,6 +7,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from lgvit import cpu_kernels
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get('LGVIT_SHARED', REPO.parent / 'shared'))
 #: CI sets CI=true: there a missing reference fixture is an error, never a silent skip.
@@ -39,6 +41,7 @@ def _fast_compile():
 
 
 _fast_compile()  # at import: before any test module starts XLA's CPU client
+cpu_kernels.use()  # the suite runs under the kernels main.py would pick here (docs/kernels.md)
 
 
 def pytest_configure(config):

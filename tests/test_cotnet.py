@@ -134,7 +134,8 @@ def test_unfold_form_gradient_matches_bruteforce():
   # Plain autodiff of the unfold form. A child process with XLA:CPU's Eigen kernels: jaxlib 0.10.2's
   # YNNPACK fusion of this backward (the transpose of a constant one-hot convolution) segfaults on
   # CPUs without AVX-512 (seen on an AMD EPYC Zen 3), and a crash would take the test worker down.
-  script = ('import test_cotnet as t\n'
+  script = ('from lgvit import cpu_kernels; cpu_kernels.use()\n'
+            'import test_cotnet as t\n'
             'for case in t.AGG_CASES:\n'
             '  t.check_aggregation_gradient(t.local_aggregation_patches, *case)\n'
             'print("checked", len(t.AGG_CASES))')

@@ -12,10 +12,11 @@ import json
 import os
 import sys
 
-from lgvit import cli
+from lgvit import cli, cpu_kernels
 
 
 def main(argv=None):
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(prog='python -m lgvit.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', required=True, help='registered lgvit model name')
