@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgvit import cpu_kernels
 from lgvit.models import kernels
 
 SHAPES = [(112, 112, 64), (56, 56, 64), (56, 56, 256), (28, 28, 128), (28, 28, 512), (14, 14, 256),
@@ -60,6 +61,7 @@ def time_grad(bn, x, scale, bias, repeats):
 
 
 def main():
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=20)

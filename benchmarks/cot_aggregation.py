@@ -21,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from lgvit import cpu_kernels
 from lgvit.models.cotnet import SHARE_PLANES, local_aggregation, local_aggregation_patches
 
 # (H, W, C) of the CoT layers of CoTNet-50 at 224: res2..res5.
@@ -45,6 +46,7 @@ def time_ms(fn, args, repeats: int) -> float:
 
 
 def main():
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--repeats', type=int, default=10)

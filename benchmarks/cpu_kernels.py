@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_kernels.py            # all cores; --threads 1 pins to core 0
 
-The measurements behind what ``import lgvit`` picks per CPU (``lgvit.use_cpu_kernels``,
+The measurements behind what lgvit's entry points pick per CPU (``lgvit.cpu_kernels.use``,
 docs/kernels.md "XLA:CPU's kernel libraries per CPU"). Each choice runs in a fresh process (XLA reads
 its flags once), ops are timed after two warm-up calls, median of ``--repeats``. Whole models:
 ``python -m lgvit.benchmark --cpu-kernels CHOICE``.
@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r'''
 import json, sys, time
-import lgvit
+from lgvit import cpu_kernels
+choice = cpu_kernels.use()
 import jax, jax.numpy as jnp
 repeats = int(sys.argv[1])
 def conv(x, w):
@@ -30,7 +31,7 @@ a, b = jax.random.normal(k[2], (8 * 56 * 56, 256)), jax.random.normal(k[3], (256
 ops = {'conv 3x3 forward': (jax.jit(conv), (x, w)),
        'conv 3x3 forward + gradients': (jax.jit(jax.grad(lambda x, w: (conv(x, w) ** 2).sum(), argnums=(0, 1))), (x, w)),
        'matmul 25088x256x64': (jax.jit(jnp.matmul), (a, b))}
-row = {'choice': lgvit.CPU_KERNELS}
+row = {'choice': choice}
 for name, (f, args) in ops.items():
   for _ in range(2):
     jax.block_until_ready(f(*args))
@@ -49,10 +50,10 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args(argv)
   sys.path.insert(0, ROOT)
-  import lgvit
+  from lgvit import cpu_kernels
   from lgvit.benchmark import cell_env, cpu_model
   print(f'CPU: {cpu_model()}; threads: {"1 (core 0)" if args.threads else "all"}; '
-        f'auto picks {lgvit.auto_cpu_kernels(lgvit.cpu_has_avx512())} here; median of {args.repeats}, ms')
+        f'auto picks {cpu_kernels.auto_choice(cpu_kernels.has_avx512())} here; median of {args.repeats}, ms')
   rows = []
   for choice in args.choices.split(','):
     env, prefix = cell_env(args.threads, choice)

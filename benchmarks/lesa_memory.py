@@ -62,8 +62,10 @@ def measure(name: str, batch: int, size: int, steps: int) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from lgvit import modeling, optim, train
+  from lgvit import cpu_kernels, modeling, optim, train
   from lgvit.models.layers import count_params
+
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
 
   path, extra_kwargs = MODELS[name]
   spec = importlib.util.spec_from_file_location('bench_config', path)

@@ -20,6 +20,7 @@ import time
 
 import jax
 
+from lgvit import cpu_kernels
 from lgvit.benchmark import benchmark_step
 
 
@@ -49,6 +50,7 @@ def op_sources(hlo_text: str) -> dict:
 
 
 def main():
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   ap = argparse.ArgumentParser()
   ap.add_argument('model')
   ap.add_argument('--mode', default='train', choices=['train', 'infer'])

@@ -28,8 +28,11 @@ def measure(model_name: str, image_size: int, batch: int, steps: int) -> dict:
   import jax.numpy as jnp
   import optax
 
+  from lgvit import cpu_kernels
   from lgvit.models import create_model
   from lgvit.models.layers import count_params
+
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
 
   model = create_model(model_name)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, image_size, image_size, 3))

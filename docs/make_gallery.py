@@ -100,7 +100,8 @@ def main(argv=None) -> int:
   parser.add_argument('--data_dir', default=None, help='TFDS data_dir for the embedded digits')
   parser.add_argument('--families', default=','.join(f for f, *_ in FAMILIES), help='comma-separated subset')
   args = parser.parse_args(argv)
-  from lgvit import cli, visualize
+  from lgvit import cli, cpu_kernels, visualize
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   from lgvit.data.digits import to_rgb32
   from PIL import Image
   from sklearn.datasets import load_digits

@@ -38,11 +38,12 @@ def main(argv=None):
   from PIL import Image
   import tensorflow_datasets as tfds
   from lgvit import checkpoint as ckpt
-  from lgvit import segmentation
+  from lgvit import cpu_kernels, segmentation
   from lgvit.data import pipeline
   from lgvit.modeling import build_model, normalize
   sys.path.insert(0, str(ROOT))
   from configs import upernet
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   c = upernet.get_config(f'backbone={args.backbone},demo')
   if args.data_dir:
     c.unlock()

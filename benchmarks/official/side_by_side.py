@@ -32,8 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
-import lgvit  # noqa: E402
-from lgvit import benchmark  # noqa: E402
+from lgvit import benchmark, cpu_kernels  # noqa: E402
 
 PAIRS = {'nommer_t': 'NomMer-T (official)', 'cotnet50': 'CoTNet-50 (official)',
          'lesa_resnet50': 'LESA-R50 (official)', 'resnet50': 'torchvision ResNet-50', 'swin_t': 'timm Swin-T'}
@@ -155,6 +154,7 @@ def main(argv=None):
   parser.add_argument('--out', required=True, help='writes OUT.jsonl (raw, resumable) and OUT.md (the table)')
   parser.add_argument('--table-only', action='store_true', help='render OUT.md from OUT.jsonl, run nothing')
   args = parser.parse_args(argv)
+  kernels = cpu_kernels.use()  # the choice each lgvit cell's process makes too (same environment)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   raw = args.out + '.jsonl'
   rows = [json.loads(l) for l in open(raw)] if os.path.exists(raw) else []
@@ -163,7 +163,7 @@ def main(argv=None):
                             capture_output=True, text=True).stdout.strip() or '?'
   import jax, jaxlib  # noqa: E401
   header = [f'CPU: {benchmark.cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
-            f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {lgvit.CPU_KERNELS} (lgvit.use_cpu_kernels); '
+            f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {kernels} (lgvit.cpu_kernels); '
             f'extra lgvit XLA_FLAGS: {args.lgvit_flags or "(none)"}; batch {args.batch}, '
             f'224x224, float32; 1 core = taskset -c 0 on both sides.']
   if not args.table_only:
