@@ -1,66 +1,28 @@
-"""The shape of the package: no import cycle, and inference that runs without TensorFlow."""
+"""The shape of the package (docs/architecture.md): no import cycle, libraries that import no CLI, an import
+that leaves the environment alone, a training loop that names no task, inference without TensorFlow."""
 import ast
+import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import tokenize
+
+import pytest
 
 from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'docs'))
+from module_graph import CLI_MODULES, find_cycle, import_graph, runnable_modules  # noqa: E402
 
-
-def import_graph() -> dict[str, set[str]]:
-  """Module -> the lgvit modules it imports (anywhere in its body, functions included)."""
-  files = {}
-  for path in (REPO / 'lgvit').rglob('*.py'):
-    parts = path.relative_to(REPO).with_suffix('').parts
-    files['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
-
-  def target(name):  # 'lgvit.models.layers' if that is a module, else the package that holds the name
-    return name if name in files else name.rsplit('.', 1)[0]
-
-  graph = {}
-  for module, path in files.items():
-    package = module if path.name == '__init__.py' else module.rsplit('.', 1)[0]
-    edges = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, ast.Import):
-        edges |= {target(a.name) for a in node.names if a.name.startswith('lgvit')}
-      elif isinstance(node, ast.ImportFrom):
-        base = node.module or ''
-        if node.level:
-          base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
-        if base.startswith('lgvit'):
-          edges |= {target(f'{base}.{a.name}') for a in node.names}
-    graph[module] = {e for e in edges if e in files and e != module}
-  return graph
-
-
-def find_cycle(graph):
-  state, stack = {}, []
-
-  def visit(node):
-    state[node] = 'open'
-    stack.append(node)
-    for nxt in sorted(graph[node]):
-      if state.get(nxt) == 'open':
-        return stack[stack.index(nxt):] + [nxt]
-      if nxt not in state:
-        found = visit(nxt)
-        if found:
-          return found
-    state[node] = 'done'
-    stack.pop()
-    return None
-
-  for node in sorted(graph):
-    if node not in state:
-      found = visit(node)
-      if found:
-        return found
-  return None
+#: Library code, which a CLI may import but which must not import a CLI (issue #33).
+LIBRARY_PACKAGES = ('lgvit.data', 'lgvit.models', 'lgvit.tasks')
+LIBRARY_MODULES = ('lgvit.train',)
+#: The task-agnostic entry points: the task is a config's choice, looked up by name in lgvit/tasks/.
+TASK_AGNOSTIC_FILES = ('lgvit/train.py', 'lgvit/evaluate.py', 'main.py')
 
 
 def test_lgvit_has_no_import_cycle():
@@ -68,6 +30,111 @@ def test_lgvit_has_no_import_cycle():
   assert {'lgvit.train', 'lgvit.models.registry', 'lgvit.predict'} <= set(graph)
   assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
   assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']  # the check can fail
+
+
+def library_cli_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+  """(library module, CLI module) for every direct import of a CLI module by lgvit/data, lgvit/models,
+  lgvit/tasks or lgvit/train.py."""
+  def is_library(module):
+    return module in LIBRARY_MODULES or any(module == p or module.startswith(p + '.') for p in LIBRARY_PACKAGES)
+
+  return {(m, t) for m, targets in graph.items() if is_library(m) for t in targets & CLI_MODULES}
+
+
+def test_libraries_import_no_cli_module():
+  graph = import_graph()
+  # CLI_MODULES must name the real commands, or the check below would pass by missing one. lgvit.data.ade20k is
+  # a TFDS builder that can also prepare its dataset (`python -m lgvit.data.ade20k`): a library, not a CLI.
+  assert CLI_MODULES <= set(graph), CLI_MODULES - set(graph)
+  assert runnable_modules() - CLI_MODULES <= {'lgvit.data.ade20k'}, runnable_modules() - CLI_MODULES
+  assert library_cli_imports(graph) == set(), sorted(library_cli_imports(graph))
+  fake = {'lgvit.train': {'lgvit.predict', 'lgvit.optim'}, 'lgvit.data.pipeline': {'lgvit.cli'},
+          'lgvit.tasks.segmentation': {'lgvit.convert.__main__'}, 'lgvit.evaluate': {'lgvit.cli'},
+          'lgvit.trainer': {'lgvit.cli'}}
+  assert library_cli_imports(fake) == {('lgvit.train', 'lgvit.predict'), ('lgvit.data.pipeline', 'lgvit.cli'),
+                                       ('lgvit.tasks.segmentation', 'lgvit.convert.__main__')}  # the check can fail
+
+
+#: Imports each argument's comma-separated modules in turn; prints what each step changed in os.environ.
+_ENVIRON_PROBE = """
+import json, os, sys
+changed = {}
+for step in sys.argv[1:]:
+  before = dict(os.environ)
+  for name in step.split(','):
+    __import__(name)
+  after = dict(os.environ)
+  changed[step] = {k: [before.get(k), after.get(k)] for k in before.keys() | after.keys()
+                   if before.get(k) != after.get(k)}
+print(json.dumps(changed))
+"""
+#: What lgvit builds on, imported before lgvit's modules are: they set variables of their own (TensorFlow's KMP_*,
+#: TPU_ML_PLATFORM, HDF5_PLUGIN_PATH), which are not lgvit's doing.
+_LIBRARIES = 'jax,flax,optax,orbax.checkpoint,tensorflow,tensorflow_datasets'
+
+
+def test_import_lgvit_leaves_environ_unchanged():
+  # A fresh interpreter: this one's environment was changed by conftest (XLA_FLAGS), and lgvit is imported here.
+  # LGVIT_XLA_CPU_KERNELS=eigen asks for a flag, which a program adds when it starts (lgvit.cpu_kernels.use), never
+  # an import. `import lgvit` comes first, before any library, so it must change nothing at all.
+  # tests/test_cpu_kernels.py imports every module of lgvit the same way.
+  env = subprocess_env(JAX_PLATFORMS='cpu', LGVIT_XLA_CPU_KERNELS='eigen')
+  steps = ('lgvit', _LIBRARIES, 'lgvit.train,lgvit.models,lgvit.tasks')
+  proc = subprocess.run([sys.executable, '-c', _ENVIRON_PROBE, *steps], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  changed = json.loads(proc.stdout.strip().splitlines()[-1])  # {step: {variable: [before, after]}}
+  assert changed['lgvit'] == {} and changed[steps[2]] == {}, changed
+
+
+def task_names() -> set[str]:
+  """The tasks: the modules of lgvit/tasks/ (one per task; base.py is the interface, a leading underscore marks a
+  helper), and the names their task classes register under (a class attribute ``name = '...'``)."""
+  modules = [p for p in (REPO / 'lgvit' / 'tasks').glob('*.py') if p.stem != 'base' and not p.stem.startswith('_')]
+  registered = {node.value.value for p in modules for cls in ast.parse(p.read_text()).body
+                if isinstance(cls, ast.ClassDef) for node in cls.body
+                if isinstance(node, ast.Assign) and [getattr(t, 'id', None) for t in node.targets] == ['name']
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) and node.value.value}
+  return {p.stem for p in modules} | registered
+
+
+def words(text: str) -> list[str]:
+  """The lower-case words of an identifier or a string: split at non-letters, underscores and camelCase."""
+  return [w.lower() for w in re.findall(r'[A-Z]?[a-z]+|[A-Z]+(?![a-z])', text)]
+
+
+def task_mentions(source: str, names: set[str]) -> list[tuple[int, str]]:
+  """(line, token) for every identifier (NAME token) and string literal that has a task name as a word
+  (``segmentation``, ``SegmentationTask``, ``'configs/segmentation.py'``, the text of f-strings). Comments and
+  docstrings do not count: they may say in prose what the code must not decide."""
+  docstrings = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+      first = node.body[0]
+      if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        docstrings.add((first.lineno, first.col_offset))
+  kinds = {tokenize.NAME, tokenize.STRING, getattr(tokenize, 'FSTRING_MIDDLE', tokenize.STRING)}  # 3.12: f-strings
+  return [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+          if tok.type in kinds and tok.start not in docstrings and names & set(words(tok.string))]
+
+
+def test_entry_points_name_no_task():
+  """lgvit/train.py, lgvit/evaluate.py and main.py name no task (a module of lgvit/tasks/) in an identifier or a
+  string literal: a config names its task and lgvit.tasks looks it up, so adding a task leaves them unchanged."""
+  if not (REPO / 'lgvit' / 'tasks').is_dir():
+    pytest.skip('lgvit/tasks/ does not exist yet (issue #33 moves the task code there)')
+  names = task_names()
+  assert {'classification', 'segmentation'} <= names, names
+  found = {f: task_mentions((REPO / f).read_text(), names) for f in TASK_AGNOSTIC_FILES}
+  assert found == {f: [] for f in TASK_AGNOSTIC_FILES}, {f: m for f, m in found.items() if m}
+  sample = '''"""Trains any task; segmentation too."""
+# classification or segmentation
+def f(x):
+  """Prose: classification."""
+  SegmentationTask = x
+  return f'{x}/classification', 'Segmentation_task', 'segmentations', x.segmentation
+'''
+  assert [line for line, _ in task_mentions(sample, names)] == [5, 6, 6, 6]  # the check can fail
 
 
 def test_inference_modules_do_not_import_training_or_tensorflow():
