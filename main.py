@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lgvit import cli, cpu_kernels
+from lgvit import cli, cpu_kernels, quiet
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with optional arguments, e.g. '
                                          'configs/nommer.py:variant=b,demo.', lock_config=True)
@@ -53,25 +53,21 @@ def main(argv):
   else:
     cli.quiet_logs('warning')
   import jax
-  tf = cli.import_tensorflow()
+  tf = quiet.import_tensorflow()
   tf.config.set_visible_devices([], 'GPU')  # TensorFlow only feeds data: keep it off the accelerators
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _want_distributed():
     jax.distributed.initialize()
 
-  from lgvit import train
+  from lgvit import tasks, train
 
   def run():
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE.value)
     if result['status'] == train.PREEMPTED:
       return EXIT_PREEMPTED
     if jax.process_index() == 0:
-      if 'eval_mIoU' in result:
-        scores = f"mIoU {result['eval_mIoU']:.4f} | aAcc {result['eval_aAcc']:.4f}"
-      else:
-        scores = f"top-1 {result.get('eval_top1', float('nan')):.4f} | top-5 {result.get('eval_top5', float('nan')):.4f}"
-      print(f"done: step {result['step']} | {scores}", flush=True)
+      print(f"done: step {result['step']} | {tasks.of_config(_CONFIG.value).summary(result)}", flush=True)
 
   sys.exit(cli.report_errors(run))
 

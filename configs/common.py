@@ -18,91 +18,10 @@ from typing import Any, Optional
 
 import ml_collections
 
+from lgvit import schema
+
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 MODES = ('demo', 'demo_recipe')
-
-
-def base_config(model: str = '') -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = model
-  c.model_kwargs = ml_collections.ConfigDict()  # passed to create_model: drop_path_rate, ...
-  c.num_classes = 1000
-
-  c.data = data = ml_collections.ConfigDict()  # TFDS
-  data.dataset = 'imagenet2012'
-  data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default (~/tensorflow_datasets)
-  data.train_split = 'train'
-  data.eval_split = 'validation'
-  data.image_size = 224
-  data.crop_pct = 0.875  # eval: resize the shorter side to image_size / crop_pct, then center-crop
-  data.interpolation = 'bilinear'  # 'bilinear' | 'bicubic'
-  data.shuffle_buffer = 16_384
-  data.cache_train = False  # cache the encoded split in memory (small datasets)
-  data.shards = 0  # input shards (0: one per process). Fix it to keep the data stream across host counts.
-
-  c.aug = aug = ml_collections.ConfigDict()
-  aug.crop_scale = (0.08, 1.0)  # random-resized-crop area range
-  aug.crop_ratio = (3 / 4, 4 / 3)
-  aug.hflip = True
-  aug.randaugment = ''  # 'rand-m9-mstd0.5-inc1' (timm) | 'cotrand-m15-mstd0.5-n2' (CoTNet's variant) | '' = off
-  aug.random_erase_prob = 0.0
-  aug.random_erase_mode = 'pixel'
-  aug.label_smoothing = 0.0
-  aug.mixup_alpha = 0.0
-  aug.cutmix_alpha = 0.0
-  aug.mixup_prob = 1.0
-  aug.mixup_switch_prob = 0.5
-
-  c.optim = optim = ml_collections.ConfigDict()
-  optim.optimizer = 'sgd'  # 'sgd' (momentum, optional Nesterov) | 'adamw'
-  optim.momentum = 0.9
-  optim.nesterov = True
-  optim.adam_b1 = 0.9
-  optim.adam_b2 = 0.999
-  optim.adam_eps = 1e-8
-  optim.weight_decay = 1e-4
-  optim.wd_exclude = '1d_and_bias'  # 'none' (decay everything) | '1d_and_bias' (no decay on ndim<=1)
-  # | 'mmseg_swin' (no decay on norms, position embedding, relative tables: lgvit.optim.weight_decay_mask)
-  optim.grad_clip_norm = 0.0  # global L2 norm; 0 = off
-
-  c.schedule = schedule = ml_collections.ConfigDict()
-  schedule.lr = 0.1  # base LR at a global batch of lr_base_batch
-  schedule.lr_base_batch = 256  # LR scales linearly with batch_size / lr_base_batch; 0 disables scaling
-  schedule.decay = 'cosine'  # 'cosine' | 'constant' | 'poly' (configs/upernet.py adds poly_power, warmup_steps/style)
-  schedule.unit = 'step'  # 'step' (per iteration) | 'epoch' (timm t_in_epochs)
-  schedule.warmup_epochs = 0.0
-  schedule.warmup_steps = 0  # > 0 overrides warmup_epochs (transfer recipes count in steps)
-  schedule.warmup_lr = 0.0  # warm-up start LR (scaled with the batch like lr)
-  schedule.warmup_lr_is_lr_per_epoch_step = False  # True (LESA): the warm-up starts at lr / steps_per_epoch
-  schedule.min_lr = 0.0  # scaled with the batch like lr
-  schedule.warmup_prefix = False  # True: cosine starts after warm-up (LESA); False: timm (warm-up overrides)
-  schedule.lr_scale_warmup_min = True  # whether warmup_lr/min_lr scale with the batch too (NomMer/Swin do)
-
-  # Batch and length (global batch over every device of every host).
-  c.batch_size = 256
-  c.eval_batch_size = 256
-  # Evaluators run with the main eval (data.eval_split) at every eval (lgvit/evals.py, docs/evaluation.md).
-  c.evals = ('imagenet2012:validation', 'imagenet_v2', 'imagenet2012_real', 'imagenet_a', 'imagenet_r')
-  c.num_epochs = 90.0
-  c.num_train_steps = -1  # > 0 overrides num_epochs
-
-  # EMA of params and BatchNorm statistics (0 = off), evaluated alongside the raw weights.
-  c.ema_decay = 0.0
-  c.best_metric = 'top1'  # 'top1' | 'ema_top1': which eval picks the best checkpoint
-
-  # Numerics.
-  c.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
-  c.matmul_precision = 'default'  # 'default' | 'high' | 'highest'
-
-  # Bookkeeping.
-  c.seed = 0
-  c.log_every_steps = 100
-  c.eval_every_epochs = 1.0
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.init_from = ''  # converted checkpoint dir or a training workdir to initialise from
-  c.init_skip = ''  # regex of parameter paths not taken from init_from (e.g. a new head: 'fc|head')
-  return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +74,14 @@ def with_arg(fixed: str, arg: Optional[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Recipes. Each sets what its paper set; the docstring says where it comes from.
 # ---------------------------------------------------------------------------------------------
+
+
+def ema_picks_best(c: ml_collections.ConfigDict, decay: float) -> None:
+  """EMA weights with ``decay``, scored by every evaluator but ``main`` (the raw weights' own) and kept in best/."""
+  c.ema_decay, c.best_metric = decay, 'ema_top1'
+  for name, entry in c.evals.items():
+    if name != 'main':
+      entry.weights = 'ema'
 
 
 def torchvision_style(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -221,14 +148,14 @@ def transfer_style(c: ml_collections.ConfigDict, *, init_from: str, head: str, s
   c.batch_size, c.eval_batch_size, c.num_train_steps = batch, batch, steps
   # crop_scale / crop_ratio only matter for the inception crop: big_vision's 5-100% of the area.
   c.aug.update(crop_scale=(0.05, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True)
-  c.aug.crop = crop  # read by lgvit.data.pipeline.shard_dataset; other recipes lack it (inception crop)
+  c.aug.crop = crop
   c.data.update(crop_pct=crop_pct, interpolation='bilinear')
   c.ema_decay, c.best_metric = 0.0, 'top1'
-  c.evals = ()  # the target dataset's own held-out split only, not the ImageNet suite
+  schema.keep_evals(c, 'main')  # the target dataset's own held-out split only, not the ImageNet suite
   c.checkpoint_every_steps = 1000
   c.init_from, c.init_skip = init_from, head
   # Its own regex, not init_skip's: a wider --config.init_skip (LESA's size-bound tables) keeps those fresh.
-  c.init_zeros = head  # read by lgvit.train.init_from_checkpoint; other recipes lack it (nothing zeroed)
+  c.init_zeros = head
   # Every registered classifier takes drop_path_rate; drop_rate only some (not NomMer), so it is reset
   # only where the backbone's kwargs set it (elsewhere the model default, 0, applies).
   c.model_kwargs.drop_path_rate = 0.0
@@ -247,7 +174,7 @@ def cotnet_style(c: ml_collections.ConfigDict, *, batch: int, lr: float, weight_
   c.aug.update(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
                randaugment='cotrand-m15-mstd0.5-n2')  # CoTNet's 'rand-m15-mstd0.5-n2', its own RandAugment
   c.data.interpolation, c.data.crop_pct = 'bicubic', 0.875
-  c.ema_decay, c.best_metric = 0.9999, 'ema_top1'
+  ema_picks_best(c, 0.9999)
   c.model_kwargs.drop_path_rate = drop_path
   c.model_kwargs.drop_rate = drop
   return c
@@ -275,7 +202,10 @@ def cotnet_default_style(c: ml_collections.ConfigDict, *, ema: bool = False,
   c.aug.update(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True, label_smoothing=0.1, randaugment='',
                random_erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
   c.data.interpolation, c.data.crop_pct = 'bicubic', 0.875
-  c.ema_decay, c.best_metric = (0.9999, 'ema_top1') if ema else (0.0, 'top1')
+  if ema:
+    ema_picks_best(c, 0.9999)
+  else:
+    c.ema_decay, c.best_metric = 0.0, 'top1'
   c.model_kwargs.drop_path_rate = 0.0
   c.model_kwargs.drop_rate = 0.0
   return c
@@ -316,7 +246,7 @@ def apply_demo(c: ml_collections.ConfigDict, model_kwargs: dict[str, Any], *, im
   else:
     c.aug.update(randaugment='', random_erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
   c.batch_size, c.eval_batch_size, c.num_epochs = batch_size, 128, num_epochs
-  c.evals = ()  # the digits' own validation split only
+  schema.keep_evals(c, 'main', 'ema')  # the digits' own validation split only
   if lr is None:
     lr = 1e-3 if c.optim.optimizer == 'adamw' else 0.1
   c.schedule.update(lr=lr, warmup_epochs=1.0, warmup_prefix=True, unit='step', lr_base_batch=0, warmup_lr=0.0,

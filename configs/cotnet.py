@@ -26,6 +26,7 @@ The demo keeps the block types, 16/32/64/128 wide: CoT (CoXt) blocks everywhere 
 for SE-ResNetD, S blocks everywhere.
 """
 from configs import common
+from lgvit import schema
 
 #: variant -> the advanced recipe (global batch, LR, weight decay, drop path).
 VARIANTS = {
@@ -65,7 +66,7 @@ def get_config(arg=None):
   common.choose({**VARIANTS, **DEFAULT_SETUP}, args.variant, 'CoTNet variant')
   setup = args.setup or ('advanced' if args.variant in VARIANTS else 'default')
   common.choose(dict.fromkeys(SETUPS), setup, 'CoTNet setup')
-  c = common.base_config(args.variant)
+  c = schema.base_config(args.variant)
   if setup == 'advanced':
     if args.variant not in VARIANTS:
       raise ValueError(f'the paper has no advanced recipe for {args.variant} (Table 6 only): use setup=default')

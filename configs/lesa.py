@@ -11,6 +11,7 @@ SA-WRN50 79.7 (Tab. 2). Those four are not in the official code (built from the 
 same recipe ("the setting is the same as the main experiments", Sec. 5).
 """
 from configs import common
+from lgvit import schema
 
 VARIANTS = ('lesa_resnet50', 'lesa_wrn50', 'sa_resnet50', 'sa_wrn50', 'static_lesa_resnet50', 'aa_resnet50')
 # Same block types at toy scale: stage 3 keeps its conv first block plus one LESA block, stage 4 one
@@ -24,7 +25,7 @@ DEMO_OPTIONS = dict(num_epochs=30.0, lr=0.2)  # 0.98 top-1 (15 epochs at lr 0.1 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant='lesa_resnet50', demo=False, demo_recipe=False)
   common.choose(dict.fromkeys(VARIANTS), args.variant, 'LESA variant')
-  c = common.base_config(args.variant)
+  c = schema.base_config(args.variant)
   common.lesa_style(c)
   return common.finalize(c, args, demo_model_kwargs={**DEMO_MODEL, **DEMO_EXTRA.get(args.variant, {})},
                          **DEMO_OPTIONS)

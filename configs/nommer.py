@@ -18,6 +18,7 @@ paper's 30 epochs at batch 512, lr 1e-5, wd 1e-8, the rest Swin's fine-tune defa
 ``demo_recipe`` train from scratch at 32px like the 224 demo.
 """
 from configs import common
+from lgvit import schema
 
 #: variant -> drop path of the official configs.
 DROP_PATH = {'t': 0.1, 's': 0.3, 'b': 0.5}
@@ -30,7 +31,7 @@ def get_config(arg=None):
   args = common.parse_arg(arg, variant='t', res=224, demo=False, demo_recipe=False)
   drop_path = common.choose(DROP_PATH, args.variant, 'NomMer variant')
   common.choose({224: None, 384: None}, args.res, 'NomMer resolution')
-  c = common.base_config(f'nommer_{args.variant}' + ('' if args.res == 224 else f'_{args.res}'))
+  c = schema.base_config(f'nommer_{args.variant}' + ('' if args.res == 224 else f'_{args.res}'))
   common.deit_style(c, drop_path=drop_path)
   if args.res != 224:
     common.finetune_style(c, init_from=f'workdirs/nommer_{args.variant}', image_size=args.res)

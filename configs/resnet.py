@@ -5,6 +5,7 @@
     python main.py --config=configs/resnet.py:variant=resnet50,demo --workdir=/tmp/demo    # digits, CPU minutes
 """
 from configs import common
+from lgvit import schema
 
 VARIANTS = ('resnet50', 'wide_resnet50_2', 'resnet101')
 DEMO_MODEL = dict(stage_depths=(1, 1, 1, 1), stem_width=16, stage_planes=(16, 32, 64, 128))
@@ -13,6 +14,6 @@ DEMO_MODEL = dict(stage_depths=(1, 1, 1, 1), stem_width=16, stage_planes=(16, 32
 def get_config(arg=None):
   args = common.parse_arg(arg, variant='resnet50', demo=False, demo_recipe=False)
   common.choose(dict.fromkeys(VARIANTS), args.variant, 'ResNet variant')
-  c = common.base_config(args.variant)
+  c = schema.base_config(args.variant)
   common.torchvision_style(c)
   return common.finalize(c, args, demo_model_kwargs=DEMO_MODEL)

@@ -16,6 +16,7 @@ stage 1, 4 in stage 2, 1 in stage 3; every block type (segmentation, masked intr
 with AGR tokens, inter-region propagation, global stage 4) stays.
 """
 from configs import common
+from lgvit import schema
 
 #: variant -> drop path.
 DROP_PATH = {'st': 0.1, 'st_msa': 0.1, 't': 0.2, 't_msa': 0.2, 's': 0.3}
@@ -25,6 +26,6 @@ DEMO_MODEL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), reg
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant='t', demo=False, demo_recipe=False)
-  c = common.base_config(f'salg_{args.variant}')
+  c = schema.base_config(f'salg_{args.variant}')
   common.deit_style(c, drop_path=common.choose(DROP_PATH, args.variant, 'SALG variant'))
   return common.finalize(c, args, demo_model_kwargs=DEMO_MODEL)

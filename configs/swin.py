@@ -12,6 +12,7 @@ authors with Swin's recipe; drop path 0.1 as for SALG-ST (the paper gives none).
 Demo: 32px digits give stage maps 8, 4, 2, 1; windows of 4 keep regular and shifted windows in stage 1.
 """
 from configs import common
+from lgvit import schema
 
 #: variant -> drop path.
 DROP_PATH = {'st': 0.1, 't': 0.2, 's': 0.3}
@@ -20,6 +21,6 @@ DEMO_MODEL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), win
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant='t', demo=False, demo_recipe=False)
-  c = common.base_config(f'swin_{args.variant}')
+  c = schema.base_config(f'swin_{args.variant}')
   common.deit_style(c, drop_path=common.choose(DROP_PATH, args.variant, 'Swin variant'))
   return common.finalize(c, args, demo_model_kwargs=DEMO_MODEL)

@@ -34,6 +34,7 @@ The recipe is :func:`configs.common.transfer_style`; the classifier (``head`` or
 from typing import NamedTuple
 
 from configs import common
+from lgvit import schema
 
 
 class Dataset(NamedTuple):
@@ -150,7 +151,7 @@ def get_config(arg=None):
   steps = args.steps or steps
   res = args.res or (DEMO['res'] if args.demo else RES)
 
-  c = common.base_config(model)
+  c = schema.base_config(model)
   c.model_kwargs.update(source['model_kwargs'])
   c.num_classes = num_classes
   c.data.update(dataset=args.dataset, train_split=args.train or train, eval_split=args.eval or held_out,

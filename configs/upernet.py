@@ -21,6 +21,7 @@ UperNet on the embedded ``lgvit_digits_seg`` (64x64 canvases, 11 classes), from 
 import ml_collections
 
 from configs import common, cotnet, lesa, nommer, salg, swin
+from lgvit import schema
 
 #: backbone -> registered UperNet model.
 BACKBONES = {b: f'upernet_{b}' for b in ('nommer_t', 'nommer_s', 'nommer_b', 'swin_t', 'swin_s', 'salg_t',
@@ -42,10 +43,10 @@ DEMO_BACKBONES = {
 def get_config(arg=None):
   args = common.parse_arg(arg, backbone='nommer_t', demo=False)
   model = common.choose(BACKBONES, args.backbone, 'UperNet backbone')
-  c = common.base_config(model)
+  c = schema.base_config(model)
   c.task = 'segmentation'
   c.num_classes = 150
-  c.evals = ()  # the ImageNet evaluators do not apply
+  schema.keep_evals(c, 'main', 'ema')  # the ImageNet evaluators do not apply
 
   c.data.update(dataset='lgvit_ade20k', train_split='train', eval_split='validation',  # lgvit/data/ade20k.py
                 image_size=512, interpolation='bilinear', shuffle_buffer=2048)
@@ -60,7 +61,6 @@ def get_config(arg=None):
   c.optim.update(optimizer='adamw', adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
                  wd_exclude='mmseg_swin', grad_clip_norm=0.0)
   c.schedule.update(lr=6e-5, lr_base_batch=0, decay='poly', warmup_lr=6e-5 * 1e-6, min_lr=0.0, unit='step')
-  c.schedule.poly_power = 1.0  # mmcv PolyLrUpdaterHook (lgvit.optim.lr_schedule)
   c.schedule.warmup_steps = 1500  # overrides warmup_epochs
   c.schedule.warmup_style = 'mmcv'  # linear warm-up of the ratio warmup_lr / lr -> 1, times the poly LR
   c.batch_size, c.eval_batch_size = 16, 16

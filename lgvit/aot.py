@@ -183,7 +183,7 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
-  from lgvit import modeling, optim, train
+  from lgvit import modeling, optim, tasks, train
 
   replicated = NamedSharding(mesh, P()) if mesh is not None else None
   sharded = NamedSharding(mesh, P('data')) if mesh is not None else None
@@ -199,7 +199,8 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
   placed = {} if mesh is None else {'out_shardings': (replicated, replicated) if mode == 'train' else replicated}
   if mode == 'infer':
     args = (spec(abstract_vars, replicated), {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
-    return jax.jit(train.make_eval_step(model, config), **placed), args
+    task = tasks.of_config(config)
+    return jax.jit(task.eval_step(model, task.settings(config)), **placed), args
   # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
   steps_per_epoch = max(1_281_167 // config.batch_size, 1)
   schedule = optim.lr_schedule(config.schedule, config.batch_size, steps_per_epoch,
@@ -233,8 +234,8 @@ def compile_step(config, devices, batch_per_chip: int, mode: str = 'train') -> C
 
   Raises ``DoesNotFit`` where libtpu refuses the program for the chip's HBM.
   """
-  from lgvit import train
-  step, args = step_and_args(config, batch_per_chip * len(devices), mode, train.make_mesh(devices))
+  from lgvit import modeling
+  step, args = step_and_args(config, batch_per_chip * len(devices), mode, modeling.make_mesh(devices))
   t0 = time.perf_counter()
   try:
     compiled = step.lower(*args).compile()
@@ -382,7 +383,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
   check_libtpu()
   from lgvit.models import kernels, list_models, model_info
-  from lgvit.models.registry import UnknownModelError
+  from lgvit.errors import UnknownModelError
   bounds = tuple(int(d) for d in args.chips_per_host.split('x')) if args.chips_per_host else None
   devices = topology_devices(args.topology, bounds)
   hbm = chip_hbm_bytes(devices[0], args.hbm_gib)

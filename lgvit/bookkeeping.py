@@ -25,6 +25,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from lgvit import schema
 from lgvit import workdir as layout
 from lgvit.errors import ConfigError, WorkdirError
 
@@ -68,7 +69,7 @@ class MetricsLog:
 
   def eval_row(self, step: int) -> Optional[dict[str, Any]]:
     """The eval row already logged at ``step`` by an earlier run, if any."""
-    rows = [r for r in self.rows if r.get('step') == step and 'eval_top1' in r]
+    rows = [r for r in self.rows if r.get('step') == step and any(k.startswith('eval_') for k in r)]
     return rows[-1] if rows else None
 
   def divergence_before(self, step: int, factor: float = 10.0) -> Optional[str]:
@@ -158,7 +159,7 @@ def check_workdir_config(config, workdir: str, force: bool) -> list[str]:
   saved = layout.read_saved_config_json(workdir)
   if saved is None:
     return []
-  saved = layout.sectioned(saved)
+  saved = schema.upgrade(saved)
   diff = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
   if diff and not force:
     details = '; '.join(f'{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}' for k in diff)

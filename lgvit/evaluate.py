@@ -22,23 +22,27 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+import jax
 import ml_collections
 
-from lgvit import cli, cpu_kernels, evals
+from lgvit import cli, cpu_kernels, evals, inference, schema, tasks
 from lgvit import workdir as layout
 from lgvit.errors import ConfigError, WorkdirError
+from lgvit.modeling import make_mesh
 
 RESULTS = 'eval_results.json'
 
 
 def eval_config(loaded, config=None, data_dir: Optional[str] = None, batch_size: Optional[int] = None):
-  """What the eval pipeline and step read: the data section, the eval batch, dtype and class count."""
-  if config is not None:
-    config = ml_collections.ConfigDict(config.to_dict())
-  else:
-    config = ml_collections.ConfigDict({'data': {'dataset': '', 'eval_split': 'validation', 'data_dir': None},
-                                        'eval_batch_size': 128, 'dtype': 'float32'})
-    config.data.update(image_size=loaded.image_size, crop_pct=loaded.crop_pct, interpolation=loaded.interpolation)
+  """A workdir's config, or for an export / a checkpoint today's defaults with the model's own transform and
+  task; the class count is the loaded model's, ``data_dir`` and ``batch_size`` override."""
+  if config is None:
+    config = schema.base_config(loaded.name)
+    config.task = tasks.of_model(loaded.name).name
+    config.data.update(dataset='', image_size=loaded.image_size, crop_pct=loaded.crop_pct,
+                       interpolation=loaded.interpolation)
+    config.eval_batch_size = 128
+  config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = len(loaded.class_names)
   if data_dir:
     config.data.data_dir = data_dir
@@ -47,52 +51,37 @@ def eval_config(loaded, config=None, data_dir: Optional[str] = None, batch_size:
   return config
 
 
-def default_evals(config, dataset: Optional[str], num_classes: int, from_workdir: bool) -> list[str]:
+def default_specs(config, dataset: Optional[str], from_workdir: bool) -> list[evals.EvalSpec]:
+  """A workdir's ``config.evals``; else the ImageNet suite for a 1000-class model, else ``DATASET:validation``."""
   if from_workdir:
-    return [evals.main_evaluator(config).name] + [e.name for e in evals.extra_evaluators(config)]
-  if num_classes == 1000:
-    return list(evals.IMAGENET_EVALS)
-  if dataset:
-    return [f'{dataset}:validation']
-  raise ConfigError('the model does not name its dataset: pass --evals DATASET:SPLIT[,...]')
+    return evals.specs(config, weights='raw')
+  if config.num_classes == 1000:
+    names = ['imagenet2012:validation', *schema.IMAGENET_SUITE]
+  elif dataset:
+    names = [f'{dataset}:validation']
+  else:
+    raise ConfigError('the model does not name its dataset: pass --evals DATASET:SPLIT[,...]')
+  return [evals.spec_from_name(n, config) for n in names]
 
 
-def evaluate_model(loaded, config, requested: Sequence[str]) -> dict[str, dict[str, float]]:
-  """``{evaluator name: metrics}`` of ``loaded`` (a ``lgvit.predict.LoadedModel``) on each evaluator."""
-  import jax
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
-
-  from lgvit.train import make_mesh
+def evaluate_model(loaded, config, specs: Sequence[evals.EvalSpec],
+                   options: Optional[dict] = None) -> dict[str, dict[str, float]]:
+  """``{evaluator name: metrics}`` of ``loaded`` (a ``lgvit.inference.LoadedModel``) on each spec."""
   if config.eval_batch_size % jax.device_count():
     raise ConfigError(f'--batch-size {config.eval_batch_size} is not divisible by the {jax.device_count()} devices')
-  mesh = make_mesh()
-  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  chosen = [evals.parse(name) for name in requested]
-  prepared = [evals.prepare(e, config, loaded.model, config.data.data_dir, replicated) for e in chosen]  # fail early
-  variables = jax.device_put(loaded.variables, replicated)
+  task = tasks.of_config(config)
+  context = evals.Context(loaded.model, task.settings(config), make_mesh(), options or {})
+  built = [evals.build(spec, context) for spec in specs]  # every dataset is found before the first eval
+  variables = jax.device_put(loaded.variables, context.replicated)
   results = {}
-  for p in prepared:
-    results[p.evaluator.name] = evals.run(p, variables, config, batch_sharding)
-    print(f'{p.evaluator.name}: {evals.summary(results[p.evaluator.name])}', flush=True)
+  for evaluator in built:
+    metrics = evaluator.run(variables)
+    results[evaluator.spec.name] = {**metrics, 'dataset': evaluator.spec.dataset, 'split': evaluator.spec.split}
+    print(f'{evaluator.spec.name}: {evaluator.summary(metrics)}', flush=True)
   return results
 
 
-def evaluate_segmentation(loaded, config, mode: str) -> dict[str, dict[str, float]]:
-  """A segmentation workdir's eval split through mmseg's test ``mode``, each image at its own size."""
-  import jax
-  from lgvit import segmentation_task
-  from lgvit.data import pipeline
-  apply_fn = jax.jit(lambda x: loaded.model.apply(loaded.variables, x, train=False))  # normalised images
-  builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
-  metrics = segmentation_task.evaluate_per_image(apply_fn, config, builder, mode)
-  name = f'{config.data.dataset}:{config.data.eval_split}:{mode}'
-  print(f'{name}: {segmentation_task.summary(metrics)}', flush=True)
-  return {name: metrics}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-  from lgvit import predict
   if args.workdir:
     source, kind = args.workdir, layout.TRAINING
   elif args.export:
@@ -103,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if found != kind:
     flag = {layout.TRAINING: '--workdir', layout.EXPORT: '--export', layout.VARIABLES: '--model NAME --checkpoint'}
     raise WorkdirError(f'{source} is a {found}, not a {kind}: pass it as {flag[found]} {source}')
-  loaded = predict.load(source, args.model, best=args.best, image_size=args.image_size, prefer_ema=not args.raw)
+  loaded = inference.load(source, args.model, best=args.best, image_size=args.image_size, prefer_ema=not args.raw)
   config, dataset = None, None
   if kind == layout.TRAINING:
     config = layout.read_config(source)
@@ -115,12 +104,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     weights = ('best' if args.best else 'latest') + (' (raw)' if args.raw or not config.get('ema_decay') else ' (EMA)')
   else:
     weights = kind
-  if config.get('task') == 'segmentation':
-    results = evaluate_segmentation(loaded, config, args.segment_mode)
-  else:
-    requested = (evals.names(args.evals) if args.evals else
-                 default_evals(config, dataset, config.num_classes, kind == layout.TRAINING))
-    results = evaluate_model(loaded, config, requested)
+  specs = ([evals.spec_from_name(n, config) for n in evals.names(args.evals)] if args.evals else
+           default_specs(config, dataset, kind == layout.TRAINING))
+  options = {'mode': args.segment_mode} if args.segment_mode else {}
+  results = evaluate_model(loaded, config, specs, options)
   return {'model': loaded.name, 'source': os.path.abspath(source), 'weights': weights,
           'image_size': loaded.image_size, 'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation,
           'evals': results}
@@ -142,7 +129,7 @@ def main(argv=None) -> int:
   parser.add_argument('--data-dir', '--data_dir', dest='data_dir', default=None, help='TFDS data dir')
   parser.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=None)
   parser.add_argument('--out', default=None, help=f'results JSON (default: SOURCE/{RESULTS})')
-  parser.add_argument('--segment-mode', '--segment_mode', dest='segment_mode', default='whole',
+  parser.add_argument('--segment-mode', '--segment_mode', dest='segment_mode', default=None,
                       choices=('whole', 'slide', 'multiscale'),
                       help="segmentation workdirs: mmseg's test mode, each image at its own size (docs/segmentation.md)")
   args = parser.parse_args(argv)
@@ -153,9 +140,9 @@ def main(argv=None) -> int:
   if args.batch_size is not None and args.batch_size <= 0:
     parser.error('--batch-size must be positive')
   cli.quiet_logs()
+  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
 
   def go():
-    import jax
     results = run(args)
     out = args.out or os.path.join(args.workdir or args.export, RESULTS)
     if jax.process_index() == 0:  # every process evaluated its shard; one writes

@@ -11,12 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from lgvit.data.transforms import MEAN_RGB, STDDEV_RGB
-from lgvit.errors import ConfigError
+from lgvit import schema
 from lgvit.models import create_model
 
 #: The rng streams that a model may draw from in training (NomMer's nominator draws 'gumbel').
 RNG_STREAMS = ('dropout', 'drop_path', 'gumbel')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -25,17 +24,11 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def compute_dtype(config):
-  if config.dtype not in DTYPES:
-    raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-  return DTYPES[config.dtype]
-
-
 def build_model(config):
   """``create_model(config.model, ...)`` with the config's class count, overrides and compute dtype."""
   kwargs = dict(config.model_kwargs)
   if config.dtype != 'float32':
-    kwargs['dtype'] = compute_dtype(config)
+    kwargs['dtype'] = schema.compute_dtype(config.dtype)
   return create_model(config.model, num_classes=config.num_classes, **kwargs)
 
 

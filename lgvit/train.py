@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Sequence
 
 import flax
 import jax
@@ -43,18 +43,12 @@ from jax.sharding import PartitionSpec as P
 
 from lgvit import bookkeeping
 from lgvit import checkpoint as ckpt
-from lgvit import evals
-from lgvit import optim
-from lgvit import segmentation_task
+from lgvit import evals, optim, schema, tasks
 from lgvit import workdir as layout
-from lgvit.data import augment
-from lgvit.data import mixup as mixup_lib
 from lgvit.data import pipeline
-from lgvit.data import seg_pipeline
-from lgvit.errors import ConfigError, NonFiniteLossError  # noqa: F401  (NonFiniteLossError: part of the API)
-from lgvit.evals import evaluate, global_batch, make_eval_step  # noqa: F401  (make_eval_step: lgvit.aot uses it)
-from lgvit.modeling import (RNG_STREAMS, build_model, compute_dtype, cross_entropy, init_variables, make_mesh,
-                            normalize)
+from lgvit.errors import ConfigError, NonFiniteLossError
+from lgvit.evals import global_batch
+from lgvit.modeling import RNG_STREAMS, build_model, init_variables, make_mesh, normalize
 from lgvit.models import model_info
 
 #: What :func:`train_and_evaluate` reports in ``result['status']``.
@@ -83,60 +77,12 @@ def best_metric_uses_ema(config) -> bool:
   return bool(config.best_metric.startswith('ema_') and config.ema_decay)
 
 
-#: Config fields that must be positive, and the fields that take one of a few values. Checked before
-#: anything is written (a bad value used to surface as a traceback, some after the workdir was made).
-POSITIVE = ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-            'eval_every_epochs', 'data.image_size', 'data.crop_pct', 'data.shuffle_buffer')
-CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear', 'bicubic'),
-           'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
-           'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
-           'matmul_precision': ('default', 'high', 'highest')}
-#: Choices of fields only some recipes set (configs/common.transfer_style); absent means the default.
-OPTIONAL_CHOICES = {'aug.crop': pipeline.TRAIN_CROPS}
-
-
-def task_of(config) -> str:
-  """``config.task``: 'classification' (the default) or 'segmentation' (UperNet, lgvit.segmentation_task)."""
-  return config.get('task', 'classification')
-
-
-def _field(config, dotted: str):
-  for part in dotted.split('.'):
-    config = config[part]
-  return config
-
-
-def _has_field(config, dotted: str) -> bool:
-  section, _, name = dotted.rpartition('.')
-  return name in (_field(config, section) if section else config)
-
-
-def check_config(config):
-  for name in POSITIVE:
-    value = _field(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-      raise ConfigError(f'{name} must be a positive number, got {value!r} (--config.{name}=...)')
-  optional = {k: v for k, v in OPTIONAL_CHOICES.items() if _has_field(config, k)}
-  for name, choices in {**CHOICES, **optional}.items():
-    if _field(config, name) not in choices:
-      raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {_field(config, name)!r} "
-                        f'(--config.{name}=...)')
-  if config.num_train_steps <= 0 and not config.num_epochs > 0:
-    raise ConfigError(f'the run has no steps: num_train_steps={config.num_train_steps} and num_epochs='
-                      f'{config.num_epochs}; set one of them (--config.num_train_steps=...)')
-  if config.batch_size % jax.device_count():
-    raise ConfigError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices; '
-                      f'use a multiple of {jax.device_count()} (--config.batch_size=...)')
-  if config.eval_batch_size % jax.device_count():
-    raise ConfigError(f'eval_batch_size {config.eval_batch_size} is not divisible by the {jax.device_count()} '
-                      'devices; use a multiple of the device count')
-  compute_dtype(config)  # a ConfigError names the valid dtypes
-  if task_of(config) not in TASKS:
-    raise ConfigError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task_of(config)!r}")
-  if (model_info(config.model).task == 'segmentation') != (task_of(config) == 'segmentation'):
-    raise ConfigError(f'{config.model} is a {model_info(config.model).task} model but config.task is '
-                      f'{task_of(config)!r}; use a config of its task (configs/upernet.py for UperNet models)')
-  evals.extra_evaluators(config)  # a ConfigError names the known evaluators
+def check_config(config) -> tasks.Task:
+  """Refuses a config that cannot run here (lgvit.schema.check, an unknown task); returns its task."""
+  schema.check(config, device_count=jax.device_count())
+  task = tasks.of_config(config)
+  task.check_model(config.model)
+  return task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,36 +132,11 @@ def ema_update(ema, new, decay):
   return jax.tree_util.tree_map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
 
-def classification_forward(model, config):
-  """``(params, batch_stats, images, batch, rngs, aug_keys) -> (loss, (metrics, new batch_stats))`` with
-  Mixup/CutMix and random erasing on the device; unreadable images stay out of the loss."""
-  aug = config.aug
-
-  def forward(params, batch_stats, images, batch, rngs, aug_keys):
-    k_mix, k_erase = aug_keys
-    if aug.random_erase_prob > 0:  # per image, before mixing, as timm does
-      images = augment.random_erasing(k_erase, images, aug.random_erase_prob, aug.random_erase_mode)
-    images, targets = mixup_lib.mixup_cutmix(
-        k_mix, images, batch['label'], num_classes=config.num_classes, mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha, prob=aug.mixup_prob, switch_prob=aug.mixup_switch_prob,
-        smoothing=aug.label_smoothing)
-    # Unreadable images keep their slot (see lgvit.data.pipeline) but stay out of the loss, and so do
-    # the images that Mixup/CutMix blended with them.
-    valid = batch['valid'].astype(jnp.float32)
-    weight = valid * valid[::-1] if (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) else valid
-    logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images.astype(compute_dtype(config)),
-                                   train=True, rngs=rngs, mutable=['batch_stats'])
-    loss = jnp.sum(weight * cross_entropy(logits, targets)) / jnp.maximum(jnp.sum(weight), 1.0)
-    top1 = jnp.sum((jnp.argmax(logits, -1) == batch['label']) * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-    return loss, ({'train_top1': top1}, new_vars.get('batch_stats', {}))
-
-  return forward
-
-
 def make_train_step(model, tx, config, schedule):
   """The jit-able ``(state, batch, key) -> (state, metrics)`` of ``config.task``: the task's forward
   and loss, then the optimiser update, EMA and the step metrics shared by every task."""
-  forward = task(config).forward(model, config)
+  task = tasks.of_config(config)
+  forward = task.train_forward(model, task.settings(config))
 
   def train_step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
@@ -258,15 +179,14 @@ class Run:
   tx: optax.GradientTransformation
   steps_per_epoch: int
   total_steps: int
-  eval_every: int
+  task: tasks.Task
   train_step: Any
-  eval_step: Any
   batch_sharding: NamedSharding
   checkpointer: ckpt.TrainCheckpointer
   best: Optional[ckpt.BestCheckpointer]
   log: bookkeeping.MetricsLog
   is_main: bool
-  extra_evals: tuple[evals.Prepared, ...] = ()  # config.evals besides the main eval (lgvit.evals)
+  evaluators: tuple[tuple[evals.Evaluator, int], ...] = ()  # config.evals, each with its steps between evals
 
   def say(self, text: str):
     if self.is_main:
@@ -298,13 +218,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   lock, the checkpointers) is closed by ``cleanup``.
   """
   layout.check_writable_workdir(workdir)
-  check_config(config)
+  task = check_config(config)
+  settings = task.settings(config)
   if config.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.matmul_precision)
   builder = pipeline.get_builder(config.data.dataset, config.data.data_dir)
   n_train = pipeline.num_examples(builder, config.data.train_split)
   n_eval = pipeline.num_examples(builder, config.data.eval_split)  # a missing eval split fails before training
-  classes = task(config).dataset_classes(config, builder)
+  classes = task.dataset_classes(builder, settings)
   if classes is not None and classes != config.num_classes:
     raise ConfigError(f'{config.data.dataset} has {classes} classes but config.num_classes is '
                       f'{config.num_classes}; set --config.num_classes={classes}')
@@ -326,8 +247,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   abstract_state = jax.eval_shape(create)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
   # A missing dataset of an evaluator fails here, before anything is written or trained.
-  extra_evals = tuple(evals.prepare(e, config, model, config.data.data_dir, replicated)
-                      for e in evals.extra_evaluators(config))
+  context = evals.Context(model, settings, mesh)
+  evaluators = tuple((evals.build(spec, context), evals.every_steps(spec, config.eval_every_epochs, steps_per_epoch))
+                     for spec in evals.specs(config))
   changes = bookkeeping.check_workdir_config(config, workdir, force_config)
 
   cleanup.enter_context(bookkeeping.WorkdirLock(workdir))  # the first write to the workdir
@@ -358,19 +280,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   best = ckpt.BestCheckpointer(workdir) if is_main or jax.process_count() > 1 else None
   if best is not None:
     cleanup.callback(best.close)
-  run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps,
-            eval_every=max(int(round(config.eval_every_epochs * steps_per_epoch)), 1),
+  run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps, task=task,
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
-            eval_step=jax.jit(task(config).eval_step(model, config),
-                              **({'out_shardings': replicated} if task(config).global_eval else {})),
             batch_sharding=batch_sharding, checkpointer=checkpointer, best=best,
-            log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, extra_evals=extra_evals)
-  also = ''.join(f' + {p.evaluator.name} ({p.num_examples})' for p in extra_evals)
+            log=bookkeeping.MetricsLog(workdir, loop.step, is_main), is_main=is_main, evaluators=evaluators)
+  scored = ', '.join(f'{e.spec.name} ({e.num_examples})' for e, _ in evaluators)
   run.say(f'{config.model}: {sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(state.params)):,} params | '
           f'{jax.device_count()} devices on {jax.process_count()} process(es) | global batch {config.batch_size} | '
-          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images{also}')
+          f'{steps_per_epoch} steps/epoch | {total_steps} steps | {n_eval} eval images | evals: {scored}')
   return run, dataclasses.replace(loop, last_log=(time.time(), loop.step))
 
 
@@ -463,68 +382,28 @@ def log_row(run: Run, loop: LoopState) -> LoopState:
   return dataclasses.replace(loop, last_log=(now, step), pending=())
 
 
-def evaluate_and_log(run: Run, loop: LoopState) -> LoopState:
-  """Evaluates the raw weights (and the EMA weights, if any) on the eval split; logs the row."""
-  config, state, step = run.config, loop.train, loop.step
-  row = {f'eval_{k}': v for k, v in evaluate(run.eval_step, state.variables(), config, run.builder,
-                                              run.batch_sharding).items()}
-  if config.ema_decay:
-    ema = evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
-    row.update({f'eval_ema_{k}': v for k, v in ema.items() if k not in ('count', 'skipped')})
-  extra, lines = evaluate_extras(run, loop)
-  row.update(extra)
+def evaluate_and_log(run: Run, loop: LoopState, due: Optional[Sequence[evals.Evaluator]] = None) -> LoopState:
+  """Runs the ``due`` evaluators (default: all) on the weights each entry names; logs their metrics as one row
+  (each under its entry's prefix) and a console line each."""
+  step, row = loop.step, {}
+  for evaluator in (due if due is not None else [e for e, _ in run.evaluators]):
+    spec = evaluator.spec
+    metrics = evaluator.run(loop.train.variables(ema=spec.weights == 'ema'))
+    row.update({spec.prefix + k: v for k, v in metrics.items()})
+    run.say(f'eval @ step {step}' + (f' [{spec.label}]' if spec.label else '') + f': {evaluator.summary(metrics)}')
+    if metrics.get('skipped'):
+      run.say(f"WARNING: eval {spec.name} skipped {metrics['skipped']} unreadable image(s).")
   row['epoch'] = step / run.steps_per_epoch
   run.log.write(step, row)
-  ema_txt = f" | ema top-1 {row['eval_ema_top1']:.4f}" if config.ema_decay else ''
-  main = {k: row[f'eval_{k}'] for k in ('top1', 'top5', 'loss', 'count')}
-  run.say(f'eval @ step {step}: {evals.summary(main)}{ema_txt}')
-  if row['eval_skipped']:
-    run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
-  for line in lines:
-    run.say(line)
   return dataclasses.replace(loop, last_eval=row)
 
 
-def evaluate_segmentation_and_log(run: Run, loop: LoopState) -> LoopState:
-  """mIoU, aAcc, mAcc and per-class IoU (``eval_IoU/<class>``) of the raw weights (and EMA ones, if any)."""
-  config, state, step = run.config, loop.train, loop.step
-  metrics = segmentation_task.evaluate(run.eval_step, state.variables(), config, run.builder, run.batch_sharding)
-  row = {f'eval_{k}': v for k, v in metrics.items()}
-  if config.ema_decay:
-    ema = segmentation_task.evaluate(run.eval_step, state.variables(ema=True), config, run.builder, run.batch_sharding)
-    row.update({f'eval_ema_{k}': ema[k] for k in ('mIoU', 'aAcc', 'mAcc')})
-  row['epoch'] = step / run.steps_per_epoch
-  run.log.write(step, row)
-  ema_txt = f" | ema mIoU {row['eval_ema_mIoU']:.4f}" if config.ema_decay else ''
-  run.say(f'eval @ step {step}: {segmentation_task.summary(metrics)}{ema_txt}')
-  if row['eval_skipped']:
-    run.say(f"WARNING: eval skipped {row['eval_skipped']} unreadable image(s).")
-  return dataclasses.replace(loop, last_eval=row)
-
-
-def evaluate_extras(run: Run, loop: LoopState) -> tuple[dict[str, float], list[str]]:
-  """The evaluators of ``config.evals`` besides the main one, on the weights ``config.best_metric`` picks:
-  their ``eval_<name>_*`` metrics and their console lines."""
-  state, row, lines = loop.train, {}, []
-  use_ema = best_metric_uses_ema(run.config)
-  variables = state.variables(ema=use_ema)
-  for prepared in run.extra_evals:
-    metrics = evals.run(prepared, variables, run.config, run.batch_sharding)
-    prefix = evals.log_prefix(prepared.evaluator, main=False)
-    row.update({prefix + k: v for k, v in metrics.items()})
-    lines.append(f'eval @ step {loop.step} [{prepared.evaluator.name}{", ema" if use_ema else ""}]: '
-                 f'{evals.summary(metrics)}')
-    if metrics['skipped']:
-      lines.append(f"WARNING: eval {prepared.evaluator.name} skipped {metrics['skipped']} unreadable image(s).")
-  return row, lines
-
-
-def evaluate_and_keep_best(run: Run, loop: LoopState) -> LoopState:
+def evaluate_and_keep_best(run: Run, loop: LoopState, due: Sequence[evals.Evaluator]) -> LoopState:
   """:func:`evaluate_and_log`, then saves the weights to ``best/`` when ``config.best_metric`` improved."""
-  loop = task(run.config).evaluate_and_log(run, loop)
+  loop = evaluate_and_log(run, loop, due)
   metric_name, state = run.config.best_metric, loop.train
-  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval['eval_' + task(run.config).main_metric])
-  if metric <= loop.best_value:
+  metric = loop.last_eval.get('eval_' + metric_name, loop.last_eval.get('eval_' + run.task.main_metric))
+  if metric is None or metric <= loop.best_value:
     return loop
   if run.best is not None:
     run.best.save(loop.step, state.variables(ema=best_metric_uses_ema(run.config)),
@@ -545,41 +424,11 @@ def finish(run: Run, loop: LoopState, status: str) -> dict[str, Any]:
   """
   if status == FINISHED and not loop.last_eval:
     logged = run.log.eval_row(loop.step)
-    loop = dataclasses.replace(loop, last_eval=logged) if logged else task(run.config).evaluate_and_log(run, loop)
+    loop = dataclasses.replace(loop, last_eval=logged) if logged else evaluate_and_log(run, loop)
   run.checkpointer.wait()
   if status == PREEMPTED:
     run.say(f'Preempted: saved step {loop.step}; rerun the same command to resume.')
   return {'status': status, 'step': loop.step, **loop.last_eval}
-
-
-# ---------------------------------------------------------------------------------------------
-# The tasks: what differs between them; the loop, state, optimiser, EMA, checkpoints and logs are shared.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  forward: Callable  # (model, config) -> the train step's forward and loss (classification_forward)
-  eval_step: Callable  # (model, config) -> (variables, batch) -> sums over a batch
-  shard_fn: Callable  # one shard's train batches (lgvit.data.pipeline.train_dataset's shard_fn)
-  dataset_classes: Callable  # (config, builder) -> the dataset's class count as the model sees it, or None
-  evaluate_and_log: Callable  # (run, loop) -> loop with last_eval
-  main_metric: str  # the eval metric best/ falls back to
-  global_eval: bool = True  # eval batches span every process; False: each process on its own devices
-
-
-TASKS = {
-    'classification': Task(classification_forward, make_eval_step, pipeline.shard_dataset,
-                           lambda config, builder: pipeline.num_classes(builder), evaluate_and_log, 'top1'),
-    'segmentation': Task(segmentation_task.train_forward, segmentation_task.make_eval_step,
-                         seg_pipeline.shard_dataset,
-                         lambda config, builder: seg_pipeline.num_classes(builder, config.data.reduce_zero_label),
-                         evaluate_segmentation_and_log, 'mIoU', global_eval=False),
-}
-
-
-def task(config) -> Task:
-  return TASKS[task_of(config)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force_config: bool = False,
@@ -597,18 +446,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
       ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
                                   epoch=epoch, start_step=in_epoch, steps_per_epoch=run.steps_per_epoch,
                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                  shard_fn=task(config).shard_fn)
+                                  shard_fn=run.task.shard_fn(run.task.settings(config)))
       for batch in pipeline.as_numpy(ds):
         loop = train_one_step(run, loop, batch, key)
-        due_log, due_eval, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in
-                                       (config.log_every_steps, run.eval_every, config.checkpoint_every_steps))
+        due_log, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in
+                             (config.log_every_steps, config.checkpoint_every_steps))
+        due_eval = [e for e, every in run.evaluators if itstime(loop.step, every, run.total_steps)]
         preempt = bookkeeping.preemption_requested(sigterm, run.checkpointer, loop.step)
         if due_log or due_eval or due_ckpt or preempt:
           loop = flush_history(run, loop)
           if due_log:
             loop = log_row(run, loop)
           if due_eval:
-            loop = evaluate_and_keep_best(run, loop)
+            loop = evaluate_and_keep_best(run, loop, due_eval)
           if due_ckpt or preempt:
             loop = checkpoint(run, loop)
           if preempt:

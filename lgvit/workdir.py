@@ -25,6 +25,9 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
+
+from lgvit import schema
 from lgvit.errors import WorkdirError
 
 CONFIG = 'config.json'
@@ -56,35 +59,6 @@ def kind(path: str) -> str:
   return VARIABLES
 
 
-# Workdirs written before the config had sections kept every field at the top level; these are the
-# fields that moved (section, new name).
-_MOVED = {
-    **{k: ('data', k) for k in ('dataset', 'data_dir', 'train_split', 'eval_split', 'image_size', 'crop_pct',
-                                'interpolation', 'shuffle_buffer', 'cache_train')},
-    'data_shards': ('data', 'shards'),
-    **{k: ('aug', k) for k in ('crop_scale', 'crop_ratio', 'hflip', 'randaugment', 'random_erase_prob',
-                               'random_erase_mode', 'label_smoothing', 'mixup_alpha', 'cutmix_alpha', 'mixup_prob',
-                               'mixup_switch_prob')},
-    **{k: ('optim', k) for k in ('optimizer', 'momentum', 'nesterov', 'adam_b1', 'adam_b2', 'adam_eps',
-                                 'weight_decay', 'wd_exclude', 'grad_clip_norm')},
-    **{k: ('schedule', k) for k in ('lr', 'lr_base_batch', 'warmup_epochs', 'warmup_lr', 'min_lr', 'warmup_prefix',
-                                    'warmup_lr_is_lr_per_epoch_step', 'lr_scale_warmup_min')},
-    'schedule_unit': ('schedule', 'unit'),
-}
-
-
-def sectioned(saved: dict) -> dict:
-  if isinstance(saved.get('data'), dict):
-    return saved
-  out = {k: v for k, v in saved.items() if k not in _MOVED and k != 'schedule'}
-  for key, (section, name) in _MOVED.items():
-    if key in saved:
-      out.setdefault(section, {})[name] = saved[key]
-  if 'schedule' in saved:
-    out.setdefault('schedule', {})['decay'] = saved['schedule']
-  return out
-
-
 def _load_config_json(path: str) -> dict:
   """A workdir's config.json as a dict; anything else (empty, cut short, a list) is a WorkdirError."""
   try:
@@ -102,12 +76,11 @@ def _load_config_json(path: str) -> dict:
 
 
 def read_config(workdir: str):
-  """The ``ml_collections.ConfigDict`` saved in a training workdir (older flat configs get their sections)."""
-  import ml_collections
+  """The ``ml_collections.ConfigDict`` saved in a training workdir, in today's layout (``lgvit.schema.upgrade``)."""
   path = os.path.join(workdir, CONFIG)
   if not os.path.exists(path):
     raise WorkdirError(f'{path} not found: is {workdir} a training workdir of main.py?')
-  return ml_collections.ConfigDict(sectioned(_load_config_json(path)))
+  return ml_collections.ConfigDict(schema.upgrade(_load_config_json(path)))
 
 
 def read_saved_config_json(workdir: str) -> dict | None:

@@ -122,7 +122,7 @@ def eval_example(image, label, *, scale, canvas, label_canvas, reduce_zero_label
           'downscaled': tf.cast(image_shrunk | label_shrunk, tf.int32)}
 
 
-def eval_dataset(config, builder, *, local_batch: int, process_index: int, process_count: int, split=None,
+def eval_dataset(data, seg, builder, *, local_batch: int, process_index: int, process_count: int, split=None,
                  size_divisor: int = 32) -> tf.data.Dataset:
   """This process's shard of the eval split, each image once, in batches of one padded image shape
   (the bucket: its scaled size rounded up to ``size_divisor``) of at most ``local_batch`` images:
@@ -132,7 +132,6 @@ def eval_dataset(config, builder, *, local_batch: int, process_index: int, proce
   An image whose bucket is not yet full waits for more images of its shape; the last, partial batch
   of each bucket comes at the end. The caller pads a partial batch (mask 0) to a fixed size, so there
   is one compiled program per bucket shape."""
-  data, seg = config.data, config.seg
   canvas, label_canvas = tuple(seg.eval_canvas), tuple(seg.label_canvas)
   shard = pipeline.process_split(split or data.eval_split, process_index, process_count)
   ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={k: tfds.decode.SkipDecoding() for k in ENCODED})
