@@ -16,7 +16,7 @@ from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'docs'))
-from module_graph import CLI_MODULES, find_cycle, import_graph, runnable_modules  # noqa: E402
+from module_graph import CLI_MODULES, find_cycle, import_graph, markdown, runnable_modules  # noqa: E402
 
 #: Library code, which a CLI may import but which must not import a CLI (issue #33).
 LIBRARY_PACKAGES = ('lgvit.data', 'lgvit.models', 'lgvit.tasks')
@@ -32,13 +32,52 @@ def test_lgvit_has_no_import_cycle():
   assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']  # the check can fail
 
 
-def library_cli_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
-  """(library module, CLI module) for every direct import of a CLI module by lgvit/data, lgvit/models,
-  lgvit/tasks or lgvit/train.py."""
+def test_module_graph_resolves_every_kind_of_import(tmp_path):
+  files = {
+      'lgvit/__init__.py': '',
+      'lgvit/a.py': 'import importlib\nfrom . import b\nfrom lgvit.sub.c import name\n'
+                    'def f():\n  from .sub import c\n  return importlib.import_module("lgvit.d")\n',
+      'lgvit/b.py': 'import lgvit.sub\nimport os\n',
+      'lgvit/d.py': 'from lgvit import missing\n',
+      'lgvit/sub/__init__.py': 'from ..b import something\n',
+      'lgvit/sub/c.py': 'from . import name_in_package\n',
+      'main.py': 'import lgvit.a\n',
+  }
+  for path, text in files.items():
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(text)
+  assert import_graph(tmp_path) == {'lgvit': set(), 'lgvit.a': {'lgvit.b', 'lgvit.sub.c', 'lgvit.d'},
+                                    'lgvit.b': {'lgvit.sub'}, 'lgvit.d': {'lgvit'}, 'lgvit.sub': {'lgvit.b'},
+                                    'lgvit.sub.c': {'lgvit.sub'}, 'main': {'lgvit.a'}}
+  assert find_cycle(import_graph(tmp_path)) == ['lgvit.b', 'lgvit.sub', 'lgvit.b']
+
+
+def test_architecture_md_before_chart_is_the_scripts():
+  # docs/architecture.md pastes `python docs/module_graph.py --rev ac06545 --format markdown`; a checkout without
+  # that commit (a shallow clone) cannot redraw it.
+  if subprocess.run(['git', 'cat-file', '-e', 'ac06545^{commit}'], cwd=REPO, capture_output=True).returncode:
+    pytest.skip('commit ac06545 is not in this checkout')
+  assert markdown(import_graph('ac06545')) in (REPO / 'docs' / 'architecture.md').read_text()
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+  """The modules ``start`` imports, directly or through others."""
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph.get(todo.pop(), set()) - seen:
+      seen.add(nxt)
+      todo.append(nxt)
+  return seen
+
+
+def library_cli_imports(graph: dict[str, set[str]], through_others: bool = False) -> set[tuple[str, str]]:
+  """(library module, CLI module) for every import of a CLI module by lgvit/data, lgvit/models, lgvit/tasks or
+  lgvit/train.py: direct ones, or also those through other modules."""
   def is_library(module):
     return module in LIBRARY_MODULES or any(module == p or module.startswith(p + '.') for p in LIBRARY_PACKAGES)
 
-  return {(m, t) for m, targets in graph.items() if is_library(m) for t in targets & CLI_MODULES}
+  return {(m, t) for m in graph if is_library(m)
+          for t in (reachable(graph, m) if through_others else graph[m]) & CLI_MODULES}
 
 
 def test_libraries_import_no_cli_module():
@@ -48,11 +87,15 @@ def test_libraries_import_no_cli_module():
   assert CLI_MODULES <= set(graph), CLI_MODULES - set(graph)
   assert runnable_modules() - CLI_MODULES <= {'lgvit.data.ade20k'}, runnable_modules() - CLI_MODULES
   assert library_cli_imports(graph) == set(), sorted(library_cli_imports(graph))
-  fake = {'lgvit.train': {'lgvit.predict', 'lgvit.optim'}, 'lgvit.data.pipeline': {'lgvit.cli'},
+  # Nor through a module outside those folders (ac06545: train -> evals -> predict).
+  assert library_cli_imports(graph, through_others=True) == set(), sorted(library_cli_imports(graph, True))
+  fake = {'lgvit.train': {'lgvit.predict', 'lgvit.evals'}, 'lgvit.data.pipeline': {'lgvit.cli'},
           'lgvit.tasks.segmentation': {'lgvit.convert.__main__'}, 'lgvit.evaluate': {'lgvit.cli'},
-          'lgvit.trainer': {'lgvit.cli'}}
-  assert library_cli_imports(fake) == {('lgvit.train', 'lgvit.predict'), ('lgvit.data.pipeline', 'lgvit.cli'),
-                                       ('lgvit.tasks.segmentation', 'lgvit.convert.__main__')}  # the check can fail
+          'lgvit.trainer': {'lgvit.cli'}, 'lgvit.evals': {'lgvit.visualize'}}
+  direct = {('lgvit.train', 'lgvit.predict'), ('lgvit.data.pipeline', 'lgvit.cli'),
+            ('lgvit.tasks.segmentation', 'lgvit.convert.__main__')}
+  assert library_cli_imports(fake) == direct  # the checks can fail
+  assert library_cli_imports(fake, through_others=True) == direct | {('lgvit.train', 'lgvit.visualize')}
 
 
 #: Imports each argument's comma-separated modules in turn; prints what each step changed in os.environ.
@@ -139,17 +182,9 @@ def f(x):
 
 def test_inference_modules_do_not_import_training_or_tensorflow():
   graph = import_graph()
-
-  def reachable(start):
-    seen, todo = set(), [start]
-    while todo:
-      for nxt in graph[todo.pop()] - seen:
-        seen.add(nxt)
-        todo.append(nxt)
-    return seen
-
-  for module in ('lgvit.predict', 'lgvit.export', 'lgvit.visualize', 'lgvit.modeling', 'lgvit.checkpoint'):
-    assert not reachable(module) & {'lgvit.train', 'lgvit.data.pipeline', 'lgvit.data.augment'}, module
+  for module in ('lgvit.predict', 'lgvit.export', 'lgvit.visualize', 'lgvit.inference', 'lgvit.exporting',
+                 'lgvit.introspection', 'lgvit.data.classes', 'lgvit.modeling', 'lgvit.checkpoint'):
+    assert not reachable(graph, module) & {'lgvit.train', 'lgvit.data.pipeline', 'lgvit.data.augment'}, module
 
 
 def test_export_predict_visualize_run_without_tensorflow(tmp_path):
