@@ -13,6 +13,7 @@ from conftest import REPO, fixture_json, fixture_npz, init_shapes, subprocess_en
 
 from lgvit.convert import ConversionError, StateDictConverter, from_torch
 from lgvit.convert.cotnet import convert_cot_layer
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, layers
 from lgvit.models.cotnet import CoTLayer, CoTSpatial, local_aggregation, local_aggregation_patches
 from lgvit.models.layers import blur_pool
@@ -403,7 +404,7 @@ def test_batch_of_one_in_training_is_an_error():
 
 
 def test_too_small_input_names_valid_size():
-  with pytest.raises(layers.InvalidInputSizeError, match='at least 32x32'):
+  with pytest.raises(InvalidInputSizeError, match='at least 32x32'):
     init_shapes(tiny('cotnet50'), size=16)
 
 

@@ -146,8 +146,10 @@ def test_relative_position_index_formula():
 
 def test_relative_table_resize_identity_and_shape():
   table = np.random.default_rng(3).normal(size=(13 * 13, 3)).astype(np.float32)
-  np.testing.assert_array_equal(layers.resize_relative_position_table(table, 7), table)
-  assert layers.resize_relative_position_table(table, 12).shape == (23 * 23, 3)
+  np.testing.assert_array_equal(layers.resize_relative_position_table(table, (13 * 13, 3)), table)
+  assert layers.resize_relative_position_table(table, (23 * 23, 3)).shape == (23 * 23, 3)
+  with pytest.raises(ValueError, match='heads differ'):
+    layers.resize_relative_position_table(table, (23 * 23, 4))
 
 
 def test_shifted_window_mask_blocks_wrapped_regions():

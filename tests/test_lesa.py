@@ -12,8 +12,9 @@ from conftest import fixture_json, fixture_npz, random_variables
 from lgvit import checkpoint
 from lgvit.convert import ConversionError, from_torch
 from lgvit.convert.lesa import image_size_from_checkpoint
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, model_info
-from lgvit.models.layers import InvalidInputSizeError, count_params
+from lgvit.models.layers import count_params
 from lgvit.models.lesa import (LESA, AttentionAugmentedConv, BinaryTerm, aa_depths, fusion_weight_shares,
                                relative_embeddings, unary_binary_shares, unary_binary_shares_per_layer)
 

@@ -17,9 +17,10 @@ from conftest import fixture_json, fixture_npz, init_shapes
 import nommer_numpy_ref
 from lgvit.checkpoint import adapt_variables
 from lgvit.convert import ConversionError, from_torch
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, model_info
-from lgvit.models import nommer
-from lgvit.models.layers import InvalidInputSizeError, count_params
+from lgvit.models import layers, nommer
+from lgvit.models.layers import count_params
 
 # A 32x32-capable micro NomMer: stage maps 8/4/2/1, window 4, DCT blocks 4 and 2.
 MICRO = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 4), window=4, dct_blocks=(4, 2),
@@ -405,9 +406,9 @@ RULES = model_info('nommer_t_384').resize_rules
 def test_resizing_reproduces_values_at_the_original_size():
   rng = np.random.default_rng(0)
   pos = rng.standard_normal((1, 14, 14, 6)).astype(np.float32)
-  np.testing.assert_allclose(nommer.resize_pos_embedding(pos, (14, 14)), pos, atol=1e-6)
+  np.testing.assert_allclose(layers.resize_pos_embedding(pos, pos.shape), pos, atol=1e-6)
   const = np.full((1, 14, 14, 2), 0.7, np.float32)
-  np.testing.assert_allclose(nommer.resize_pos_embedding(const, (24, 24)), 0.7, atol=1e-6)
+  np.testing.assert_allclose(layers.resize_pos_embedding(const, (1, 24, 24, 2)), 0.7, atol=1e-6)
   variables = random_variables(create_model('nommer_t', **TINY), 224)
   same = flat(adapt_variables(variables, variables, resize_rules=RULES))
   for k, v in flat(variables).items():
@@ -418,8 +419,8 @@ def test_resizing_reproduces_values_at_the_original_size():
   old = np.asarray(flat(variables)[key]).reshape(13, 13, -1)
   np.testing.assert_allclose(np.asarray(grown[key]).reshape(23, 23, -1)[11, 11], old[6, 6], atol=1e-6)
   pos224 = flat(variables)[('params', 'pos_embedding')]
-  np.testing.assert_allclose(grown[('params', 'pos_embedding')], nommer.resize_pos_embedding(pos224, (24, 24)),
-                             atol=1e-6)
+  want = layers.resize_pos_embedding(pos224, (1, 24, 24, pos224.shape[3]))
+  np.testing.assert_allclose(grown[('params', 'pos_embedding')], want, atol=1e-6)
 
 
 def test_finetune_step_at_384_from_224_checkpoint():

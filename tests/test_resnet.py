@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgvit.models import UnknownModelError, create_model, list_models
-from lgvit.models.layers import InvalidInputSizeError
+from lgvit.errors import InvalidInputSizeError, UnknownModelError
+from lgvit.models import create_model, list_models
 
 
 def test_unknown_model_lists_close_matches():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lgvit import segmentation as seg
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, layers, list_models, model_info
-from lgvit.models.layers import InvalidInputSizeError, count_params
+from lgvit.models.layers import count_params
 from conftest import RESNET_TINY, init_shapes, random_variables
 
 # --------------------------------------------------------------------------------------------

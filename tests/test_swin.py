@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from test_salg import _np_dense, _np_ln, _np_mlp, _randomized
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, swin
-from lgvit.models.layers import InvalidInputSizeError, count_params
+from lgvit.models.layers import count_params
 
 
 def test_swin_st_param_count_by_hand():

@@ -3,8 +3,7 @@
 Importing this package imports every family module, whose entries fill the registry.
 """
 from lgvit.models.registry import ModelInfo, create_model, list_models, model_info, register_model
-from lgvit.errors import UnknownModelError
 from lgvit.models import cotnet, lesa, nommer, resnet, salg, swin  # noqa: F401  (registers the variants)
 from lgvit.models import upernet  # noqa: F401,E402  (after the backbones it wraps)
 
-__all__ = ['ModelInfo', 'UnknownModelError', 'create_model', 'list_models', 'model_info', 'register_model']
+__all__ = ['ModelInfo', 'create_model', 'list_models', 'model_info', 'register_model']

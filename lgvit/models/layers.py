@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import kernels
-from lgvit.errors import InvalidInputSizeError  # noqa: F401  (re-exported for the model families)
 
 Array = jax.Array
 Dtype = Any
@@ -394,15 +394,25 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(table[idx.reshape(-1)].reshape(wh * ww, wh * ww, self.num_heads), (2, 0, 1))
 
 
-def resize_relative_position_table(table: np.ndarray, new_window: int | Sequence[int]) -> np.ndarray:
-  """Bicubically resamples a ((2w-1)^2, heads) table to a new window size (Swin/timm fine-tuning rule)."""
-  old = int(round(math.sqrt(table.shape[0])))
-  nh, nw = (2 * s - 1 for s in _pairs(new_window))
-  if (old, old) == (nh, nw):
-    return np.asarray(table)
+def _square_side(rows: int, what: str) -> int:
+  side = int(round(math.sqrt(rows)))
+  if side * side != rows:
+    raise ValueError(f'{what}: {rows} rows are not a square window\'s (2w-1)^2')
+  return side
+
+
+def resize_relative_position_table(table: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+  """A ((2w-1)^2, heads) relative position bias table resampled bicubically to ``shape``, ((2w'-1)^2, heads):
+  Swin/timm's rule for fine-tuning at another window size. A resize rule (``ModelInfo.resize_rules``)."""
+  table = np.asarray(table)
+  old, new = _square_side(table.shape[0], 'table'), _square_side(shape[0], 'shape')
+  if table.shape[1:] != tuple(shape[1:]):
+    raise ValueError(f'relative position table {table.shape} cannot be resized to {tuple(shape)}: heads differ')
+  if old == new:
+    return table
   grid = jnp.asarray(table, jnp.float32).reshape(old, old, -1)
-  out = jax.image.resize(grid, (nh, nw, grid.shape[-1]), 'bicubic')
-  return np.asarray(out).reshape(nh * nw, -1)
+  out = jax.image.resize(grid, (new, new, grid.shape[-1]), 'bicubic')
+  return np.asarray(out).reshape(new * new, -1)
 
 
 def _torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
@@ -432,12 +442,13 @@ def resize_bicubic(x: Array, size: Sequence[int]) -> Array:
   return jnp.einsum('pw,bowc->bopc', cols, x, precision=jax.lax.Precision.HIGHEST)
 
 
-def resize_pos_embedding(pos: np.ndarray, new_hw: Sequence[int]) -> np.ndarray:
-  """Resamples a (1, H, W, C) position embedding to (1, *new_hw, C) as Swin/timm do (:func:`resize_bicubic`)."""
+def resize_pos_embedding(pos: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+  """A (1, H, W, C) position embedding resampled to ``shape``, (1, H', W', C), as Swin/timm do
+  (:func:`resize_bicubic`). A resize rule (``ModelInfo.resize_rules``)."""
   pos = np.asarray(pos)
-  if pos.ndim != 4 or pos.shape[0] != 1:
-    raise ValueError(f'pos_embedding must be (1, H, W, C), got {pos.shape}')
-  return np.asarray(resize_bicubic(jnp.asarray(pos, jnp.float32), new_hw), pos.dtype)
+  if pos.ndim != 4 or pos.shape[0] != 1 or len(shape) != 4 or shape[0] != 1 or shape[3] != pos.shape[3]:
+    raise ValueError(f'pos_embedding must be (1, H, W, C) and go to (1, H2, W2, C); got {pos.shape} -> {tuple(shape)}')
+  return np.asarray(resize_bicubic(jnp.asarray(pos, jnp.float32), shape[1:3]), pos.dtype)
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array] = None,

@@ -40,7 +40,7 @@ Feature-map size: the official layer fixes L at construction (so it runs only on
 inputs). Here L is read off the input at ``init``, so any size trains. Weights built for one L
 cannot be applied at another: an offset in the 1-D raster index means a different 2-D displacement
 for every map width (and mixes two of them at every width), so there is no faithful resampling.
-Applying them raises :class:`~lgvit.models.layers.InvalidInputSizeError` naming the parameter and
+Applying them raises :class:`~lgvit.errors.InvalidInputSizeError` naming the parameter and
 both sizes; fine-tune at a new size by re-initialising the ``relative`` tables, as the official
 detection code does.
 
@@ -62,8 +62,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import layers
-from lgvit.models.layers import BatchNorm, Conv2d, InvalidInputSizeError, kaiming_normal_fan_out
+from lgvit.models.layers import BatchNorm, Conv2d, kaiming_normal_fan_out
 from lgvit.models import registry
 from lgvit.models.resnet import ResNet
 

@@ -29,7 +29,7 @@ Deliberate choices:
 * The 384 variants use window 12 (the official window 7 cannot tile the 96/48 maps) and keep the
   DCT blocks 8/4, which divide 96 and 48; the CGCA then attends over 12x12 compressed tokens.
   Fine-tuning from 224 (``config.init_from``) resizes the relative position tables and the position
-  embedding (:func:`resize_pos_embedding`) bicubically, as Swin/timm do.
+  embedding (:func:`lgvit.models.layers.resize_pos_embedding`) bicubically, as Swin/timm do.
 * Table 4 of the paper is reproduced by the fields ``use_cnn``, ``global_context`` and ``fusion``
   (see :data:`ABLATIONS`). The paper's "Pool" global context has no public code: ours max-pools
   N x N blocks, runs the same global MHSA on the pooled tokens and repeats each token over its
@@ -46,11 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import layers
-from lgvit.models.layers import resize_pos_embedding  # noqa: F401  (re-exported for users of nommer)
-from lgvit.models.layers import InvalidInputSizeError
 from lgvit.models import registry
-from lgvit.models.swin import resize_relative_table
 
 Array = jax.Array
 
@@ -403,13 +401,10 @@ class NomMer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def resize_position_embedding(pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """The stage-3 (1, S/16, S/16, C) position embedding resampled bicubically to ``shape``."""
-  return layers.resize_pos_embedding(pos, shape[1:3])
-
-
-#: init_from at another input size: relative position tables and the position embedding are resampled.
-RESIZE_RULES = {'relative_position_bias_table': resize_relative_table, 'pos_embedding': resize_position_embedding}
+#: init_from at another input size: relative position tables and the stage-3 (1, S/16, S/16, C) position
+#: embedding are resampled.
+RESIZE_RULES = {'relative_position_bias_table': layers.resize_relative_position_table,
+                'pos_embedding': layers.resize_pos_embedding}
 
 
 def _create_nommer(name: str, **kwargs) -> NomMer:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import layers
 from lgvit.models import registry
 from lgvit.models.swin import RESIZE_RULES, PatchMerging
@@ -423,7 +424,7 @@ class SALG(layers.HierarchicalTransformer):
   def __call__(self, x: Array, *, train: bool = False):
     self.check_fields()
     if x.ndim != 4 or x.shape[-1] != 3:
-      raise layers.InvalidInputSizeError(f'{self.name or "SALG"}: expected NHWC images (B, H, W, 3), got {x.shape}')
+      raise InvalidInputSizeError(f'{self.name or "SALG"}: expected NHWC images (B, H, W, 3), got {x.shape}')
     x = ConvPatchEmbed(self.embed_dim, self.stem_kernel, self.stem_width or self.embed_dim // 2, self.stem_norm,
                        self.stem_act, dtype=self.dtype, name='patch_embed')(x.astype(self.dtype), train=train)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)

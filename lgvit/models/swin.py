@@ -15,10 +15,9 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import layers
-from lgvit.models.layers import InvalidInputSizeError
 from lgvit.models import registry
 
 Array = Any
@@ -139,13 +138,8 @@ class SwinTransformer(layers.HierarchicalTransformer):
     return layers.classifier_head(x, self.num_classes, norm_name='norm', dtype=self.dtype)
 
 
-def resize_relative_table(table: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """A ((2w-1)^2, heads) relative position table resampled bicubically to ``shape`` (Swin/timm fine-tuning)."""
-  return layers.resize_relative_position_table(table, int(round(np.sqrt(shape[0]))) // 2 + 1)
-
-
 #: init_from at another input size (window): the relative position tables are resampled.
-RESIZE_RULES = {'relative_position_bias_table': resize_relative_table}
+RESIZE_RULES = {'relative_position_bias_table': layers.resize_relative_position_table}
 
 
 def _create_swin(name: str, **kwargs) -> SwinTransformer:

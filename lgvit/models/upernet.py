@@ -27,8 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import layers, registry
-from lgvit.models.layers import InvalidInputSizeError
 
 Array = jax.Array
 
