@@ -2,7 +2,7 @@
 
     python docs/module_graph.py                      # the working tree, as a mermaid flowchart
     python docs/module_graph.py --rev ac06545        # a git revision (read with git show, no checkout)
-    python docs/module_graph.py --format layers      # the layers only, and how many imports go between them
+    python docs/module_graph.py --format layers      # the layers only, and the imports between them
     python docs/module_graph.py --format markdown    # both charts, as docs/architecture.md shows them
     python docs/module_graph.py --format text        # an adjacency list, one module a line
 
@@ -10,7 +10,8 @@ An edge ``a -> b`` means module ``a`` imports lgvit module ``b`` somewhere in it
 included, relative imports resolved, ``importlib.import_module('lgvit....')`` with a literal name too);
 ``from lgvit.x import name`` goes to ``lgvit.x.name`` where that is a module, else to ``lgvit.x``.
 The nodes are every module under ``lgvit/`` and ``main``, the training entry point (``main.py``).
-tests/test_architecture.py imports :func:`import_graph`, :func:`find_cycle` and :data:`CLI_MODULES`.
+tests/test_architecture.py checks its rules with :func:`import_graph`, :func:`find_cycle`, :data:`CLI_MODULES` and
+:func:`runnable_modules`, and that the Before chart of docs/architecture.md is :func:`markdown`'s.
 Standard library only.
 """
 from __future__ import annotations
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--rev', help='a git revision to scan instead of the working tree, e.g. ac06545')
   parser.add_argument('--format', choices=('mermaid', 'layers', 'markdown', 'text'), default='mermaid',
-                      help='mermaid: every module; layers: the layers and how many imports go between them; '
+                      help='mermaid: every module; layers: the layers and the imports between them; '
                       'markdown: both, as docs/architecture.md shows them; text: an adjacency list')
   args = parser.parse_args(argv)
   graph = import_graph(args.rev)
