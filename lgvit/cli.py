@@ -1,129 +1,25 @@
 """What every lgvit command-line tool does the same way: quiet logs and one-line errors.
 
 A run's console holds lgvit's own lines (progress, warnings, errors); the libraries' start-up chatter
-is kept off it unless ``--verbosity`` (main.py) asks for it. See README.md, "Logs".
+is kept off it unless ``--verbosity`` (main.py) asks for it (TensorFlow's quiet import: lgvit.quiet). See
+README.md, "Logs". Only the command-line modules import this one.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
+import argparse
 import os
-import re
 import sys
-import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Optional, Sequence
+
+from absl import logging as absl_logging
 
 from lgvit.errors import LgvitError
-
-#: TF_CPP_MIN_LOG_LEVEL's levels: INFO (0), WARNING (1), ERROR (2), FATAL (3), and their glog letters.
-_GLOG_SEVERITIES = 'IWEF'
-#: abseil's banner before its first C++ log line, printed whatever the level (abseil-cpp issue #1718).
-#: A glog-style line: severity letter, mmdd, time, thread id, file:line].
-_GLOG_LINE = re.compile(r'([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]\s]+:\d+\] ')
-_ABSL_BANNER = 'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR'
 
 
 def quiet_logs(absl_level: str = 'error'):
   """Keeps TensorFlow's C++ logs (it may feed data) and absl's info lines off the console."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging as absl_logging
   absl_logging.set_verbosity({'error': absl_logging.ERROR, 'warning': absl_logging.WARNING}[absl_level])
-
-
-def _tf_min_log_level() -> int:
-  try:
-    return int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '0'))
-  except ValueError:
-    return 0
-
-
-def is_tf_noise(line: str, min_level: int) -> bool:
-  """Whether ``line`` of TensorFlow's import-time stderr is below ``TF_CPP_MIN_LOG_LEVEL``.
-
-  TensorFlow 2.21 logs through abseil, which writes C++ log lines made before ``absl::InitializeLog()``
-  whatever their severity, so ``TF_CPP_MIN_LOG_LEVEL`` no longer hides e.g. the oneDNN notice
-  (``I0000 00:00:... port.cc:153] oneDNN custom operations are on...``). A glog-style line
-  (``<severity letter><mmdd> <time> <thread> <file>:<line>] ...``) below the level and abseil's
-  banner are dropped; every other line is kept.
-  """
-  if min_level <= 0:
-    return False
-  if line.strip() == _ABSL_BANNER:
-    return True
-  m = _GLOG_LINE.match(line)
-  return bool(m) and _GLOG_SEVERITIES.index(m.group(1)) < min_level
-
-
-@contextlib.contextmanager
-def _filtered_stderr(min_level: int) -> Iterator[None]:
-  """Sends file descriptor 2 (C++ writes too) to a file for the block, then replays the lines that
-  :func:`is_tf_noise` keeps (all of them if the block raises)."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  failed = False
-  with tempfile.TemporaryFile(mode='w+b') as capture:
-    os.dup2(capture.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      failed = True
-      raise
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      capture.seek(0)
-      lines = capture.read().decode('utf-8', 'replace').splitlines(keepends=True)
-      kept = [l for l in lines if failed or not is_tf_noise(l, min_level)]
-      if kept:
-        sys.stderr.write(''.join(kept))
-        sys.stderr.flush()
-
-
-def import_tensorflow():
-  """``import tensorflow``, without its start-up noise and without importing matplotlib.
-
-  * ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 (errors only), and the lines TensorFlow writes while it
-    loads are filtered by it (:func:`is_tf_noise`); ``TF_CPP_MIN_LOG_LEVEL=0`` shows them all.
-  * TensorFlow imports Keras eagerly, and Keras imports ``matplotlib.pyplot`` if it can (for its
-    plotting helpers), which on a fresh machine builds matplotlib's font cache in the middle of a
-    training run. matplotlib is hidden from that one import, so Keras sets its plotting helpers
-    aside; matplotlib itself stays importable afterwards (lgvit.visualize imports it when it draws).
-
-  Call it before the first ``import tensorflow`` of a process (lgvit.data.pipeline and
-  lgvit.data.augment do); once TensorFlow is loaded it only returns the module.
-  """
-  if 'tensorflow' in sys.modules:
-    return sys.modules['tensorflow']
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  hide_matplotlib = 'matplotlib' not in sys.modules
-  if hide_matplotlib:
-    sys.modules['matplotlib'] = None  # `import matplotlib...` raises ImportError, which Keras catches
-  try:
-    with _filtered_stderr(_tf_min_log_level()):
-      import tensorflow
-  finally:
-    if hide_matplotlib and sys.modules.get('matplotlib', 0) is None:
-      del sys.modules['matplotlib']
-  return tensorflow
-
-
-@contextlib.contextmanager
-def drop_log_records(logger_name: str, pattern: str) -> Iterator[None]:
-  """Drops the records of ``logger_name`` whose message matches ``pattern`` for the block."""
-  regex = re.compile(pattern)
-
-  class _Drop(logging.Filter):
-
-    def filter(self, record: logging.LogRecord) -> bool:
-      return not regex.search(record.getMessage())
-
-  logger, drop = logging.getLogger(logger_name), _Drop()
-  logger.addFilter(drop)
-  try:
-    yield
-  finally:
-    logger.removeFilter(drop)
 
 
 def report_errors(run: Callable[[], int | None]) -> int:
@@ -133,3 +29,21 @@ def report_errors(run: Callable[[], int | None]) -> int:
   except LgvitError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+
+
+def add_source_arguments(parser: argparse.ArgumentParser):
+  """The flags that say where a model comes from (lgvit.predict, lgvit.visualize): the arguments of
+  :func:`lgvit.inference.load`."""
+  parser.add_argument('--workdir', required=True, help='training workdir, export dir or converted checkpoint dir')
+  parser.add_argument('--model', default=None, help='registered model name (for a converted checkpoint dir)')
+  parser.add_argument('--best', action='store_true', help='use the best checkpoint of a training workdir')
+  parser.add_argument('--image_size', type=int, default=None, help='input size for a converted checkpoint dir')
+
+
+def missing_files_error(paths: Sequence[str]) -> Optional[str]:
+  """What is wrong with image file arguments (a directory, a missing file), or None."""
+  folders = [p for p in paths if os.path.isdir(p)]
+  if folders:
+    return f"{', '.join(folders)}: a directory, not an image file (give the image files, e.g. {folders[0]}/*.jpg)"
+  missing = [p for p in paths if not os.path.isfile(p)]
+  return f"no such image file: {', '.join(missing)}" if missing else None

@@ -23,7 +23,6 @@ the helpers are normalised too, so that the zero padding they add is the mean co
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -223,23 +222,8 @@ def upernet_loss(outputs, labels: Array, *, aux_weight: float = 0.4, **kwargs) -
 
 
 # --------------------------------------------------------------------------------------------
-# Class names, colours and pictures.
+# Pictures (class names and colour maps: lgvit.data.classes).
 # --------------------------------------------------------------------------------------------
-
-ADE20K_CLASSES_FILE = pathlib.Path(__file__).parent / 'data' / 'ade20k_classes.tsv'
-#: The embedded demo dataset's classes (lgvit_digits_seg, lgvit/data/digits_seg.py).
-DEMO_CLASS_NAMES = ('background',) + tuple(str(d) for d in range(10))
-
-
-def ade20k_classes() -> tuple[list[str], np.ndarray]:
-  """ADE20K's 150 class names (0..149, after reduce_zero_label) and its (150, 3) uint8 colour map."""
-  names, colours = [], []
-  for line in ADE20K_CLASSES_FILE.read_text().splitlines():
-    if line and not line.startswith('#'):
-      name, rgb = line.split('\t')
-      names.append(name)
-      colours.append([int(v) for v in rgb.split()])
-  return names, np.asarray(colours, np.uint8)
 
 
 def colorize(mask, palette, ignore_label: int = IGNORE_LABEL, ignore_colour=(0, 0, 0)) -> np.ndarray:
@@ -256,9 +240,3 @@ def comparison_picture(image, truth, prediction, palette, ignore_label: int = IG
   image = np.asarray(image, np.uint8)
   return np.concatenate([image, colorize(truth, palette, ignore_label), colorize(prediction, palette, ignore_label)],
                         axis=1)
-
-
-def palette_for(num_classes: int) -> np.ndarray:
-  """ADE20K's colour map, cut to ``num_classes`` (cycled beyond 150)."""
-  colours = ade20k_classes()[1]
-  return colours[np.arange(num_classes) % len(colours)]

@@ -3,7 +3,7 @@
 The noise this keeps out (issue #18.5): TensorFlow's C++ start-up lines (abseil's banner, oneDNN,
 CPU-feature notices), TFDS's "Variant folder ... has no dataset_info.json" and "Downloading and
 preparing dataset Unknown size ..." for the embedded digits, and matplotlib's font-cache lines, which
-appeared because TensorFlow imports Keras, which imports matplotlib.pyplot (lgvit/cli.py).
+appeared because TensorFlow imports Keras, which imports matplotlib.pyplot (lgvit/quiet.py).
 """
 import os
 import re
@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import REPO, subprocess_env
 
-from lgvit import cli
+from lgvit import quiet
 
 NOISE = [
     r'absl::InitializeLog', r'oneDNN', r'cpu_feature_guard', r'This TensorFlow binary is optimized',
@@ -74,17 +74,17 @@ def test_importing_train_imports_neither_matplotlib_nor_prints(tmp_path):
     ('E0000 00:00:17961.1   17897 common_lib.cc:554] INVALID_ARGUMENT: ...', 2, False),
     ('I1202 04:02:04.244539 140393192663936 dataset_builder.py:711] Generating dataset', 1, True),
     ('I0000 00:00:1796183304.929909   17897 port.cc:153] oneDNN custom operations are on.', 0, False),
-    (cli._ABSL_BANNER + '\n', 1, True),
-    (cli._ABSL_BANNER, 0, False),
+    (quiet._ABSL_BANNER + '\n', 1, True),
+    (quiet._ABSL_BANNER, 0, False),
     ('Traceback (most recent call last):', 3, False),
     ('I1202 is how a sentence could start', 2, False),  # not glog's "<letter><mmdd> " + time
 ])
 def test_is_tf_noise_follows_tf_cpp_min_log_level(line, level, noise):
-  assert cli.is_tf_noise(line, level) is noise
+  assert quiet.is_tf_noise(line, level) is noise
 
 
 def test_filtered_stderr_keeps_what_is_not_noise(capfd):
-  with cli._filtered_stderr(2):
+  with quiet._filtered_stderr(2):
     os.write(2, b'I0000 00:00:1.0   1 port.cc:153] oneDNN custom operations are on.\n')
     os.write(2, b'E0000 00:00:1.0   1 x.cc:1] a real error\n')
     os.write(2, b'a line of its own\n')
@@ -93,7 +93,7 @@ def test_filtered_stderr_keeps_what_is_not_noise(capfd):
 
 def test_filtered_stderr_replays_everything_when_the_block_raises(capfd):
   with pytest.raises(ImportError):
-    with cli._filtered_stderr(2):
+    with quiet._filtered_stderr(2):
       os.write(2, b'I0000 00:00:1.0   1 loader.cc:1] what the failed import said\n')
       raise ImportError('broken')
   assert 'what the failed import said' in capfd.readouterr().err

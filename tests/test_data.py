@@ -1,9 +1,12 @@
-"""Input pipelines: determinism, exact resume by skipping, eval coverage with padding."""
+"""Input pipelines: determinism, exact resume by skipping, eval coverage with padding; what the labels mean."""
+import os
+
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import resnet50
-from lgvit.data import pipeline
+from lgvit.data import classes, pipeline
 
 
 @pytest.fixture(scope='module')
@@ -76,3 +79,43 @@ def test_eval_covers_every_example_once(setup, procs):
 def test_missing_dataset_error_says_how_to_prepare(tmp_path):
   with pytest.raises(pipeline.DatasetNotFoundError, match='tfds build imagenet2012 --manual_dir'):
     pipeline.get_builder('imagenet2012', str(tmp_path))
+
+
+def test_imagenet_class_names_are_in_tfds_label_order():
+  rows = classes.imagenet_synsets_and_lemmas()
+  synsets = [s for s, _ in rows]
+  assert len(rows) == 1000 and synsets == sorted(synsets) and len(set(synsets)) == 1000
+  labels = os.path.join(os.path.dirname(tfds.__file__), 'datasets', 'imagenet2012', 'labels.txt')
+  if os.path.exists(labels):
+    with open(labels) as f:
+      assert synsets == f.read().split()
+  names = classes.imagenet_class_names()
+  assert (names[0], names[207], names[281], names[999]) == ('tench', 'golden retriever', 'tabby', 'toilet tissue')
+
+
+def test_class_names_per_dataset():
+  assert classes.class_names('lgvit_digits', 10) == [str(i) for i in range(10)]
+  assert classes.class_names('cifar10', 10)[3] == 'class 3'
+  assert classes.class_names('imagenet2012', 1000)[281] == 'tabby'
+  assert classes.class_names('scene_parse150', 150)[:3] == ['wall', 'building', 'sky']
+  assert classes.class_names('lgvit_digits_seg', 11) == ['background'] + [str(d) for d in range(10)]
+
+
+def test_imagenet_a_and_r_are_200_imagenet_labels():
+  a, r = classes.imagenet_subset_labels('imagenet_a'), classes.imagenet_subset_labels('imagenet_r')
+  for labels in (a, r):
+    assert labels.shape == (200,) and labels.dtype == np.int32 and (np.diff(labels) > 0).all()
+    assert 0 <= labels[0] and labels[-1] < 1000
+  assert not np.array_equal(a, r)
+  names = classes.imagenet_class_names()
+  assert (names[a[0]], names[r[0]]) == ('stingray', 'goldfish')  # ImageNet labels 6 and 1
+  with pytest.raises(ValueError, match='imagenet_a'):
+    classes.imagenet_subset_labels('imagenet_v2')
+
+
+def test_palette_for_cycles_ades_colour_map():
+  _, colours = classes.ade20k_classes()
+  palette = classes.palette_for(152)
+  assert palette.shape == (152, 3) and palette.dtype == np.uint8
+  np.testing.assert_array_equal(palette[:150], colours)
+  np.testing.assert_array_equal(palette[150:], colours[:2])

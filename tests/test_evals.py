@@ -88,7 +88,7 @@ def _reference(loaded, data_dir):
   """Each evaluator scored in numpy from the raw TFDS records: lgvit's TF-free eval transform
   (lgvit.data.transforms), the model's logits, the labels as the builder stored them."""
   import tensorflow_datasets as tfds
-  from lgvit.predict import ImageError
+  from lgvit.inference import ImageError
 
   def records(name, split):
     ds = tfds.builder(name, data_dir=data_dir).as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
@@ -136,7 +136,7 @@ def test_every_evaluator_from_the_command_line_against_hand_computed_scores(suit
   """python -m lgvit.evaluate on an export dir (the ImageNet suite by default) and on its variables dir
   with --model: every image once (batches of 4 leave each split padded), the scores known by hand, and a
   numpy reference built from the raw TFDS records."""
-  from lgvit import evaluate, predict
+  from lgvit import evaluate, inference
   export_dir = _known_scores_export(tmp_path / 'export')
   assert evaluate.main(['--export', str(export_dir), '--data-dir', suite, '--batch-size', '4']) == 0
   from_export = json.loads((export_dir / 'eval_results.json').read_text())['evals']
@@ -148,7 +148,7 @@ def test_every_evaluator_from_the_command_line_against_hand_computed_scores(suit
   # ImageNet-A labels 6,6,11,988,143 -> 2/5; ImageNet-R labels 1,2,2,988,957,155 -> 1/6; no validation label is 0.
   by_hand = {'imagenet2012:validation': (7, 0 / 7), 'imagenet_v2': (7, 2 / 7), 'imagenet2012_real': (5, 1 / 5),
              'imagenet_a': (5, 2 / 5), 'imagenet_r': (6, 1 / 6)}
-  reference = _reference(predict.load(str(export_dir)), suite)
+  reference = _reference(inference.load(str(export_dir)), suite)
   assert sorted(from_export) == sorted(SUITE) and sorted(from_checkpoint) == ['imagenet2012_real', 'imagenet_a']
   for name, (count, top1) in by_hand.items():
     assert (from_export[name]['count'], from_export[name]['top1']) == (count, pytest.approx(top1)), name

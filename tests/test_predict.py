@@ -1,6 +1,5 @@
 """`python -m lgvit.predict`: top-5 with class names from a training workdir, an export and a variables dir."""
 import io
-import os
 import re
 
 import jax
@@ -10,7 +9,7 @@ from PIL import Image
 
 from configs import resnet50
 from lgvit import checkpoint, export, modeling, predict, train
-from lgvit.data import pipeline, transforms
+from lgvit.data import classes, pipeline, transforms
 from lgvit.data.digits import to_rgb32
 from lgvit.models import create_model
 from conftest import RESNET_TINY, random_variables, save_variables_dir
@@ -137,7 +136,7 @@ def test_variables_dir_with_imagenet_head_prints_imagenet_names(tmp_path, capsys
   Image.fromarray(skimage.data.chelsea()).save(photo)
   assert predict.main(['--workdir', source, '--model', 'resnet50', photo]) == 0
   rows = parse(capsys.readouterr().out)[photo]
-  names = predict.imagenet_class_names()
+  names = classes.imagenet_class_names()
   assert len(rows) == 5 and all(name == names[label] for label, name, _ in rows)
   assert predict.main(['--workdir', source, '--model', 'nommer_t', photo]) == 2
   assert 'holds resnet50 weights' in capsys.readouterr().err
@@ -145,21 +144,6 @@ def test_variables_dir_with_imagenet_head_prints_imagenet_names(tmp_path, capsys
   not_an_image.write_text('hello')
   assert predict.main(['--workdir', source, str(not_an_image)]) == 2
   assert 'notes.jpg: cannot decode it as an image' in capsys.readouterr().err
-
-
-def test_imagenet_class_names_are_in_tfds_label_order():
-  rows = predict.imagenet_synsets_and_lemmas()
-  synsets = [s for s, _ in rows]
-  assert len(rows) == 1000 and synsets == sorted(synsets) and len(set(synsets)) == 1000
-  import tensorflow_datasets as tfds
-  labels = os.path.join(os.path.dirname(tfds.__file__), 'datasets', 'imagenet2012', 'labels.txt')
-  if os.path.exists(labels):
-    with open(labels) as f:
-      assert synsets == f.read().split()
-  names = predict.imagenet_class_names()
-  assert (names[0], names[207], names[281], names[999]) == ('tench', 'golden retriever', 'tabby', 'toilet tissue')
-  assert predict.class_names('lgvit_digits', 10) == [str(i) for i in range(10)]
-  assert predict.class_names('cifar10', 10)[3] == 'class 3'
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

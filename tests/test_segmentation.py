@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lgvit import segmentation as seg
+from lgvit.data import classes
 from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, layers, list_models, model_info
 from lgvit.models.layers import count_params
@@ -366,7 +367,7 @@ def test_pixel_cross_entropy_is_mmsegs_mean_with_ignored_pixels_zero():
 
 
 def test_ade20k_names_colours_and_colorize():
-  names, palette = seg.ade20k_classes()
+  names, palette = classes.ade20k_classes()
   assert len(names) == 150 and palette.shape == (150, 3) and palette.dtype == np.uint8
   assert (names[0], names[2], names[12], names[149]) == ('wall', 'sky', 'person', 'flag')
   assert palette[0].tolist() == [120, 120, 120] and palette[149].tolist() == [92, 0, 255]

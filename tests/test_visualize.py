@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgvit import modeling, visualize
+from lgvit import introspection, modeling, visualize
 from lgvit.data import transforms
 from lgvit.models import create_model, model_info
 from conftest import FAMILY_MODELS, random_variables, save_variables_dir, small_kwargs
@@ -41,7 +41,7 @@ def run_model(name, tmp_path, photo, seed=0):
   source = save_variables_dir(tmp_path / 'variables', name, kwargs, variables)
   out = tmp_path / 'pictures'
   assert visualize.main(['--workdir', source, '--image', photo, '--out', str(out)]) == 0
-  # The sown values, read independently of lgvit.visualize / lgvit.predict. The dir's meta names no
+  # The sown values, read independently of lgvit.introspection / lgvit.inference. The dir's meta names no
   # crop_pct/interpolation, so the registry's apply.
   info = model_info(name)
   with open(photo, 'rb') as f:
@@ -60,18 +60,18 @@ def png(path):
 def test_nommer_maps_show_the_sown_nominations(tmp_path, photo):
   out, crop, inter, summary = run_family('nommer', tmp_path, photo)
   np.testing.assert_array_equal(png(out / 'input_crop.png'), crop)
-  panel = visualize.panel_size(SIZE)
-  assert panel >= visualize.MIN_PANEL and panel % SIZE == 0
+  panel = introspection.panel_size(SIZE)
+  assert panel >= introspection.MIN_PANEL and panel % SIZE == 0
   nominations = {k: np.asarray(v['context']['nomination'][0][0]) for k, v in inter.items() if 'context' in v}
   assert sorted(nominations) == ['stage1_block0', 'stage2_block0']
   seen = set()
   for block, nom in nominations.items():
     stage, index = block[len('stage')], int(block.split('_block')[1])
     picture = png(out / f'nommer_nomination_stage{stage}_block{index}.png')
-    assert picture.shape == (panel, 2 * panel + visualize.PANEL_GAP, 3)
-    flat_map = picture[:, panel + visualize.PANEL_GAP:]
+    assert picture.shape == (panel, 2 * panel + introspection.PANEL_GAP, 3)
+    flat_map = picture[:, panel + introspection.PANEL_GAP:]
     over = picture[:, :panel]
-    rows, cols = visualize.pixel_of_token(panel, nom.shape[0]), visualize.pixel_of_token(panel, nom.shape[1])
+    rows, cols = introspection.pixel_of_token(panel, nom.shape[0]), introspection.pixel_of_token(panel, nom.shape[1])
     for i, y in enumerate(rows):
       for j, x in enumerate(cols):
         # Red = CNN (0), green = local (1), blue = global (2): the paper's Fig. 4 colours.
@@ -88,12 +88,12 @@ def test_nommer_maps_show_the_sown_nominations(tmp_path, photo):
 
 def test_lesa_weights_are_the_sown_gates(tmp_path, photo):
   out, _, inter, summary = run_family('lesa', tmp_path, photo)
-  shares = visualize.sown(inter, 'unary_share')
+  shares = introspection.sown(inter, 'unary_share')
   assert len(shares) >= 2
   for path, value in shares:
     layer = '/'.join(path)
     np.testing.assert_allclose(summary['unary_binary'][layer]['unary'], float(value), rtol=1e-5)
-    binary = dict(visualize.sown(inter, 'binary_share'))[path]
+    binary = dict(introspection.sown(inter, 'binary_share'))[path]
     np.testing.assert_allclose(summary['unary_binary'][layer]['binary'], float(binary), rtol=1e-5)
   for name in ('lesa_unary_binary.png', 'lesa_binary_maps.png'):
     w, h = Image.open(out / name).size
@@ -104,7 +104,7 @@ def test_lesa_weights_are_the_definitions_of_tables_1_and_2(tmp_path, photo, cap
   """SA: the unary weight is the softmax diagonal S[i,i] (Tab. 1), read here from the sown attention
   with loops; LESA: the printed line is summary.json's mean; static LESA: 0.5 each, no maps."""
   out, _, inter, summary = run_model('sa_resnet50', tmp_path / 'sa', photo)
-  attention = visualize.sown(inter, 'attention')  # (heads, L, L) of the one image
+  attention = introspection.sown(inter, 'attention')  # (heads, L, L) of the one image
   assert [p for p, _ in attention] == [('layer3_1', 'conv2', 'binary'), ('layer4_0', 'conv2', 'binary')]
   diagonals = []
   for path, a in attention:
@@ -161,13 +161,13 @@ def test_missing_image_is_a_clear_error(tmp_path, capsys):
 
 def test_token_pixel_geometry_round_trips():
   for panel, grid in ((224, 8), (224, 7), (230, 9), (64, 64)):
-    np.testing.assert_array_equal(visualize.token_of_pixel(panel, grid)[visualize.pixel_of_token(panel, grid)],
+    np.testing.assert_array_equal(introspection.token_of_pixel(panel, grid)[introspection.pixel_of_token(panel, grid)],
                                   np.arange(grid))
 
 
 def test_cotnet_weights_are_the_sown_fusion_weights(tmp_path, photo):
   out, _, inter, summary = run_family('cotnet', tmp_path, photo)
-  weights = visualize.sown(inter, 'fusion_weights')  # (C, 2): [..., 0] dynamic K2, [..., 1] static K1
+  weights = introspection.sown(inter, 'fusion_weights')  # (C, 2): [..., 0] dynamic K2, [..., 1] static K1
   assert len(weights) == 4  # one CoT layer per stage in the demo model
   for path, w in weights:
     stage = int(path[0][len('layer')])
@@ -181,23 +181,23 @@ def test_cotnet_weights_are_the_sown_fusion_weights(tmp_path, photo):
 def test_salg_maps_show_the_sown_regions(tmp_path, photo):
   out, crop, inter, summary = run_family('salg', tmp_path, photo)
   np.testing.assert_array_equal(png(out / 'input_crop.png'), crop)
-  panel = visualize.panel_size(SIZE)
+  panel = introspection.panel_size(SIZE)
   region_size = small_kwargs(FAMILY_MODELS['salg'])['region_size']
-  maps = visualize.sown(inter, 'regions')
+  maps = introspection.sown(inter, 'regions')
   assert [path for path, _ in maps] == [('stage1',), ('stage2',), ('stage3',)]
   for (stage,), regions in maps:
     picture = png(out / f'salg_regions_{stage}.png')
-    assert picture.shape == (panel, 2 * panel + visualize.PANEL_GAP, 3)
-    flat_map = picture[:, panel + visualize.PANEL_GAP:]
+    assert picture.shape == (panel, 2 * panel + introspection.PANEL_GAP, 3)
+    flat_map = picture[:, panel + introspection.PANEL_GAP:]
     h, w = regions.shape
     grid_width = -(-w // region_size)
-    rows, cols = visualize.pixel_of_token(panel, h), visualize.pixel_of_token(panel, w)
+    rows, cols = introspection.pixel_of_token(panel, h), introspection.pixel_of_token(panel, w)
     for i, y in enumerate(rows):
       for j, x in enumerate(cols):
         r, c = divmod(int(regions[i, j]), grid_width)
-        assert tuple(flat_map[y, x]) == tuple(visualize.REGION_COLORS[(r % 3) * 3 + c % 3]), (stage, i, j)
+        assert tuple(flat_map[y, x]) == tuple(introspection.REGION_COLORS[(r % 3) * 3 + c % 3]), (stage, i, j)
         if j + 1 < w:  # the token's last pixel column is a white border iff the right neighbour differs
-          last = np.flatnonzero(visualize.token_of_pixel(panel, w) == j)[-1]
+          last = np.flatnonzero(introspection.token_of_pixel(panel, w) == j)[-1]
           is_border = tuple(flat_map[y, last]) == (255, 255, 255)
           assert is_border == (regions[i, j] != regions[i, j + 1]), (stage, i, j)
     assert summary['regions'][stage]['regions'] == len(np.unique(regions))
@@ -207,7 +207,7 @@ def test_salg_maps_show_the_sown_regions(tmp_path, photo):
 def test_neighbouring_regions_never_share_a_colour():
   grid_width = 7
   regions = np.arange(5 * grid_width)
-  colors = visualize.region_colors(regions, grid_width)
+  colors = introspection.region_colors(regions, grid_width)
   for a in regions:
     for b in regions:
       (ra, ca), (rb, cb) = divmod(a, grid_width), divmod(b, grid_width)

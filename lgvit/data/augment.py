@@ -58,9 +58,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from lgvit import cli
+from lgvit import quiet
 
-cli.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/cli.py)
+quiet.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/quiet.py)
 import tensorflow as tf  # noqa: E402
 
 from lgvit.data.transforms import MEAN_RGB

@@ -14,14 +14,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lgvit.data.classes import DEMO_CLASS_NAMES
 from lgvit.data.digits import IMAGE_SIZE as DIGIT_SIZE
 from lgvit.data.digits import LgvitDigits, load_splits, to_rgb32
-from lgvit.segmentation import DEMO_CLASS_NAMES
 
 CANVAS = 64
-NUM_CLASSES = 11  # background + digits 0..9
+NUM_CLASSES = len(DEMO_CLASS_NAMES)  # background + digits 0..9
 SPLIT_SIZES = {'train': 1200, 'validation': 200}
-CLASS_NAMES = DEMO_CLASS_NAMES
 _FOREGROUND = 96  # grey level (of 255) above which a pixel belongs to its digit
 
 

@@ -23,9 +23,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from lgvit import cli
+from lgvit import quiet
 
-cli.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/cli.py)
+quiet.import_tensorflow()  # before TensorFlow's first import: no start-up noise, no matplotlib (lgvit/quiet.py)
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
@@ -67,7 +67,7 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
   if embedded is not None:
     # On a fresh data_dir TFDS warns that it has no dataset_info.json yet and announces a download of
     # "Unknown size": nothing is downloaded, so one line of lgvit's says what happens instead.
-    with cli.drop_log_records('absl', r'^Variant folder .* has no dataset_info\.json$'):
+    with quiet.drop_log_records('absl', r'^Variant folder .* has no dataset_info\.json$'):
       builder = embedded(data_dir=data_dir)
       if not builder.is_prepared():
         import jax

@@ -1,4 +1,5 @@
-"""Runs lgvit.export, lgvit.predict and lgvit.visualize in one process and reports what they imported.
+"""Runs lgvit.export, lgvit.predict and lgvit.visualize in one process and reports what they imported (their
+libraries too: lgvit.exporting, lgvit.inference, lgvit.introspection, lgvit.data.classes).
 
 Usage: inference_without_tf.py DIR. Writes a tiny training workdir by hand (config.json and one
 checkpoint, the files main.py writes), exports it, classifies a PNG and a JPEG from both the workdir

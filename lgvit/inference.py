@@ -1,0 +1,196 @@
+"""A trained, exported or converted lgvit model, loaded for inference: classify, segment, look inside.
+
+:func:`load` reads any of the three directories lgvit writes (a ``main.py`` training workdir, an
+``python -m lgvit.export`` dir, a ``python -m lgvit.convert`` variables dir) and :func:`from_config` builds
+the model of a config; both return a :class:`LoadedModel` with ``classify``, ``segment``, ``preprocess``
+and ``intermediates`` (the values a model sows, e.g. NomMer's nomination maps). Images go through the
+model's own evaluation transform (its config's or registry entry's image size, crop_pct and interpolation),
+``lgvit.data.transforms.eval_image``, which needs no TensorFlow; neither does the rest of this module.
+Class names: :func:`lgvit.data.classes.class_names`. ``python -m lgvit.predict`` is the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from lgvit import checkpoint, modeling, segmentation
+from lgvit import workdir as layout
+from lgvit.data import classes, transforms
+from lgvit.errors import LgvitError
+from lgvit.models import create_model, model_info
+
+
+class LoadError(LgvitError, ValueError):
+  pass
+
+
+class ImageError(LgvitError, ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class Prediction:
+  label: int
+  name: str
+  probability: float
+
+
+def format_predictions(image: str, predictions: list[Prediction]) -> str:
+  """``image`` and its predictions, one ranked line each: ``  1.  97.12%  tabby  (label 281)``."""
+  lines = [image]
+  for rank, p in enumerate(predictions, 1):
+    lines.append(f'  {rank}. {100 * p.probability:6.2f}%  {p.name}  (label {p.label})')
+  return '\n'.join(lines)
+
+
+def _read(image, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
+  """``decode`` of a path's contents, or of bytes or an array as they are; undecodable: :class:`ImageError`."""
+  what = 'image'
+  if isinstance(image, (str, os.PathLike)):
+    what = str(image)
+    with open(image, 'rb') as f:
+      image = f.read()
+  try:
+    return decode(image)
+  except transforms.UndecodableImageError as e:
+    raise ImageError(f'{what}: cannot decode it as an image (JPEG, PNG, GIF or BMP): {e}') from None
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model with its variables and the way its authors fed it images."""
+  name: str
+  family: str
+  model: Any  # flax.linen.Module
+  variables: dict[str, Any]
+  image_size: int
+  crop_pct: float
+  interpolation: str
+  class_names: list[str]
+  source: str
+
+  def preprocess(self, image) -> np.ndarray:
+    """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
+    return _read(image, lambda x: transforms.eval_image(x, self.image_size, self.crop_pct, self.interpolation))
+
+  @functools.cached_property
+  def _forward(self):
+
+    def forward(variables, images):
+      return self.model.apply(variables, modeling.normalize(images), train=False)
+
+    return jax.jit(forward)
+
+  @functools.cached_property
+  def _forward_with_intermediates(self):
+
+    def forward(variables, images):
+      logits, state = self.model.apply(variables, modeling.normalize(images), train=False,
+                                       mutable=['intermediates'])
+      return logits, state.get('intermediates', {})
+
+    return jax.jit(forward)
+
+  def logits(self, crops) -> np.ndarray:
+    """(B, S, S, 3) uint8 crops from :meth:`preprocess` -> (B, num_classes) float32 logits."""
+    return np.asarray(self._forward(self.variables, np.asarray(crops)), np.float32)
+
+  def intermediates(self, crops) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits and the ``intermediates`` collection (what the model sows) for (B, S, S, 3) uint8 crops."""
+    logits, inter = self._forward_with_intermediates(self.variables, np.asarray(crops))
+    return np.asarray(logits, np.float32), jax.tree_util.tree_map(np.asarray, inter)
+
+  def segment(self, image, scale: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A segmentation model's (H, W) int32 class map of one image (path, bytes or uint8 array) at its own
+    size: mmseg's whole-image inference (:func:`lgvit.segmentation.infer_whole`), resized to ``scale``
+    (e.g. ADE20K's (2048, 512)) first if given."""
+    if isinstance(image, (str, os.PathLike, bytes)):
+      image = _read(image, transforms.decode)
+    logits = segmentation.infer_whole(self._segment_forward, modeling.normalize(np.asarray(image)[None]), scale=scale)
+    return np.asarray(logits[0].argmax(-1), np.int32)
+
+  @functools.cached_property
+  def _segment_forward(self):
+    apply = jax.jit(lambda variables, x: self.model.apply(variables, x, train=False))
+    return lambda x: apply(self.variables, x)
+
+  def classify(self, images: Sequence[Any], k: int = 5, batch_size: int = 32) -> list[list[Prediction]]:
+    """Top-``k`` predictions of each image (paths, bytes or arrays; see :meth:`preprocess`)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+      crops = np.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+      logits = self.logits(crops)
+      probs = np.exp(logits - logits.max(-1, keepdims=True))
+      probs /= probs.sum(-1, keepdims=True)
+      for p in probs:
+        top = np.argsort(-p, kind='stable')[:k]
+        out.append([Prediction(int(i), self.class_names[i], float(p[i])) for i in top])
+    return out
+
+
+def load(path: str, model: Optional[str] = None, *, best: bool = False, image_size: Optional[int] = None,
+         prefer_ema: bool = True) -> LoadedModel:
+  """Loads a training workdir, an export dir (``lgvit.export``) or a variables dir (``lgvit.convert``).
+
+  Args:
+    path: the directory.
+    model: registered model name; needed for a variables dir whose meta does not name the model.
+    best: for a training workdir, take ``W/best`` (the best eval) instead of the latest checkpoint.
+    image_size: input size for a variables dir (default: the model's registered input size).
+    prefer_ema: for a training workdir, take the EMA weights when the run kept them (as lgvit.export).
+  """
+  path = os.path.abspath(path)
+  kind = layout.kind(path)
+  if kind == layout.TRAINING:
+    config = layout.read_config(path)
+    if model and model != config.model:
+      raise LoadError(f'--model {model}, but {path} holds a {config.model} run')
+    variables = checkpoint.load_variables(os.path.join(path, layout.BEST) if best else path, prefer_ema=prefer_ema)
+    net, name, dataset = modeling.build_model(config), config.model, config.data.dataset
+    num_classes, size, crop_pct, interp = (config.num_classes, config.data.image_size, config.data.crop_pct,
+                                           config.data.interpolation)
+  else:
+    meta = layout.read_export_meta(path) if kind == layout.EXPORT else checkpoint.read_meta(path)
+    name = model or meta.get('model')
+    if not name:
+      raise LoadError(f'{path} does not name its model: pass --model NAME (a registered lgvit model)')
+    if meta.get('model') and name != meta['model']:
+      raise LoadError(f"--model {name}, but {path} holds {meta['model']} weights")
+    info = model_info(name)
+    variables = checkpoint.load_variables(path)
+    num_classes = int(meta.get('num_classes') or _head_classes(variables) or 1000)
+    net = create_model(name, num_classes=num_classes, **meta.get('model_kwargs', {}))
+    dataset = meta.get('dataset')
+    size = image_size or meta.get('image_size') or info.input_size
+    crop_pct, interp = meta.get('crop_pct', info.crop_pct), meta.get('interpolation', info.interpolation)
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  return LoadedModel(name=name, family=model_info(name).family, model=net, variables=variables, image_size=int(size),
+                     crop_pct=float(crop_pct), interpolation=interp,
+                     class_names=classes.class_names(dataset, num_classes), source=path)
+
+
+def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
+  """The model of a training config (e.g. ``configs/nommer_t.py:demo``) with ``variables``, or freshly
+  initialised ones (``model.init`` with ``seed``) when none are given."""
+  model = modeling.build_model(config)
+  if variables is None:
+    variables = modeling.init_variables(model, config.data.image_size, seed)
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  data = config.data
+  return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
+                     image_size=data.image_size, crop_pct=data.crop_pct, interpolation=data.interpolation,
+                     class_names=classes.class_names(data.dataset, config.num_classes), source='config')
+
+
+def _head_classes(variables) -> Optional[int]:
+  """The output width of the classifier ('head' or 'fc' Dense) of a variables tree, if it has one."""
+  params = variables.get('params', {})
+  for head in ('head', 'fc'):
+    if head in params and 'bias' in params[head]:
+      return int(params[head]['bias'].shape[0])
+  return None
