@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lgvit import schema
 from lgvit import workdir as layout
@@ -62,8 +63,10 @@ class MetricsLog:
           self.rows.append(row)
       layout.write_text(self.path, ''.join(line + '\n' for line in kept))
     try:
+      # TensorFlow: only the TensorBoard copy needs it; importing bookkeeping costs no TF start-up (seconds)
       import tensorflow as tf
       self.tb = tf.summary.create_file_writer(os.path.join(workdir, layout.TENSORBOARD))
+      self._tf_summary = tf.summary
     except Exception:  # noqa: BLE001 - TensorBoard is a convenience
       self.tb = None
 
@@ -109,11 +112,10 @@ class MetricsLog:
       raise WorkdirError(f'cannot append to {self.path} at step {step}: {e.strerror or e}; the checkpoints are '
                          'intact, free space (or fix the disk) and rerun the same command to resume') from None
     if self.tb is not None:
-      import tensorflow as tf
       with self.tb.as_default(step=step):
         for k, v in {**row, **(extra or {})}.items():
           if k not in NOT_PLOTTED:
-            tf.summary.scalar(k, v)
+            self._tf_summary.scalar(k, v)
       self.tb.flush()
 
 
@@ -200,7 +202,6 @@ class WorkdirLock:
   def __enter__(self):
     error = self._acquire() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
       if refused and error is None:
         error = f'{self.workdir} is in use by another run (process 0 could not take {self.path})'
@@ -313,7 +314,6 @@ def preemption_requested(sigterm: SigtermFlag, checkpointer, step: int) -> bool:
   """Whether to checkpoint and stop after ``step``; every process gets the same answer at the same step."""
   if jax.process_count() == 1:
     return sigterm.set
-  from jax.experimental import multihost_utils
   if step % 10:  # agreeing costs a collective: ask every 10 steps
     return False
   flags = multihost_utils.process_allgather(np.array([sigterm.set], np.int32))

@@ -25,6 +25,7 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from lgvit import workdir as layout
 from lgvit.errors import CheckpointError, WorkdirError, first_line
@@ -161,7 +162,6 @@ class TrainCheckpointer:
         os.replace(os.path.join(self.directory, str(step)), dest)
         print(f'Moved the unreadable checkpoint of step {step} to {dest}.', flush=True)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('lgvit quarantine')
     self.manager.close()
     self.manager = self._new_manager()

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from lgvit import cli, cpu_kernels
+from lgvit import checkpoint, cli, cpu_kernels
+from lgvit.convert import ConversionError, from_torch, load_state_dict_file, strip_prefix
 
 
 def main(argv=None):
@@ -36,8 +37,6 @@ def main(argv=None):
 
 
 def convert(args):
-  from lgvit import checkpoint
-  from lgvit.convert import ConversionError, from_torch, load_state_dict_file, strip_prefix
   try:
     overrides = json.loads(args.model_kwargs)
   except json.JSONDecodeError as e:

@@ -8,14 +8,19 @@ Whatever the rule leaves unused, unfilled or mis-shaped is reported all at once.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import re
+import zipfile
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_safetensors
 
 from lgvit.errors import LgvitError, first_line
 from lgvit.models import create_model, model_info
@@ -214,7 +219,6 @@ def _safe_globals():
   timm (and so CoTNet) saves its ``argparse.Namespace`` under ``args``; metrics logged as numpy
   scalars pickle as ``numpy.core.multiarray.scalar`` + a dtype (``numpy._core`` under numpy 2).
   """
-  import argparse
   out = [argparse.Namespace, np.dtype]
   scalar = getattr(getattr(np, '_core', np.core).multiarray, 'scalar')
   out += [(scalar, f'{m}.multiarray.scalar') for m in ('numpy.core', 'numpy._core')]
@@ -226,13 +230,12 @@ def _torch_load(path: str, trust_pickle: bool):
   """``torch.load`` with weights_only=True (nothing but tensors, containers and the allow-list is
   rebuilt, so a malicious pickle cannot run code); ``trust_pickle`` restores full unpickling."""
   try:
-    import torch
+    import torch  # torch: only a .pth needs it, and it is optional and takes seconds to import
   except ImportError:
     raise ConversionError(f'reading {path} needs PyTorch (pip install torch); .npz and .safetensors do '
                           'not') from None
   if trust_pickle:
     return torch.load(path, map_location='cpu', weights_only=False)
-  import pickle
   try:
     with torch.serialization.safe_globals(_safe_globals()):
       return torch.load(path, map_location='cpu', weights_only=True)
@@ -271,7 +274,6 @@ def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool
       raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors)')
     return {k: to_numpy(v) for k, v in obj.items() if hasattr(v, 'shape')}
   if path.endswith('.npz'):
-    import zipfile
     if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and blame 'object data'
       raise ConversionError(f'{path} is not a .npz archive (truncated, or another format under that name)')
     try:
@@ -284,10 +286,8 @@ def load_state_dict_file(path: str, prefer_ema: bool = False, trust_pickle: bool
       raise ConversionError(f'{path} is not a readable .npz archive ({type(e).__name__}: '
                             f'{first_line(e)})') from None
   if path.endswith('.safetensors'):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
     try:
-      return load_file(path)
+      return load_safetensors(path)
     except (SafetensorError, OSError) as e:
       raise ConversionError(f'{path} is not a readable .safetensors file (truncated?): '
                             f'{first_line(e)}') from None
