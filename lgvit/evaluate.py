@@ -8,7 +8,7 @@
         [--data-dir DATA_DIR] [--batch-size N] [--out results.json]
 
 runs each evaluator over every image of its split once and writes the results JSON: one entry per
-evaluator with top1, top5, loss (one-label sets), count (scored images), skipped (unreadable images)
+evaluator (named as in ``config.evals`` or ``--evals``; ``splits`` gives each one's ``DATASET:SPLIT``) with top1, top5, loss (one-label sets), count (scored images), skipped (unreadable images)
 and, for ReaL, no_label (images without a ReaL label, left out). Default evaluators: a workdir's
 main eval and its ``config.evals``; for an export or a checkpoint, the ImageNet suite when the model
 has 1000 classes, else the validation split of the dataset it names. A workdir's EMA weights are
@@ -76,7 +76,7 @@ def evaluate_model(loaded, config, specs: Sequence[evals.EvalSpec],
   results = {}
   for evaluator in built:
     metrics = evaluator.run(variables)
-    results[evaluator.spec.name] = {**metrics, 'dataset': evaluator.spec.dataset, 'split': evaluator.spec.split}
+    results[evaluator.spec.name] = metrics
     print(f'{evaluator.spec.name}: {evaluator.summary(metrics)}', flush=True)
   return results
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   results = evaluate_model(loaded, config, specs, options)
   return {'model': loaded.name, 'source': os.path.abspath(source), 'weights': weights,
           'image_size': loaded.image_size, 'crop_pct': loaded.crop_pct, 'interpolation': loaded.interpolation,
-          'evals': results}
+          'evals': results, 'splits': {s.name: f'{s.dataset}:{s.split}' for s in specs}}
 
 
 def main(argv=None) -> int:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default=None, help=f'results JSON (default: SOURCE/{RESULTS})')
   parser.add_argument('--segment-mode', '--segment_mode', dest='segment_mode', default=None,
                       choices=('whole', 'slide', 'multiscale'),
-                      help="segmentation workdirs: mmseg's test mode, each image at its own size (docs/segmentation.md)")
+                      help="UperNet workdirs: mmseg's test mode, each image at its own size (default: the in-training eval)")
   args = parser.parse_args(argv)
   if args.checkpoint and not args.model:
     parser.error('--checkpoint needs --model NAME')

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import RESNET_TINY, SUITE_A_SYNSETS, SUITE_R_SYNSETS, SUITE_REAL, SUITE_V2_LABELS, build_eval_suite
 
-from lgvit import evals
+from lgvit import evals, schema
+from lgvit.data import classes
+from lgvit.tasks import classification
 from lgvit.errors import ConfigError, DatasetNotFoundError
 
 # The 1k indices the authors evaluate on: indices_in_1k of github.com/hendrycks/natural-adv-examples eval.py
@@ -33,14 +35,14 @@ def test_real_top1_and_top5_against_a_hand_computed_case():
   for i, s in enumerate(sets):
     real[i, list(s)] = 1
   mask = np.array([1, 1, 1, 1, 0], np.float32)
-  out = {k: float(v) for k, v in evals.score_real(logits, real, mask).items()}
+  out = {k: float(v) for k, v in classification.score_real(logits, real, mask).items()}
   assert out == {'count': 3.0, 'top1': 2.0, 'top5': 3.0, 'no_label': 1.0}  # ReaL top-1 = 2/3
 
 
 def test_200_class_subsets_are_the_authors_and_restrict_the_argmax():
   import hashlib
   for subset, (count, total, first, last, digest) in AUTHORS.items():
-    indices = evals.subset_indices(subset).tolist()
+    indices = classes.imagenet_subset_labels(subset).tolist()
     assert (len(indices), sum(indices), indices[:8], indices[-4:]) == (count, total, first, last), subset
     assert hashlib.sha256(' '.join(map(str, indices)).encode()).hexdigest() == digest, subset
   # The 1000-way argmax of image 0 is class 0 (not an ImageNet-A class); among the 200 it is class 11,
@@ -48,23 +50,47 @@ def test_200_class_subsets_are_the_authors_and_restrict_the_argmax():
   logits = np.full((2, 1000), -5.0, np.float32)
   logits[0, [0, 11, 6]] = [9.0, 3.0, 1.0]
   logits[1, [6, 13]] = [2.0, 4.0]
-  subset = evals.subset_indices('imagenet_a')
-  restricted, labels = evals.restrict(logits, np.array([11, 6]), subset)
+  subset = classes.imagenet_subset_labels('imagenet_a')
+  restricted, labels = classification.restrict(logits, np.array([11, 6]), subset)
   assert restricted.shape == (2, 200) and labels.tolist() == [1, 0]  # 6 and 11 are the 1st and 2nd
-  out = evals.score_labels(restricted, labels, np.ones(2, np.float32))
+  out = classification.score_labels(restricted, labels, np.ones(2, np.float32))
   assert float(out['top1']) == 1.0 and float(out['count']) == 2.0
 
 
-def test_evaluator_names():
-  assert evals.parse('imagenet_v2').dataset == 'imagenet_v2/matched-frequency'
-  assert evals.parse('imagenet2012_real').labels == 'real' and evals.parse('imagenet_r').subset == 'imagenet_r'
-  assert (evals.parse('lgvit_digits:validation').dataset, evals.parse('lgvit_digits:validation').split) == \
-      ('lgvit_digits', 'validation')
-  assert evals.names(('imagenet_v2,imagenet_a', 'imagenet_a', ' imagenet_r ')) == ['imagenet_v2', 'imagenet_a',
-                                                                                   'imagenet_r']
-  assert evals.log_prefix(evals.parse('imagenet2012_real'), main=False) == 'eval_imagenet2012_real_'
+def test_evaluator_names_and_entries():
+  from configs import resnet50
+  c = resnet50.get_config('')
+  assert [(s.name, s.dataset, s.split, s.prefix) for s in evals.specs(c)] == [
+      ('main', 'imagenet2012', 'validation', 'eval_'), ('imagenet2012_real', 'imagenet2012_real', 'validation',
+                                                        'eval_imagenet2012_real_'),
+      ('imagenet_a', 'imagenet_a', 'test', 'eval_imagenet_a_'), ('imagenet_r', 'imagenet_r', 'test', 'eval_imagenet_r_'),
+      ('imagenet_v2', 'imagenet_v2/matched-frequency', 'test', 'eval_imagenet_v2_')]  # no EMA weights: no 'ema'
+  assert classification.PROTOCOLS['imagenet2012_real'].labels == 'real'
+  assert classification.PROTOCOLS['imagenet_r'].subset == 'imagenet_r'
+  c.unlock()
+  c.ema_decay = 0.9999
+  c.evals.imagenet_a.every = -1.0  # left out
+  assert [(s.name, s.weights) for s in evals.specs(c)][:2] == [('main', 'raw'), ('ema', 'ema')]
+  assert 'imagenet_a' not in [s.name for s in evals.specs(c)]
+  assert [s.name for s in evals.specs(c, weights='raw')][:2] == ['main', 'imagenet2012_real']  # each split once
+  digits = evals.spec_from_name('lgvit_digits:validation', c)
+  assert (digits.dataset, digits.split, digits.prefix) == ('lgvit_digits', 'validation', 'eval_lgvit_digits_validation_')
+  assert evals.spec_from_name('imagenet_v2', c).dataset == 'imagenet_v2/matched-frequency'
+  assert evals.names('imagenet_v2,imagenet_a, imagenet_a , imagenet_r ') == ['imagenet_v2', 'imagenet_a', 'imagenet_r']
   with pytest.raises(ConfigError, match='unknown evaluator .imagenet_v3.; use one of imagenet_v2'):
-    evals.parse('imagenet_v3')
+    evals.spec_from_name('imagenet_v3', c)
+
+
+def test_old_workdirs_evals_tuple_becomes_entries():
+  """A config.json from before the entries (a tuple of names) resumes with the same evaluators and weights."""
+  saved = {'data': {'dataset': 'imagenet2012', 'eval_split': 'validation'}, 'ema_decay': 0.9999,
+           'best_metric': 'ema_top1', 'evals': ['imagenet2012:validation', 'imagenet_v2', 'lgvit_digits:train']}
+  upgraded = schema.upgrade(saved)['evals']
+  assert sorted(upgraded) == ['ema', 'imagenet_v2', 'lgvit_digits_train', 'main']
+  assert upgraded['imagenet_v2'] == {**schema.eval_entry(dataset='imagenet_v2/matched-frequency', split='test',
+                                                         weights='ema').to_dict()}
+  assert upgraded['lgvit_digits_train']['split'] == 'train' and upgraded['main']['prefix'] == 'eval_'
+  assert schema.upgrade({**saved, 'best_metric': 'top1'})['evals']['imagenet_v2']['weights'] == 'raw'
 
 
 @pytest.fixture(scope='module')
@@ -77,7 +103,8 @@ def _imagenet_config(data_dir, **overrides):
   c = resnet50.get_config('demo')
   c.unlock()
   c.data.update(dataset='imagenet2012', data_dir=data_dir)
-  c.num_classes, c.evals, c.eval_batch_size = 1000, tuple(SUITE), 4  # batches of 4: every split ends padded
+  c.num_classes, c.eval_batch_size = 1000, 4  # batches of 4: every split ends padded
+  c.evals = schema.base_config().evals  # the ImageNet suite
   c.model_kwargs.update(RESNET_TINY)
   for k, v in overrides.items():
     c[k] = v
@@ -103,8 +130,8 @@ def _reference(loaded, data_dir):
   for name, dataset, split in (('imagenet2012:validation', 'imagenet2012', 'validation'),
                                ('imagenet_v2', 'imagenet_v2/matched-frequency', 'test'),
                                ('imagenet_a', 'imagenet_a', 'test'), ('imagenet_r', 'imagenet_r', 'test')):
-    classes = evals.subset_indices(name).tolist() if name in AUTHORS else list(range(1000))
-    hits = [classes[int(np.argmax(logits[classes]))] == ex['label'] for logits, ex in records(dataset, split)]
+    scored = classes.imagenet_subset_labels(name).tolist() if name in AUTHORS else list(range(1000))
+    hits = [scored[int(np.argmax(logits[scored]))] == ex['label'] for logits, ex in records(dataset, split)]
     out[name] = (len(hits), float(np.mean(hits)))
   hits = [int(np.argmax(logits)) in set(ex['real_label'].tolist())
           for logits, ex in records('imagenet2012_real', 'validation') if len(ex['real_label'])]
@@ -197,8 +224,8 @@ def test_training_logs_every_imagenet_evaluator(suite, tmp_path, capsys):
   assert {f'eval_{n}_top1' for n in counts} <= _tensorboard_tags(workdir)
   assert evaluate.main(['--workdir', str(workdir)]) == 0
   from_workdir = json.loads((workdir / 'eval_results.json').read_text())
-  assert sorted(from_workdir['evals']) == sorted(SUITE)
-  _agrees_with_row(from_workdir, row, {'imagenet2012:validation': 'eval_'} | {n: f'eval_{n}_' for n in counts})
+  assert sorted(from_workdir['evals']) == sorted(['main', *counts])
+  _agrees_with_row(from_workdir, row, {'main': 'eval_'} | {n: f'eval_{n}_' for n in counts})
 
 
 def test_training_logs_extra_evaluators_and_evaluate_reproduces_them(tmp_path, capsys):
@@ -211,18 +238,19 @@ def test_training_logs_extra_evaluators_and_evaluate_reproduces_them(tmp_path, c
   c.data.data_dir = str(tmp_path / 'tfds')
   c.model_kwargs.update(RESNET_TINY)
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 1, 1, 1
-  c.evals = ('lgvit_digits:validation', 'lgvit_digits:train')
+  c.evals.train_split = schema.eval_entry(split='train')
   workdir = tmp_path / 'run'
   train.train_and_evaluate(c, str(workdir), async_checkpoints=False)
-  assert '[lgvit_digits:train]: top-1' in capsys.readouterr().out
+  assert '[train_split]: top-1' in capsys.readouterr().out
   row = _eval_rows(workdir)[-1]
-  assert row['eval_count'] == 360 and row['eval_lgvit_digits_train_count'] == 1437
-  assert {'eval_top1', 'eval_lgvit_digits_train_top1', 'eval_lgvit_digits_train_loss'} <= _tensorboard_tags(workdir)
+  assert row['eval_count'] == 360 and row['eval_train_split_count'] == 1437
+  assert {'eval_top1', 'eval_train_split_top1', 'eval_train_split_loss'} <= _tensorboard_tags(workdir)
   assert evaluate.main(['--workdir', str(workdir), '--batch-size', '64']) == 0  # another padding, same numbers
   results = json.loads((workdir / 'eval_results.json').read_text())
-  assert sorted(results['evals']) == ['lgvit_digits:train', 'lgvit_digits:validation']
+  assert sorted(results['evals']) == ['main', 'train_split']
+  assert results['splits'] == {'main': 'lgvit_digits:validation', 'train_split': 'lgvit_digits:train'}
   assert results['weights'] == 'latest (raw)' and results['model'] == 'resnet50'
-  _agrees_with_row(results, row, {'lgvit_digits:validation': 'eval_', 'lgvit_digits:train': 'eval_lgvit_digits_train_'})
+  _agrees_with_row(results, row, {'main': 'eval_', 'train_split': 'eval_train_split_'})
 
 
 def test_evaluate_refuses_bad_sources_in_one_line(tmp_path, capsys):
@@ -237,9 +265,9 @@ def test_evaluate_refuses_bad_sources_in_one_line(tmp_path, capsys):
 def test_a_missing_evaluator_dataset_fails_before_training(tmp_path):
   from lgvit import train
   config = _imagenet_config(str(tmp_path / 'empty'))
-  config.data.dataset, config.num_classes, config.evals = 'lgvit_digits', 10, ('imagenet_v2',)
+  config.data.dataset, config.num_classes = 'lgvit_digits', 10
+  schema.keep_evals(config, 'main', 'imagenet_v2')
   with pytest.raises(DatasetNotFoundError, match=r'evaluator imagenet_v2: .* `tfds build imagenet_v2/matched-freq'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
-  config.evals = ('lgvit_digits:validation', 'lgvit_digits:train')  # the main eval once, another split of the digits
-  assert [e.name for e in evals.extra_evaluators(config)] == ['lgvit_digits:train']
+
