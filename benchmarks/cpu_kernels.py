@@ -51,7 +51,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   sys.path.insert(0, ROOT)
   from lgvit import cpu_kernels
-  from lgvit.benchmark import cell_env, cpu_model
+  from lgvit.benchmarking import cell_env, cpu_model
   print(f'CPU: {cpu_model()}; threads: {"1 (core 0)" if args.threads else "all"}; '
         f'auto picks {cpu_kernels.auto_choice(cpu_kernels.has_avx512())} here; median of {args.repeats}, ms')
   rows = []

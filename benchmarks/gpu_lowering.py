@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from lgvit import aot
+from lgvit import ahead_of_time
 from lgvit.models import list_models
 
 
@@ -27,9 +27,9 @@ def main(argv=None) -> int:
   for name in names:
     t0 = time.perf_counter()
     try:
-      config = aot.load_config(name)
+      config = ahead_of_time.load_config(name)
       config.dtype = args.dtype
-      exported = aot.export_step(config, 'cuda', args.batch, args.mode)
+      exported = ahead_of_time.export_step(config, 'cuda', args.batch, args.mode)
       size, ok = len(exported.mlir_module()), 'yes'
     except Exception as e:  # noqa: BLE001 - report every model, then fail
       size, ok, failed = 0, f'NO: {str(e).splitlines()[0][:120]}', failed + 1

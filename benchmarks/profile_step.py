@@ -21,7 +21,7 @@ import time
 import jax
 
 from lgvit import cpu_kernels
-from lgvit.benchmark import benchmark_step
+from lgvit.benchmarking import benchmark_step
 
 
 def category(name: str) -> str:

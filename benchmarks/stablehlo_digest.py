@@ -9,7 +9,7 @@ since moving code changes them without changing the program.
     (cd ../other-checkout && PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/stablehlo_digest.py ...) > b.txt
     diff a.txt b.txt
 
-The programs are those of ``lgvit.benchmark`` (inference forward, and a train step with SGD), at the
+The programs are those of ``lgvit.benchmarking`` (inference forward, and a train step with SGD), at the
 batch and size given, traced on the default backend with the kernel path it selects
 (``docs/kernels.md``); ``LGVIT_KERNELS`` chooses another.
 """
@@ -17,7 +17,7 @@ import argparse
 import hashlib
 import re
 
-from lgvit.benchmark import benchmark_step
+from lgvit.benchmarking import benchmark_step
 from lgvit.models import list_models
 
 _LOCATIONS = re.compile(r'loc\([^)]*\)|#loc[0-9]*')

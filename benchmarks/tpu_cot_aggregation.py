@@ -10,7 +10,7 @@ temporary bytes and bytes accessed for each (bf16 inputs, a float32 probe as the
 import argparse
 import time
 
-from lgvit import aot
+from lgvit import ahead_of_time
 
 
 def main():
@@ -19,8 +19,8 @@ def main():
   parser.add_argument('--size', type=int, default=56)
   parser.add_argument('--channels', type=int, default=128)
   args = parser.parse_args()
-  aot.check_libtpu()
-  device = aot.topology_devices('v5e:2x2')[0]
+  ahead_of_time.check_libtpu()
+  device = ahead_of_time.topology_devices('v5e:2x2')[0]
   import jax
   import jax.numpy as jnp
   from lgvit.models import kernels

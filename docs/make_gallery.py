@@ -6,7 +6,7 @@
 For each family (NomMer, SALG, LESA, CoTNet) the script trains the family's ``configs/<variant>.py:demo``
 on the embedded digits for ``--steps`` steps (fixed seed, the same run every time on one machine), loads
 the workdir back as ``python -m lgvit.visualize --workdir`` does, and draws the pictures of one digit
-with :func:`lgvit.visualize.pictures`. It writes ``OUT/<family>/*.png`` and ``OUT.md`` (the gallery
+with :func:`lgvit.introspection.pictures`. It writes ``OUT/<family>/*.png`` and ``OUT.md`` (the gallery
 page, whose captions carry the numbers behind the pictures). PNGs are optimised; each stays < 100 KB
 (tests/test_gallery.py checks).
 """
@@ -40,16 +40,16 @@ MAX_PNG_BYTES = 100_000
 
 def demo_model(variant: str, steps: int, workdir: str, data_dir: str | None):
   """The variant's demo model after ``steps`` training steps (0: freshly initialised, seed 0)."""
-  from lgvit import predict, train
+  from lgvit import inference, train
   config = importlib.import_module(f'configs.{variant}').get_config('demo')
   if steps == 0:
-    return predict.from_config(config), None
+    return inference.from_config(config), None
   config.unlock()
   config.num_train_steps = steps
   config.data.data_dir = data_dir
   config.log_every_steps = max(steps // 3, 1)
   result = train.train_and_evaluate(config, workdir, async_checkpoints=False)
-  return predict.load(workdir), float(result['eval_top1'])
+  return inference.load(workdir), float(result['eval_top1'])
 
 
 def save_png(image, path: pathlib.Path):
@@ -73,7 +73,7 @@ def section(family: str, variant: str, about: str, steps: int, top1: float | Non
 
 
 def numbers(family: str, summary: dict) -> str:
-  """The numbers behind a family's pictures, in one sentence (from visualize.pictures' summary)."""
+  """The numbers behind a family's pictures, in one sentence (from introspection.pictures' summary)."""
   if family == 'nommer':
     return 'Nominations: ' + '; '.join(
         f"{layer} " + ', '.join(f'{name} {share[name]:.0%}' for name in ('CNN', 'local', 'global'))
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
   parser.add_argument('--data_dir', default=None, help='TFDS data_dir for the embedded digits')
   parser.add_argument('--families', default=','.join(f for f, *_ in FAMILIES), help='comma-separated subset')
   args = parser.parse_args(argv)
-  from lgvit import cli, cpu_kernels, visualize
+  from lgvit import cli, cpu_kernels, introspection
   cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
   from lgvit.data.digits import to_rgb32
   from PIL import Image
@@ -123,12 +123,12 @@ def main(argv=None) -> int:
       if family not in wanted:
         continue
       loaded, top1 = demo_model(variant, args.steps, os.path.join(tmp, variant), args.data_dir)
-      pictures, summary = visualize.pictures(loaded, image)
+      pictures, summary = introspection.pictures(loaded, image)
       files = []
       for picture in pictures:
         path = out / family / picture.filename
         if picture.filename == 'input_crop.png':  # 32x32 is a dot on a web page: the maps' panel size
-          side = visualize.panel_size(picture.image.width)
+          side = introspection.panel_size(picture.image.width)
           picture.image = picture.image.resize((side, side), Image.NEAREST)
         save_png(picture.image, path)
         files.append((f'{out.name}/{family}/{picture.filename}', picture.title))

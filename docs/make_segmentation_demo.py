@@ -39,7 +39,7 @@ def main(argv=None):
   import tensorflow_datasets as tfds
   from lgvit import checkpoint as ckpt
   from lgvit import cpu_kernels, segmentation
-  from lgvit.data import pipeline
+  from lgvit.data import classes, pipeline
   from lgvit.modeling import build_model, normalize
   sys.path.insert(0, str(ROOT))
   from configs import upernet
@@ -53,7 +53,7 @@ def main(argv=None):
   builder = pipeline.get_builder('lgvit_digits_seg', c.data.data_dir)
   ex = next(iter(tfds.as_numpy(builder.as_dataset(split='validation', shuffle_files=False).batch(args.rows))))
   pred = np.asarray(jnp.argmax(segmentation.infer_whole(apply, normalize(jnp.asarray(ex['image']))), -1))
-  palette = segmentation.palette_for(c.num_classes)
+  palette = classes.palette_for(c.num_classes)
   rows = [segmentation.comparison_picture(ex['image'][i], ex['annotation'][i, ..., 0], pred[i], palette)
           for i in range(args.rows)]
   picture = np.concatenate(rows, axis=0).repeat(3, 0).repeat(3, 1)

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from lgvit import aot
+from lgvit import ahead_of_time, aot
 
 HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_compiled(batch, per_image, fixed, args=0):
-  return aot.Compiled(batch, 0.0, 0.0, 0.0, args, fixed + per_image * batch, 0, 0, 0)
+  return ahead_of_time.Compiled(batch, 0.0, 0.0, 0.0, args, fixed + per_image * batch, 0, 0, 0)
 
 
 @pytest.mark.parametrize('search,want', [('verify', '37'), ('fit', '~37'), ('one', '>=29')])
@@ -27,7 +27,7 @@ def test_largest_batch_search_on_an_affine_memory_model(search, want):
     return fake_compiled(b, 100 * 2**20, 2**30)
 
   hbm = int(4.7 * 2**30)
-  assert aot.largest_fitting_batch(measure, hbm, measure(16), search) == want
+  assert ahead_of_time.largest_fitting_batch(measure, hbm, measure(16), search) == want
   assert len(measured) <= 4
 
 
@@ -36,7 +36,7 @@ def test_search_steps_down_when_the_fit_was_optimistic():
   def measure(b):
     return fake_compiled(b, 100 * 2**20 if b <= 32 else 130 * 2**20, 2**30)
 
-  got = int(aot.largest_fitting_batch(measure, int(4.7 * 2**30), measure(16)))
+  got = int(ahead_of_time.largest_fitting_batch(measure, int(4.7 * 2**30), measure(16)))
   assert measure(got).total_bytes <= 4.7 * 2**30 and got < 37
 
 
@@ -53,14 +53,14 @@ def test_a_refused_compile_becomes_does_not_fit_with_the_bytes_libtpu_reported(m
     def compile(self):
       raise RuntimeError('jaxlib: ' + LIBTPU_REFUSAL)
 
-  monkeypatch.setattr(aot, 'step_and_args', lambda *a, **k: (Refused(), ()))
-  monkeypatch.setattr('lgvit.train.make_mesh', lambda devices: None)
-  with pytest.raises(aot.DoesNotFit) as refusal:
-    aot.compile_step(None, [0] * 8, 64)
+  monkeypatch.setattr(ahead_of_time, 'step_and_args', lambda *a, **k: (Refused(), ()))
+  monkeypatch.setattr('lgvit.modeling.make_mesh', lambda devices: None)
+  with pytest.raises(ahead_of_time.DoesNotFit) as refusal:
+    ahead_of_time.compile_step(None, [0] * 8, 64)
   assert refusal.value.batch_per_chip == 64 and refusal.value.message.startswith('RESOURCE_EXHAUSTED')
   assert abs(refusal.value.needed_bytes - 25.12 * 2**30) < 2**20
-  assert aot.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: Used 17.5G of 15.75G hbm').needed_bytes == int(17.5 * 2**30)
-  assert aot.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: out of memory').needed_bytes is None
+  assert ahead_of_time.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: Used 17.5G of 15.75G hbm').needed_bytes == int(17.5 * 2**30)
+  assert ahead_of_time.DoesNotFit(8, 0.0, 'RESOURCE_EXHAUSTED: out of memory').needed_bytes is None
 
 
 def affine_or_refused(calls, limit_bytes):
@@ -69,7 +69,7 @@ def affine_or_refused(calls, limit_bytes):
     calls.append(b)
     c = fake_compiled(b, 100 * 2**20, 2**30)
     if c.total_bytes > limit_bytes:
-      raise aot.DoesNotFit(b, 0.0, f'RESOURCE_EXHAUSTED: HLO temporaries {c.total_bytes / 2**30:.2f}G exceed')
+      raise ahead_of_time.DoesNotFit(b, 0.0, f'RESOURCE_EXHAUSTED: HLO temporaries {c.total_bytes / 2**30:.2f}G exceed')
     return c
   return measure
 
@@ -79,9 +79,9 @@ def test_search_below_a_refused_batch_halves_until_a_program_compiles(search, wa
   hbm = int(4.7 * 2**30)
   calls = []
   measure = affine_or_refused(calls, hbm)
-  with pytest.raises(aot.DoesNotFit) as refusal:
+  with pytest.raises(ahead_of_time.DoesNotFit) as refusal:
     measure(128)
-  assert aot._search_below(measure, hbm, refusal.value, search) == want
+  assert ahead_of_time.search_below(measure, hbm, refusal.value, search) == want
   assert calls[:3] == [128, 64, 32]  # 64 refused too; 32 is where the search starts
 
 
@@ -89,20 +89,20 @@ def test_search_never_answers_at_or_above_the_refused_batch():
   # Everything up to 37 fits by the bytes, but libtpu refuses from 30 on: the answer is below 30.
   hbm = int(4.7 * 2**30)
   measure = affine_or_refused([], fake_compiled(29, 100 * 2**20, 2**30).total_bytes)
-  assert int(aot.largest_fitting_batch(measure, hbm, measure(16), 'verify', refused=30)) < 30
-  assert aot.largest_fitting_batch(measure, hbm, measure(16), 'fit', refused=30) == '~29'
-  assert aot.largest_fitting_batch(measure, int(9 * 2**30), measure(16), 'one', refused=30) == '16-29'
-  assert aot._search_below(affine_or_refused([], 0), hbm, aot.DoesNotFit(4, 0.0, ''), 'verify') == '0'
+  assert int(ahead_of_time.largest_fitting_batch(measure, hbm, measure(16), 'verify', refused=30)) < 30
+  assert ahead_of_time.largest_fitting_batch(measure, hbm, measure(16), 'fit', refused=30) == '~29'
+  assert ahead_of_time.largest_fitting_batch(measure, int(9 * 2**30), measure(16), 'one', refused=30) == '16-29'
+  assert ahead_of_time.search_below(affine_or_refused([], 0), hbm, ahead_of_time.DoesNotFit(4, 0.0, ''), 'verify') == '0'
 
 
 def test_the_command_prints_a_no_fit_row_where_libtpu_refuses(monkeypatch, capsys):
   hbm = int(4.7 * 2**30)
-  monkeypatch.setattr(aot, 'check_libtpu', lambda: None)
-  monkeypatch.setattr(aot, 'topology_devices', lambda name, bounds: [type('Chip', (), {
+  monkeypatch.setattr(ahead_of_time, 'check_libtpu', lambda: None)
+  monkeypatch.setattr(ahead_of_time, 'topology_devices', lambda name, bounds: [type('Chip', (), {
       'device_kind': 'TPU v5 lite', 'process_index': 0})()] * 8)
-  monkeypatch.setattr(aot, 'chip_hbm_bytes', lambda device, override: hbm)
+  monkeypatch.setattr(ahead_of_time, 'chip_hbm_bytes', lambda device, override: hbm)
   measure = affine_or_refused([], hbm)
-  monkeypatch.setattr(aot, 'compile_step', lambda config, devices, b, mode: measure(b))
+  monkeypatch.setattr(ahead_of_time, 'compile_step', lambda config, devices, b, mode: measure(b))
   assert aot.main(['--topology', 'v5e:2x4', '--models', 'resnet50', '--batch-per-chip', '64',
                    '--search', 'verify', '--bytes']) == 0
   out = capsys.readouterr()
@@ -129,16 +129,16 @@ def test_missing_or_mismatched_libtpu_is_a_one_line_error(monkeypatch, capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith('error: libtpu is not installed') and 'requirements-tpu.txt' in err and '\n' not in err
   monkeypatch.setattr(md, 'version', lambda name: '0.0.1' if name == 'libtpu' else real(name))
-  monkeypatch.setattr(aot, 'libtpu_requirement', lambda: '==0.0.42.*')
+  monkeypatch.setattr(ahead_of_time, 'libtpu_requirement', lambda: '==0.0.42.*')
   assert aot.main(['--topology', 'v5e:2x2', '--models', 'resnet50']) == 2
   assert 'libtpu 0.0.1 does not match jax' in capsys.readouterr().err
 
 
 def test_bad_topology_names_say_what_to_use():
-  with pytest.raises(aot.AotError, match='v5e:2x4'):
-    aot.parse_topology('v5litepod-8')
-  with pytest.raises(aot.AotError, match='GEN:SHAPE'):
-    aot.parse_topology('v4:2x2')  # v4 slices are 3-D
+  with pytest.raises(ahead_of_time.AotError, match='v5e:2x4'):
+    ahead_of_time.parse_topology('v5litepod-8')
+  with pytest.raises(ahead_of_time.AotError, match='GEN:SHAPE'):
+    ahead_of_time.parse_topology('v4:2x2')  # v4 slices are 3-D
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu not installed (pip install -r requirements-tpu.txt)')
@@ -161,9 +161,9 @@ def test_tiny_train_step_compiles_for_a_tpu_topology():
 def test_native_train_step_lowers_for_cuda():
   # No GPU here: jax.export runs the CUDA lowering rules only. The demo CoTNet has grouped convs,
   # CoT aggregation and BatchNorms: every op with two kernel paths.
-  config = aot.load_config('cotnet50', os.path.join(REPO, 'configs', 'cotnet50.py') + ':demo')
+  config = ahead_of_time.load_config('cotnet50', os.path.join(REPO, 'configs', 'cotnet50.py') + ':demo')
   config.dtype = 'bfloat16'
-  exported = aot.export_step(config, 'cuda')
+  exported = ahead_of_time.export_step(config, 'cuda')
   assert exported.platforms == ('cuda',)
   text = exported.mlir_module()
   assert 'feature_group_count = 4' in text  # the native grouped conv, not the CPU split

@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
-from lgvit import benchmark, cpu_kernels  # noqa: E402
+from lgvit import benchmarking, cpu_kernels  # noqa: E402
 
 PAIRS = {'nommer_t': 'NomMer-T (official)', 'cotnet50': 'CoTNet-50 (official)',
          'lesa_resnet50': 'LESA-R50 (official)', 'resnet50': 'torchvision ResNet-50', 'swin_t': 'timm Swin-T'}
@@ -63,11 +63,11 @@ def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
                         '--repeats', str(repeats))
     env = dict(os.environ)
   else:
-    env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
+    env, prefix = benchmarking.cell_env(1 if threads == 1 else 0)
     if args.lgvit_flags:
       env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + args.lgvit_flags).strip()
     env['PYTHONPATH'] = ROOT
-    cmd = prefix + benchmark.cell_command(model, mode, batch=args.batch, size=224, warmup=warmup, repeats=repeats,
+    cmd = prefix + benchmarking.cell_command(model, mode, batch=args.batch, size=224, warmup=warmup, repeats=repeats,
                                           peak=1.0)  # the matmul peak is not what this table is about
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -82,9 +82,9 @@ def run_cell(side: str, model: str, mode: str, threads: int, args) -> dict:
 
 def measure_peaks(threads: int, args) -> dict:
   """The matmul peak (GFLOP/s) at this core count on both sides, each in a fresh process, as one row."""
-  env, prefix = benchmark.cell_env(1 if threads == 1 else 0)
+  env, prefix = benchmarking.cell_env(1 if threads == 1 else 0)
   env['PYTHONPATH'] = ROOT
-  xla = benchmark.matmul_peak_in(env, prefix)
+  xla = benchmarking.matmul_peak_in(env, prefix)
   out = subprocess.run(torch_command(args, threads, '--matmul-peak'), capture_output=True, text=True, check=True).stdout
   torch_peak = json.loads(out.strip().splitlines()[-1])['matmul_gflop_per_s']
   return {'side': 'peak', 'threads': threads, 'xla_gflop_per_s': round(xla, 1), 'torch_gflop_per_s': torch_peak,
@@ -162,7 +162,7 @@ def main(argv=None):
   versions = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__)'],
                             capture_output=True, text=True).stdout.strip() or '?'
   import jax, jaxlib  # noqa: E401
-  header = [f'CPU: {benchmark.cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
+  header = [f'CPU: {benchmarking.cpu_model()}; torch {versions} (set_num_threads 1 or 2); jax {jax.__version__}, '
             f'jaxlib {jaxlib.__version__}; lgvit CPU kernels: {kernels} (lgvit.cpu_kernels); '
             f'extra lgvit XLA_FLAGS: {args.lgvit_flags or "(none)"}; batch {args.batch}, '
             f'224x224, float32; 1 core = taskset -c 0 on both sides.']
