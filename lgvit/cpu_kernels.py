@@ -2,7 +2,7 @@
 
 jaxlib 0.10's XLA:CPU runs dots and convolutions with YNNPACK by default; an experimental flag in
 ``XLA_FLAGS`` moves them to Eigen. Which is faster depends on the CPU, so every lgvit entry point
-(``main.py``, each ``python -m lgvit.*`` tool, the benchmark scripts) calls :func:`use` first thing;
+(``main.py``, each ``python -m lgvit.*`` tool, the CPU benchmark scripts) calls :func:`use` first thing;
 importing lgvit changes nothing. XLA reads ``XLA_FLAGS`` once, when its CPU client starts at the first
 JAX computation, so a notebook or script of your own opts in with ``lgvit.cpu_kernels.use()`` before
 that (e.g. in its first cell); a later call changes the environment but not this process's kernels.
