@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
-from lgvit.models import list_models, model_info
+from lgvit.models import create_model, list_models, model_info
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
@@ -28,15 +28,19 @@ CASES += [(f, f'{a},{mode}' if mode else a) for f, args in FAMILIES.items() for 
 
 
 @pytest.mark.parametrize('name,arg', CASES)
-def test_every_config_and_argument_loads_and_locks(name, arg):
+def test_every_config_and_argument_loads_locks_and_builds_its_model(name, arg):
+  """Built, not traced: a demo model at 32px, and the registered one at its input size (the full configs
+  only set drop rates), are traced and run for every model in tests/test_models.py."""
   c = importlib.import_module(f'configs.{name}').get_config(arg)
-  assert c.model in list_models()
+  info = model_info(c.model)
+  create_model(c.model, num_classes=c.num_classes, **c.model_kwargs)  # every override is the model's
   demo = bool(arg) and 'demo' in arg
   assert c.data.dataset == ('lgvit_digits' if demo else 'imagenet2012')
   if demo:
     assert c.init_from == '' and c.data.image_size == 32  # a demo trains from scratch on 32px digits
-  else:
-    assert c.data.image_size == model_info(c.model).input_size
+  else:  # the authors' evaluation preprocessing
+    assert (c.data.image_size, c.data.crop_pct, c.data.interpolation) == (info.input_size, info.crop_pct,
+                                                                           info.interpolation)
   for section in (c, c.data, c.aug, c.optim, c.schedule):
     with pytest.raises(AttributeError):
       section.no_such_field = 1  # locked: a misspelled override is an error
@@ -96,7 +100,7 @@ def test_command_line_arguments_and_section_overrides():
 def test_workdirs_with_the_old_flat_config_still_load(tmp_path):
   import json
 
-  from lgvit import workdir
+  from lgvit import schema, workdir
   flat = {'model': 'resnet50', 'model_kwargs': {}, 'num_classes': 10, 'dataset': 'lgvit_digits', 'image_size': 32,
           'crop_pct': 1.0, 'interpolation': 'bicubic', 'data_shards': 2, 'schedule': 'constant', 'schedule_unit': 'epoch',
           'lr': 0.5, 'optimizer': 'adamw', 'mixup_alpha': 0.8, 'batch_size': 64}
@@ -105,10 +109,12 @@ def test_workdirs_with_the_old_flat_config_still_load(tmp_path):
   assert (c.data.image_size, c.data.interpolation, c.data.shards, c.schedule.decay, c.schedule.unit, c.schedule.lr,
           c.optim.optimizer, c.aug.mixup_alpha, c.batch_size) == (32, 'bicubic', 2, 'constant', 'epoch', 0.5, 'adamw',
                                                                   0.8, 64)
-  base = common.base_config()
+  base = schema.base_config()
   sections = {(s, k) for s in ('data', 'aug', 'optim', 'schedule') for k in base[s]}
-  born_in_sections = {('schedule', 'warmup_steps')}  # added after the sections: no flat config has them
-  assert {*workdir._MOVED.values(), ('schedule', 'decay')} == sections - born_in_sections  # every moved field is mapped
+  # Added after the sections (UperNet's schedule, transfer's crop): no flat config has them.
+  born_in_sections = {('schedule', 'warmup_steps'), ('schedule', 'warmup_style'), ('schedule', 'poly_power'),
+                      ('aug', 'crop')}
+  assert {*schema._MOVED.values(), ('schedule', 'decay')} == sections - born_in_sections  # every moved field is mapped
 
 
 def test_upernet_configs_cover_every_segmentation_model_with_the_recipe():

@@ -13,7 +13,6 @@ from conftest import REPO, fixture_json, fixture_npz, init_shapes, subprocess_en
 
 from lgvit.convert import ConversionError, StateDictConverter, from_torch
 from lgvit.convert.cotnet import convert_cot_layer
-from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, layers
 from lgvit.models.cotnet import CoTLayer, CoTSpatial, local_aggregation, local_aggregation_patches
 from lgvit.models.layers import blur_pool
@@ -67,37 +66,35 @@ def test_cot_layer_param_counts_match_spec():
 # ---------------------------------------------------------------------------------------------
 
 
-def aggregation_bruteforce(v, a, k, groups):
-  """The official kernel's index arithmetic, literally: float64 loops over every output and tap."""
-  b, h, w, c = v.shape
+def aggregation_products(shape, k, groups):
+  """The official kernel's index arithmetic, literally: for every output (n, y, x, ch), each in-map tap
+  (yy, xx) and the weight channel ``tap`` that scales it: out[n, y, x, ch] += a[n, y, x, tap] * v[n, yy, xx, ch]."""
+  b, h, w, c = shape
   cg = c // groups
   heads = cg // 8
-  out = np.zeros((b, h, w, c))
   for n, y, x, ch in itertools.product(range(b), range(h), range(w), range(c)):
     g, cc = divmod(ch, cg)
     head = g * heads + cc % heads
     for dy, dx in itertools.product(range(k), range(k)):
       yy, xx = y + dy - (k - 1) // 2, x + dx - (k - 1) // 2
       if 0 <= yy < h and 0 <= xx < w:
-        out[n, y, x, ch] += a[n, y, x, head * k * k + dy * k + dx] * v[n, yy, xx, ch]
+        yield n, y, x, ch, yy, xx, head * k * k + dy * k + dx
+
+
+def aggregation_bruteforce(v, a, k, groups):
+  """float64 loops over every output and tap."""
+  out = np.zeros(v.shape)
+  for n, y, x, ch, yy, xx, tap in aggregation_products(v.shape, k, groups):
+    out[n, y, x, ch] += a[n, y, x, tap] * v[n, yy, xx, ch]
   return out
 
 
 def aggregation_vjp_bruteforce(v, a, cot, k, groups):
   """d<out, cot>/dv and /da by the same loops (each product's two partial derivatives)."""
-  b, h, w, c = v.shape
-  cg = c // groups
-  heads = cg // 8
   dv, da = np.zeros(v.shape), np.zeros(a.shape)
-  for n, y, x, ch in itertools.product(range(b), range(h), range(w), range(c)):
-    g, cc = divmod(ch, cg)
-    head = g * heads + cc % heads
-    for dy, dx in itertools.product(range(k), range(k)):
-      yy, xx = y + dy - (k - 1) // 2, x + dx - (k - 1) // 2
-      if 0 <= yy < h and 0 <= xx < w:
-        tap = head * k * k + dy * k + dx
-        da[n, y, x, tap] += cot[n, y, x, ch] * v[n, yy, xx, ch]
-        dv[n, yy, xx, ch] += cot[n, y, x, ch] * a[n, y, x, tap]
+  for n, y, x, ch, yy, xx, tap in aggregation_products(v.shape, k, groups):
+    da[n, y, x, tap] += cot[n, y, x, ch] * v[n, yy, xx, ch]
+    dv[n, yy, xx, ch] += cot[n, y, x, ch] * a[n, y, x, tap]
   return dv, da
 
 
@@ -152,44 +149,8 @@ def test_local_aggregation_rejects_mismatched_weights():
 
 
 # ---------------------------------------------------------------------------------------------
-# Pooling with PyTorch's rules, brute force.
+# Pooling, brute force (layers.avg_pool's PyTorch rules, the CoT blocks' settings among them: test_layers.py).
 # ---------------------------------------------------------------------------------------------
-
-
-def torch_avg_pool_bruteforce(x, k, s, p, ceil_mode, count_include_pad):
-  """ATen's avg_pool2d: output size, dropped last window, and divisor, per output element."""
-
-  def out_size(n):
-    o = (n + 2 * p - k + ((s - 1) if ceil_mode else 0)) // s + 1
-    if ceil_mode and (o - 1) * s >= n + p:
-      o -= 1
-    return o
-
-  b, h, w, c = x.shape
-  ho, wo = out_size(h), out_size(w)
-  out = np.zeros((b, ho, wo, c))
-  for i, j in itertools.product(range(ho), range(wo)):
-    hs, ws = i * s - p, j * s - p
-    he, we = min(hs + k, h + p), min(ws + k, w + p)
-    pool = (he - hs) * (we - ws)
-    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
-    div = pool if count_include_pad else (he - hs) * (we - ws)
-    out[:, i, j] = x[:, hs:he, ws:we].sum(axis=(1, 2)) / div
-  return out
-
-
-@pytest.mark.parametrize('size', [(7, 5), (4, 3), (6, 9)])
-@pytest.mark.parametrize('k,s,p,ceil_mode,count_include_pad', [
-    (3, 2, 1, False, True),  # CoT blocks: AvgPool2d(3, 2, 1) before the layer
-    (2, 2, 0, True, False),  # SE-CoTNetD shortcut: AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
-    (3, 2, 1, True, True),
-    (3, 2, 1, True, False),
-])
-def test_avg_pool_matches_torch_rules(size, k, s, p, ceil_mode, count_include_pad):
-  x = np.random.default_rng(0).standard_normal((2,) + size + (3,)).astype(np.float32)
-  ours = layers.avg_pool(jnp.asarray(x), k, s, p, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-  np.testing.assert_allclose(ours, torch_avg_pool_bruteforce(x, k, s, p, ceil_mode, count_include_pad),
-                             rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('size', [(7, 5), (4, 3), (2, 2), (8, 6)])
@@ -403,11 +364,6 @@ def test_batch_of_one_in_training_is_an_error():
     jax.eval_shape(lambda v: CoTLayer().apply(v, x, train=True, mutable=['batch_stats']), variables)
 
 
-def test_too_small_input_names_valid_size():
-  with pytest.raises(InvalidInputSizeError, match='at least 32x32'):
-    init_shapes(tiny('cotnet50'), size=16)
-
-
 def test_features_only_strides():
   model = tiny('se_cotnetd152', features_only=True)
   feats = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))[0])
@@ -419,28 +375,12 @@ CONFIGS = ['cotnet50', 'cotnet101', 'cotnext50_2x48d', 'cotnext101_2x48d', 'se_c
 
 
 @pytest.mark.parametrize('variant', CONFIGS)
-def test_configs_build_their_models(variant):
+def test_configs_build_cot_models(variant):
+  """CoT spatial blocks in the full and the demo model (their sizes: tests/test_configs.py and test_models.py)."""
   import importlib
-
-  from lgvit.models import model_info
   module = importlib.import_module(f'configs.{variant}')
-  full, demo = module.get_config(), module.get_config('demo')
-  assert (full.data.image_size, full.data.crop_pct) == (model_info(variant).input_size, model_info(variant).crop_pct)
-  for c in (full, demo):
-    model = create_model(c.model, num_classes=c.num_classes, **c.model_kwargs)
-    assert type(model.make_spatial) is CoTSpatial
-  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=demo.data.image_size)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('variant', ['cotnet50', 'se_cotnetd50'])
-def test_demo_reaches_95_percent(variant, tmp_path):
-  import importlib
-
-  from lgvit import train
-  config = importlib.import_module(f'configs.{variant}').get_config('demo')
-  result = train.train_and_evaluate(config, str(tmp_path))
-  assert result['eval_top1'] >= 0.95
+  for c in (module.get_config(), module.get_config('demo')):
+    assert type(create_model(c.model, num_classes=c.num_classes, **c.model_kwargs).make_spatial) is CoTSpatial
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +496,9 @@ def test_default_setup_rows_follow_the_paper(variant, ema):
     assert demo.ema_decay == (0.99 if ema and mode == 'demo_recipe' else 0.0)
     with pytest.raises(AttributeError):
       demo.no_such_field = 1
-  init_shapes(create_model(demo.model, num_classes=10, **demo.model_kwargs), size=32)
+    # The variant's own demo model (built and run in tests/test_models.py), without its drop rates.
+    plain = cotnet.get_config(f'variant={variant},{mode}').model_kwargs.to_dict()
+    assert demo.model_kwargs.to_dict() == {**plain, 'drop_path_rate': 0.0, 'drop_rate': 0.0}
 
 
 def test_default_setup_arguments():

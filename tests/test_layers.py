@@ -105,13 +105,18 @@ def _torch_avg_pool_ref(x, k, s, p, ceil_mode, count_include_pad):
   return out
 
 
-@pytest.mark.parametrize('size', [(7, 5), (8, 8), (5, 6)])
-@pytest.mark.parametrize('k,s,p,ceil,incl', [(3, 2, 1, False, True), (2, 2, 0, True, False), (3, 2, 1, True, True),
-                                              (2, 2, 0, False, True), (3, 2, 1, True, False)])
+@pytest.mark.parametrize('size', [(7, 5), (8, 8), (5, 6), (4, 3), (6, 9)])
+@pytest.mark.parametrize('k,s,p,ceil,incl', [
+    (3, 2, 1, False, True),  # CoT blocks: AvgPool2d(3, 2, 1) before the layer
+    (2, 2, 0, True, False),  # SE-CoTNetD shortcut: AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+    (3, 2, 1, True, True),
+    (2, 2, 0, False, True),
+    (3, 2, 1, True, False),
+])
 def test_avg_pool_matches_pytorch_rules(size, k, s, p, ceil, incl):
-  x = np.random.default_rng(2).normal(size=(1,) + size + (2,)).astype(np.float32)
+  x = np.random.default_rng(2).normal(size=(2,) + size + (3,)).astype(np.float32)
   ours = layers.avg_pool(jnp.asarray(x), k, s, p, ceil_mode=ceil, count_include_pad=incl)
-  np.testing.assert_allclose(ours, _torch_avg_pool_ref(x, k, s, p, ceil, incl), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours, _torch_avg_pool_ref(x, k, s, p, ceil, incl), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('bias_shape', [(4, 5, 5), (1, 4, 5, 5), (4, 1, 5), (2, 3, 4, 5, 5), (5,)])

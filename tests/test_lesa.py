@@ -397,36 +397,6 @@ def test_gate_and_table2_shares(converted):
 
 
 # ------------------------------------------------------------------------------------------------
-# Slow: full size and demo convergence.
-# ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name, params, gmacs', [
-    ('lesa_resnet50', 23_777_512, (6.0, 6.6)),  # fvcore on the official code: 6.225 GMac
-    ('aa_resnet50', 25_152_596, (5.7, 6.3)),  # XLA's count: 6.03
-])
-def test_full_size_forward_and_macs(name, params, gmacs):
-  from lgvit.flops import count_macs
-  model = create_model(name)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 224, 224, 3))
-  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(1), x, train=False))(x)
-  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-  assert logits.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(logits)))
-  assert count_params(variables['params']) == params
-  macs = count_macs(model, 224, variables=variables)
-  assert gmacs[0] * 1e9 < macs < gmacs[1] * 1e9, macs
-
-
-@pytest.mark.slow
-def test_demo_reaches_95_percent(tmp_path):
-  from configs import lesa_resnet50
-  from lgvit import train
-  result = train.train_and_evaluate(lesa_resnet50.get_config('demo'), str(tmp_path / 'demo'))
-  assert result['eval_top1'] >= 0.95, result
-
-
-# ------------------------------------------------------------------------------------------------
 # SA-WRN50 and Attention Augmentation (Tables 2 and 6).
 # ------------------------------------------------------------------------------------------------
 
@@ -436,9 +406,7 @@ def test_sa_wrn50_and_aa_resnet50_counts_and_layout():
   for name in ('sa_wrn50', 'aa_resnet50'):
     model = create_model(name)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
-    counts[name] = count_params(variables['params'])
-    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False), variables)
-    assert logits.shape == (2, 1000)
+    counts[name] = count_params(variables['params'])  # the output at full size: tests/test_models.py
     params = variables['params']
     if name == 'sa_wrn50':  # WRN widths, binary term only, on LESA's eight layers
       assert params['layer3_1']['conv2']['binary']['relative'].shape == (128, 391)

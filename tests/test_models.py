@@ -1,9 +1,11 @@
-"""Every registered variant: its parameter count, a jitted forward, its features and one train step.
+"""Every registered variant: its parameter count and output at full size, the errors for input sizes
+it cannot take, and on a shrunk model a jitted forward, its features and one train step.
 
-The counts are those of the full-size model at its registered input size (``jax.eval_shape``, no
-compute) against ``ModelInfo.params`` (the official code's count where one exists) and the paper's
-figure. The rest runs the variant shrunk by its config's ``:demo`` overrides on 32x32 images;
-variants whose shrunk models are equal (e.g. NomMer-T/S/B) share one compilation.
+The full-size checks trace the model at its registered input size (``jax.eval_shape``, no compute):
+the count against ``ModelInfo.params`` (the official code's count where one exists) and the paper's
+figure. The rest runs the variant shrunk by its config's ``:demo`` overrides on 32x32 images (the
+demo configs' size, tests/test_configs.py); variants whose shrunk models are equal (e.g. NomMer-T/S/B)
+share one compilation. A few full-size forwards that really run are slow tests (``pytest -m slow``).
 """
 import functools
 
@@ -14,6 +16,7 @@ import optax
 import pytest
 from conftest import init_shapes, random_variables, small_kwargs
 
+from lgvit.errors import InvalidInputSizeError
 from lgvit.models import create_model, list_models, model_info
 from lgvit.models.layers import count_params
 
@@ -47,9 +50,15 @@ def small_step(model):
 
 
 @pytest.mark.parametrize('name', list_models())
-def test_parameter_count(name):
+def test_parameter_count_and_full_size_output(name):
   info = model_info(name)
-  count = count_params(init_shapes(create_model(name), info.input_size)['params'])
+  s = info.input_size
+  # init_with_output traces the forward once, as init alone does: the output shape comes for free.
+  logits, variables = jax.eval_shape(
+      lambda: create_model(name).init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)), train=False))
+  want = {'classification': (1, 1000), 'segmentation': (1, s // 4, s // 4, 150)}[info.task]  # ADE20K, stride 4
+  assert logits.shape == want
+  count = count_params(variables['params'])
   assert count == info.params
   paper = info.paper.get('params')
   assert paper is None or abs(count - paper) / paper <= PAPER_TOLERANCE.get(info.family, 0.03), (count, paper)
@@ -69,3 +78,57 @@ def test_forward_features_and_train_step(name):
   assert float(optax.global_norm(grads)) > 0
   chex.assert_trees_all_equal_shapes(batch_stats, variables.get('batch_stats', {}))
 
+
+
+#: Per family (or model): an image height its models reject (the width is the registered input size,
+#: valid), and what the error must say: the nearest valid sizes. SALG pads its maps for the regions
+#: and the merges, so every size runs (tests/test_salg.py trains at odd sizes); a new family must add its rule.
+TOO_SMALL = (16, r'input 16x224 is too small; use images of at least 32x32\.')
+INVALID_SIZE = {
+    'resnet': TOO_SMALL, 'cotnet': TOO_SMALL, 'lesa': TOO_SMALL,
+    'se_cotnetd152': (16, r'input 16x256 is too small; use images of at least 32x32\.'),
+    'se_cotnetd152_320': (16, r'input 16x320 is too small; use images of at least 32x32\.'),
+    'nommer': (384, r'input 384x224 does not fit: .* multiple of 224; nearest valid size: 224 or 448\.'),
+    **{f'nommer_{v}_384': (224, r'input 224x384 .* window 12 .* multiple of 96; nearest valid size: 192 or 288\.')
+       for v in 'tsb'},
+    'swin': (256, r'image side 256 does not split into 7x7 windows .* nearest valid sides: \[224, 448\]\.'),
+    'upernet': (500, r'input 500x512 is not a multiple of 32; pad it to 512x512 '),
+}
+ANY_SIZE = {'salg'}
+
+
+@pytest.mark.parametrize('name', [n for n in list_models() if model_info(n).family not in ANY_SIZE])
+def test_invalid_input_size_names_the_nearest_valid_sizes(name):
+  info = model_info(name)
+  height, message = INVALID_SIZE.get(name) or INVALID_SIZE[info.family]
+  x = jnp.zeros((1, height, info.input_size, 3))
+  with pytest.raises(InvalidInputSizeError, match=message) as err:
+    jax.eval_shape(lambda: create_model(name).init(jax.random.PRNGKey(0), x, train=False))
+  assert str(err.value).startswith(f'{name}: ')  # the model the message is about
+
+
+#: The full-size forwards that run (slow): (model, input side) -> GMACs bounds where they are checked.
+FULL_SIZE_FORWARDS = {
+    ('nommer_t', 224): None,
+    ('nommer_t_384', 384): None,
+    ('lesa_resnet50', 224): (6.0, 6.6),  # fvcore on the official code: 6.225 GMac
+    ('aa_resnet50', 224): (5.7, 6.3),  # XLA's count: 6.03
+    ('salg_t', 224): None,
+    ('salg_t', 200): None,  # odd maps (50, 25, 13), padded for the regions and before each merge
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,size', list(FULL_SIZE_FORWARDS))
+def test_full_size_forward(name, size):
+  from lgvit.flops import count_macs
+  model = create_model(name)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(1), x, train=False))(x)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  chex.assert_shape(logits, (1, 1000))
+  chex.assert_tree_all_finite(logits)
+  gmacs = FULL_SIZE_FORWARDS[name, size]
+  if gmacs:
+    macs = count_macs(model, size, variables=variables)
+    assert gmacs[0] * 1e9 < macs < gmacs[1] * 1e9, macs

@@ -317,14 +317,21 @@ def test_train_step_matches_float64_numpy_rederivation():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_invalid_sizes_name_nearest_valid_ones():
-  with pytest.raises(InvalidInputSizeError, match=r'nommer_t:.*384x384.*multiple of 224.*224 or 448'):
-    init_shapes(create_model('nommer_t'), 384)
-  with pytest.raises(InvalidInputSizeError, match=r'nommer_t_384:.*multiple of 96.*192 or 288'):
-    init_shapes(create_model('nommer_t_384'), 224)
-  with pytest.raises(InvalidInputSizeError, match=r'nearest valid size: 32\b'):
-    init_shapes(create_model('nommer_t', **MICRO), 16)
+# The registered variants' errors (224 or 448; 192 or 288 at 384): tests/test_models.py.
+
+
+def test_valid_size_period_and_no_size_below_the_smallest():
   assert nommer.valid_size_period(7, (8, 4)) == 224 and nommer.valid_size_period(12, (8, 4)) == 96
+  with pytest.raises(InvalidInputSizeError, match=r'multiple of 32; nearest valid size: 32\.'):
+    init_shapes(create_model('nommer_t', **MICRO), 16)
+
+
+@pytest.mark.parametrize('name,size', [('nommer_t', 224), ('nommer_t_384', 384)])
+def test_nominations_cover_the_stage1_map_at_full_size(name, size):
+  x = jnp.zeros((1, size, size, 3))
+  _, state = jax.eval_shape(
+      lambda: create_model(name).init_with_output(jax.random.PRNGKey(0), x, train=False, mutable=True))
+  assert state['intermediates']['stage1_block0']['context']['nomination'][0].shape == (1, size // 4, size // 4)
 
 
 def test_variables_remember_their_input_size():
@@ -456,7 +463,9 @@ def test_finetune_step_at_384_from_224_checkpoint():
 
 
 @pytest.mark.parametrize('variant,drop_path', [('t', 0.1), ('s', 0.3), ('b', 0.5)])
-def test_configs(variant, drop_path):
+def test_configs_follow_the_paper(variant, drop_path):
+  """The recipes; that every config builds its model (the demos at their size) is tests/test_configs.py's
+  and tests/test_models.py's."""
   c224 = importlib.import_module(f'configs.nommer_{variant}').get_config()
   assert (c224.model, c224.data.image_size, c224.num_epochs) == (f'nommer_{variant}', 224, 300.0)
   assert c224.model_kwargs.drop_path_rate == drop_path
@@ -465,36 +474,3 @@ def test_configs(variant, drop_path):
   assert (c384.model, c384.data.image_size, c384.num_epochs, c384.batch_size) == (f'nommer_{variant}_384', 384, 30.0,
                                                                                  512)
   assert c384.init_from and math.isclose(c384.schedule.lr, 1e-5) and c384.optim.weight_decay == 1e-8
-  for cfg in (importlib.import_module(f'configs.nommer_{variant}').get_config('demo'),
-              importlib.import_module(f'configs.nommer_{variant}_384').get_config('demo')):
-    model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
-    init_shapes(model, cfg.data.image_size)  # the demo size is valid for the demo window / DCT blocks
-
-
-# ---------------------------------------------------------------------------------------------
-# Slow: full-size forwards and the demo run (run by hand: pytest -m slow tests/test_nommer.py).
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('name,size', [('nommer_t', 224), ('nommer_t_384', 384)])
-def test_full_size_forward(name, size):
-  model = create_model(name)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
-
-  @jax.jit
-  def forward(key):
-    variables = model.init(key, x, train=False)
-    return model.apply(variables, x, mutable=['intermediates'])
-
-  logits, state = forward(jax.random.PRNGKey(1))
-  assert logits.shape == (1, 1000) and np.isfinite(np.asarray(logits)).all()
-  grid = size // 4
-  assert state['intermediates']['stage1_block0']['context']['nomination'][0].shape == (1, grid, grid)
-
-
-@pytest.mark.slow
-def test_demo_reaches_95_percent(tmp_path):
-  from lgvit import train
-  result = train.train_and_evaluate(importlib.import_module('configs.nommer_t').get_config('demo'), str(tmp_path))
-  assert result['eval_top1'] >= 0.95

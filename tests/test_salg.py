@@ -324,35 +324,17 @@ def test_registered_variants():
 
 
 # ---------------------------------------------------------------------------------------------
-# Slow: full-size forward and the demo run (run by hand: pytest -m slow tests/test_salg.py).
+# Full size (jax.eval_shape: traced, not run; the forward that runs and the demo: tests/test_models.py
+# and tests/test_demos.py, -m slow).
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('size', [224, 200])
-def test_full_size_forward(size):
-  model = create_model('salg_t')
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
-
-  @jax.jit
-  def forward(key):
-    variables = model.init(key, x, train=False)
-    return model.apply(variables, x, mutable=['intermediates'])
-
-  logits, state = forward(jax.random.PRNGKey(1))
-  assert logits.shape == (1, 1000) and np.isfinite(np.asarray(logits)).all()
+def test_full_size_regions_follow_the_padded_maps(size):
+  x = jnp.zeros((1, size, size, 3))
+  _, state = jax.eval_shape(
+      lambda: create_model('salg_t').init_with_output(jax.random.PRNGKey(0), x, train=False, mutable=True))
   side = -(-size // 4)
   for s in ('stage1', 'stage2', 'stage3'):  # odd maps are padded before merging: 50, 25, 13 at 200
-    regions = state['intermediates'][s]['regions'][0]
-    assert regions.shape == (1, side, side)
-    assert int(regions.max()) < (-(-side // 7))**2
+    assert state['intermediates'][s]['regions'][0].shape == (1, side, side)
     side = -(-side // 2)
-
-
-@pytest.mark.slow
-def test_demo_reaches_95_percent(tmp_path):
-  import importlib
-
-  from lgvit import train
-  result = train.train_and_evaluate(importlib.import_module('configs.salg_st').get_config('demo'), str(tmp_path))
-  assert result['eval_top1'] >= 0.95
