@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from configs import common  # noqa: E402
+from lgvit import schema  # noqa: E402
 from lgvit.data import pipeline  # noqa: E402
 
 # ImageNet train images are mostly 500 x 375 / 375 x 500 (mean ~400 x 350), ~110 KB as JPEG.
@@ -79,7 +79,7 @@ class _Repeated:
 
 
 def _config(randaugment: str, interpolation: str, batch: int):
-  c = common.base_config('resnet50')
+  c = schema.base_config('resnet50')
   c.batch_size = batch
   c.data.interpolation = interpolation
   c.aug.randaugment = randaugment

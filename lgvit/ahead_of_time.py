@@ -33,7 +33,7 @@ from jax.experimental import topologies  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from lgvit import modeling, optim  # noqa: E402
+from lgvit import modeling, optim, schema  # noqa: E402
 from lgvit.models import kernels  # noqa: E402
 
 GIB = 2**30
@@ -120,7 +120,7 @@ def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
 def load_config(model: str, config_path: str = ''):
   """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it.
 
-  A registered model without a config file gets ``configs.common.base_config`` (SGD, batch 256).
+  A registered model without a config file gets ``lgvit.schema.base_config`` (SGD, batch 256).
   """
   path, _, arg = (config_path or str(REPO / 'configs' / f'{model}.py')).partition(':')
   if str(REPO) not in sys.path:
@@ -129,9 +129,8 @@ def load_config(model: str, config_path: str = ''):
     if config_path:
       raise AotError(f'no config file {path}')
     # Baselines without a paper recipe of their own (resnet101, wide_resnet50_2): the base config.
-    from configs import common
-    print(f'note: no configs/{model}.py; using configs.common.base_config({model!r})', file=sys.stderr)
-    return common.base_config(model)
+    print(f'note: no configs/{model}.py; using lgvit.schema.base_config({model!r})', file=sys.stderr)
+    return schema.base_config(model)
   spec = importlib.util.spec_from_file_location(f'_lgvit_aot_config_{model}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -28,7 +28,7 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
     ``warmup_epochs``, as ``num_train_steps`` overrides ``num_epochs``.
   """
   base, warm_lr, min_lr = scaled_lrs(schedule, batch_size)
-  if schedule.get('warmup_lr_is_lr_per_epoch_step', False):
+  if schedule.warmup_lr_is_lr_per_epoch_step:
     warm_lr = base / steps_per_epoch
   per_epoch = schedule.unit == 'epoch'
   if schedule.unit not in ('step', 'epoch'):
@@ -36,13 +36,13 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
   unit = steps_per_epoch if per_epoch else 1
   t_total = max(total_steps / unit, 1.0) if not per_epoch else max(math.ceil(total_steps / steps_per_epoch), 1)
   t_warm = schedule.warmup_epochs * (1 if per_epoch else steps_per_epoch)
-  warmup_steps = schedule.get('warmup_steps', 0)  # absent in the config.json of older workdirs
+  warmup_steps = schedule.warmup_steps
   if warmup_steps > 0:
     t_warm = warmup_steps / steps_per_epoch if per_epoch else float(warmup_steps)
   decay, warmup_prefix = schedule.decay, schedule.warmup_prefix
-  power = schedule.get('poly_power', 1.0)
-  mmcv_warmup = schedule.get('warmup_style', 'timm') == 'mmcv'
-  if schedule.get('warmup_style', 'timm') not in ('timm', 'mmcv'):
+  power = schedule.poly_power
+  mmcv_warmup = schedule.warmup_style == 'mmcv'
+  if schedule.warmup_style not in ('timm', 'mmcv'):
     raise ValueError(f"schedule.warmup_style must be 'timm' or 'mmcv', got {schedule.warmup_style!r}")
 
   def lr_at(step):

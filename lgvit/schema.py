@@ -158,7 +158,7 @@ CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear
            'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
            'schedule.warmup_style': ('timm', 'mmcv'), 'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
            'matmul_precision': ('default', 'high', 'highest'), 'dtype': tuple(DTYPES),
-           'aug.crop': ('inception_crop', 'resmall_crop')}
+           'aug.crop': ('inception_crop', 'resmall_crop')}  # lgvit.data.pipeline.TRAIN_CROPS
 
 
 def _field(config, dotted: str):

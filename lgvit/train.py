@@ -310,7 +310,7 @@ def init_from_checkpoint(state: TrainState, tx, config, replicated, state_shardi
     loaded = {col: {'backbone': tree} for col, tree in loaded.items()}
   fitted = ckpt.adapt_variables(loaded, {'params': state.params, 'batch_stats': state.batch_stats},
                                 config.init_skip, model_info(config.model).resize_rules,
-                                zeros=config.get('init_zeros', ''))
+                                zeros=config.init_zeros)
   fitted = jax.device_put(fitted, replicated)
   state = state.replace(params=fitted['params'], batch_stats=fitted['batch_stats'],
                         opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(fitted['params']))

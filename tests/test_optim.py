@@ -4,13 +4,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
-from lgvit import optim
+from lgvit import optim, schema
 
 
 def _cfg(**kw):
   """config.schedule of a base config with ``kw`` set."""
-  schedule = common.base_config('resnet50').schedule
+  schedule = schema.base_config('resnet50').schedule
   for k, v in kw.items():
     schedule[k] = v
   return schedule

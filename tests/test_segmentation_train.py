@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgvit import segmentation, segmentation_task
+from lgvit import evals, optim, segmentation, tasks
+from lgvit.modeling import make_mesh
+from lgvit.tasks import segmentation as segmentation_task
 from lgvit.errors import DatasetNotFoundError
 from lgvit.models.layers import resize_bilinear
 
@@ -109,7 +111,7 @@ def test_ade20k_eval_batches_images_by_padded_shape_and_keeps_every_label_at_its
   data_dir, val_labels = ade20k
   c = _config(data_dir)
   builder = pipeline.get_builder('lgvit_ade20k', data_dir)
-  batches = list(pipeline.as_numpy(seg_pipeline.eval_dataset(c, builder, local_batch=3, process_index=0,
+  batches = list(pipeline.as_numpy(seg_pipeline.eval_dataset(c.data, c.seg, builder, local_batch=3, process_index=0,
                                                              process_count=1)))
   # (30, 80) -> scaled (24, 64) -> padded (32, 64); (48, 36) -> (32, 24): two shapes, one image each
   assert sorted(b['image'].shape for b in batches) == [(1, 32, 32, 3), (1, 32, 64, 3)]
@@ -144,9 +146,11 @@ def test_in_training_eval_equals_whole_image_inference_image_by_image(ade20k):
   builder = pipeline.get_builder('lgvit_ade20k', data_dir)
   model = build_model(c)
   variables = init_variables(model, 64, seed=1)
-  in_training = segmentation_task.evaluate(jax.jit(segmentation_task.make_eval_step(model, c)), variables, c, builder)
+  settings = tasks.of_config(c).settings(c)
+  (spec,) = evals.specs(c)
+  in_training = evals.build(spec, evals.Context(model, settings, make_mesh())).run(variables)
   apply_fn = jax.jit(lambda x: model.apply(variables, x, train=False))
-  whole = segmentation_task.evaluate_per_image(apply_fn, c, builder, 'whole')
+  whole = segmentation_task.evaluate_per_image(apply_fn, settings, builder, 'whole')
   assert in_training['count'] == whole['count'] == 2 and in_training['skipped'] == 0
   for key in ('mIoU', 'aAcc', 'mAcc'):
     assert in_training[key] == pytest.approx(whole[key], abs=1e-9), key
@@ -208,10 +212,10 @@ def test_init_from_a_classification_run_fills_the_backbone(tmp_path):
   source = init_variables(classifier, 64, seed=5)
   ckpt.save_variables(str(tmp_path / 'src'), source)
   model = build_model(c)
-  tx = train.optim.make_optimizer(c.optim, init_variables(model, 64, 0)['params'], lambda s: 1e-3)
+  tx = optim.make_optimizer(c.optim, init_variables(model, 64, 0)['params'], lambda s: 1e-3)
   state = train.create_state(model, tx, c)
   c.init_from = str(tmp_path / 'src')
-  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(make_mesh(), jax.sharding.PartitionSpec())
   shardings = jax.tree_util.tree_map(lambda _: replicated, state)
   loaded = train.init_from_checkpoint(state, tx, c, replicated, shardings)
   flat_src = dict(jax.tree_util.tree_flatten_with_path(source['params'])[0])
@@ -286,7 +290,7 @@ def test_train_crop_padding_is_the_mean_colour_whatever_the_uint8_batch_holds(ad
   demo = upernet.get_config('backbone=swin_t,demo')
   model = build_model(demo)
   variables = init_variables(model, 64, seed=0)
-  forward = jax.jit(segmentation_task.train_forward(model, demo), static_argnums=5)
+  forward = jax.jit(tasks.of_config(demo).train_forward(model, tasks.of_config(demo).settings(demo)), static_argnums=5)
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
   content = np.array([[40, 64], [64, 24]], np.int32)

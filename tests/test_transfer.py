@@ -8,7 +8,7 @@ import pytest
 
 from configs import transfer
 from conftest import FAMILY_MODELS, RESNET_TINY, random_variables, save_variables_dir, small_kwargs
-from lgvit import checkpoint, modeling, train
+from lgvit import checkpoint, modeling, schema, train
 from lgvit.data import transforms
 from lgvit.models import create_model, list_models, model_info
 
@@ -113,8 +113,7 @@ def test_new_head_starts_at_zero():
   init_skip (a wider init_skip keeps its extra leaves fresh); other configs zero nothing."""
   c = transfer.get_config('model=resnet50,dataset=cifar10')
   assert c.init_zeros == c.init_skip == transfer.HEAD
-  from configs import common
-  assert 'init_zeros' not in common.base_config('resnet50')
+  assert schema.base_config('resnet50').init_zeros == ''
   target = {'params': {'fc': {'kernel': np.ones((4, 3), np.float32), 'bias': np.ones(3, np.float32)},
                        'conv': {'relative': np.ones(2, np.float32), 'kernel': np.ones(2, np.float32)}}}
   loaded = {'params': {'fc': {'kernel': np.full((4, 9), 5.0), 'bias': np.full(9, 5.0)},
@@ -144,7 +143,7 @@ def test_backbone_drop_path_is_off(tmp_path):
 def test_check_config_knows_the_recipe_only_fields():
   from configs import resnet
   from lgvit.errors import ConfigError
-  train.check_config(resnet.get_config('demo'))  # without aug.crop and init_skip_values
+  train.check_config(resnet.get_config('demo'))  # aug.crop at its default
   c = transfer.get_config('model=resnet50,dataset=cifar10,demo')
   train.check_config(c)
   c.aug.crop = 'central_crop'

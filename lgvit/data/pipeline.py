@@ -21,7 +21,9 @@ import io
 import os
 from typing import Iterator, Optional
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lgvit import quiet
 
@@ -29,9 +31,12 @@ quiet.import_tensorflow()  # before TensorFlow's first import: no start-up noise
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from lgvit.data import transforms
-from lgvit.data.transforms import MEAN_RGB
-from lgvit.errors import DatasetNotFoundError
+from lgvit.data import augment, transforms  # noqa: E402
+from lgvit.data.ade20k import LgvitAde20k  # noqa: E402
+from lgvit.data.digits import LgvitDigits  # noqa: E402
+from lgvit.data.digits_seg import LgvitDigitsSeg  # noqa: E402
+from lgvit.data.transforms import MEAN_RGB  # noqa: E402
+from lgvit.errors import DatasetNotFoundError  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,10 +47,8 @@ from lgvit.errors import DatasetNotFoundError
 def _embedded_builder_class(name: str):
   """The builder class of an embedded dataset (made from scikit-learn's digits, no download), or None."""
   if name == 'lgvit_digits':
-    from lgvit.data.digits import LgvitDigits
     return LgvitDigits
   if name == 'lgvit_digits_seg':  # the segmentation demo (docs/segmentation.md)
-    from lgvit.data.digits_seg import LgvitDigitsSeg
     return LgvitDigitsSeg
   return None
 
@@ -53,7 +56,6 @@ def _embedded_builder_class(name: str):
 def _lgvit_builder(name: str, data_dir: Optional[str]):
   """lgvit's own builders of datasets you download yourself (lgvit_ade20k), or None."""
   if name == 'lgvit_ade20k':
-    from lgvit.data.ade20k import LgvitAde20k
     return LgvitAde20k(data_dir=data_dir)
   return None
 
@@ -70,14 +72,12 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
     with quiet.drop_log_records('absl', r'^Variant folder .* has no dataset_info\.json$'):
       builder = embedded(data_dir=data_dir)
       if not builder.is_prepared():
-        import jax
         if jax.process_index() == 0:  # one writer; the others wait for it
           what = 'digits' if name == 'lgvit_digits' else 'digits segmentation'
           print(f'building the embedded {what} dataset (once) in {builder.data_dir}', flush=True)
           with contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare()
         if jax.process_count() > 1:
-          from jax.experimental import multihost_utils
           multihost_utils.sync_global_devices(f'{name} prepared')
           builder = embedded(data_dir=data_dir)
     return builder
@@ -283,8 +283,7 @@ def shard_dataset(data, aug, builder, *, seed: int, epoch: int, start_step: int,
                               shard_count=shard_count)
   method = data.interpolation
   randaug = _randaugment_fn(aug)
-  # Only transfer_style sets aug.crop; every other config, and an older config.json, means the inception crop.
-  crop = aug.get('crop', 'inception_crop')
+  crop = aug.crop
   if crop not in TRAIN_CROPS:
     raise ValueError(f"aug.crop must be one of {', '.join(map(repr, TRAIN_CROPS))}, got {crop!r}")
 
@@ -341,7 +340,6 @@ def train_dataset(data, aug, builder, *, batch_size: int, seed: int, epoch: int,
 def _randaugment_fn(aug):
   if not aug.randaugment:
     return None
-  from lgvit.data import augment  # TF-heavy; only recipes with RandAugment need it
   return augment.randaugment_from_policy(aug.randaugment)
 
 

@@ -65,11 +65,11 @@ def example_batch():
 
 def one_step(devices):
   c = config()
-  mesh = train.make_mesh(devices)
+  mesh = modeling.make_mesh(devices)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   model = SmoothNet()
   schedule = optim.lr_schedule(c.schedule, c.batch_size, 100, 100)
-  abstract = jax.eval_shape(lambda: train.init_variables(model, c.data.image_size, c.seed))
+  abstract = jax.eval_shape(lambda: modeling.init_variables(model, c.data.image_size, c.seed))
   tx = optim.make_optimizer(c.optim, abstract['params'], schedule)
   state = jax.device_put(train.create_state(model, tx, c), replicated)
   batch = example_batch()
@@ -77,7 +77,7 @@ def one_step(devices):
   local = {k: v[jax.process_index() * per_process:(jax.process_index() + 1) * per_process] for k, v in batch.items()}
   step = jax.jit(train.make_train_step(model, tx, c, schedule), in_shardings=(replicated, sharded, replicated),
                  out_shardings=(replicated, replicated))
-  state, metrics = step(state, train.global_batch(local, sharded), jax.random.PRNGKey(0))
+  state, metrics = step(state, evals.global_batch(local, sharded), jax.random.PRNGKey(0))
   leaves = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state))}
   leaves['metrics/loss'] = np.asarray(metrics['loss'])
   leaves['metrics/data_fingerprint'] = np.asarray(metrics['data_fingerprint'])
