@@ -10,14 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import RESNET_TINY
 
 from configs import resnet50
 from lgvit import checkpoint, evals, schema, tasks, train
 from lgvit.data import pipeline
 from lgvit.errors import ConfigError
 from lgvit.modeling import build_model, cross_entropy, normalize
-
-RESNET_TINY = dict(width=4, layers=(1, 1, 1, 1))
 
 
 class ParityEvaluator(evals.Evaluator):
