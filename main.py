@@ -52,6 +52,7 @@ def main(argv):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
   else:
     cli.quiet_logs('warning')
+  # Here, once the log level is set: jax and lgvit.train load TensorFlow's and XLA's loggers.
   import jax
   tf = quiet.import_tensorflow()
   tf.config.set_visible_devices([], 'GPU')  # TensorFlow only feeds data: keep it off the accelerators

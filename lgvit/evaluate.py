@@ -140,7 +140,6 @@ def main(argv=None) -> int:
   if args.batch_size is not None and args.batch_size <= 0:
     parser.error('--batch-size must be positive')
   cli.quiet_logs()
-  cpu_kernels.use()  # before the first JAX computation: XLA reads XLA_FLAGS when its CPU client starts
 
   def go():
     results = run(args)
