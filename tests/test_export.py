@@ -22,7 +22,7 @@ def test_serialized_inference_matches_apply(family):
   # Jitted: op by op, the demo transformers' forward takes ~30 s on 2 cores.
   apply = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))
   expected = apply(variables, images)
-  exported = jax.exporting.deserialize(bytearray(exporting.serialize(model, variables, 32)))
+  exported = jax.export.deserialize(bytearray(exporting.serialize(model, variables, 32)))
   batch_dim = exported.in_avals[0].shape[0]
   assert not isinstance(batch_dim, int) and str(batch_dim) == 'b'  # serialized for any batch size
   # One call (each new batch size compiles the module again; test_export_cli_from_a_training_workdir
@@ -104,11 +104,11 @@ def test_platforms_lower_for_each_and_run_here_only_if_cpu_is_one():
   model = create_model('resnet50', num_classes=3, **small_kwargs('resnet50'))
   images = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
   variables = random_variables(model, images)
-  both = jax.exporting.deserialize(bytearray(exporting.serialize(model, variables, 32, platforms=['cpu', 'cuda'])))
+  both = jax.export.deserialize(bytearray(exporting.serialize(model, variables, 32, platforms=['cpu', 'cuda'])))
   assert both.platforms == ('cpu', 'cuda')
   expected = model.apply(variables, modeling.normalize(jnp.asarray(images)), train=False)
   np.testing.assert_allclose(both.call(images), expected, rtol=1e-5, atol=1e-5)
-  tpu_only = jax.exporting.deserialize(bytearray(exporting.serialize(model, variables, 32, platforms=['tpu'])))
+  tpu_only = jax.export.deserialize(bytearray(exporting.serialize(model, variables, 32, platforms=['tpu'])))
   assert tpu_only.platforms == ('tpu',)
   with pytest.raises(ValueError, match='tpu'):  # lowered for a TPU (native kernels): refused on this CPU
     tpu_only.call(images)

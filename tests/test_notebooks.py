@@ -85,7 +85,7 @@ def test_quickstart_outputs_are_current_and_it_saves_its_pictures(tmp_path):
 
 def test_what_the_models_see_outputs_are_current_and_it_saves_every_familys_pictures(tmp_path):
   # Untrained demo models (the notebook's default): a training run per family would cost minutes of
-  # XLA compiles; the quickstart test runs the same training + lgvit.predict.load path.
+  # XLA compiles; the quickstart test runs the same training + lgvit.inference.load path.
   notebook = executor.execute('what_the_models_see.ipynb', tmp_path)
   out = tmp_path / 'out' / 'what_the_models_see'
   for picture in (p for pictures in FAMILY_PICTURES.values() for p in pictures):

@@ -12,6 +12,7 @@ Splits: ``train`` (images/training) and ``validation`` (images/validation), in f
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 import tensorflow_datasets as tfds
@@ -63,7 +64,6 @@ class LgvitAde20k(tfds.core.GeneratorBasedBuilder):
 
 
 def main(argv=None):
-  import argparse
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--manual_dir', required=True)
   parser.add_argument('--data_dir', default=None)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 IMAGE_SIZE = 32
 
@@ -40,8 +42,6 @@ class LgvitDigits(tfds.core.GeneratorBasedBuilder):
 
 def load_splits():
   """sklearn's digits and the sorted indices of the fixed stratified 'train' / 'validation' split."""
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
   digits = load_digits()
   idx = np.arange(len(digits.target))
   train_idx, val_idx = train_test_split(idx, test_size=360, random_state=0, stratify=digits.target)

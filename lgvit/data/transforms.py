@@ -1,4 +1,4 @@
-"""The evaluation transform without TensorFlow, for inference (``lgvit.predict``, ``lgvit.visualize``).
+"""The evaluation transform without TensorFlow, for inference (``lgvit.inference``, ``lgvit.introspection``).
 
 Training and evaluation read TFDS through tf.data (``lgvit.data.pipeline``); a user who classifies a
 few images should not need TensorFlow for that. This module decodes and crops one image the way
@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import io
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 #: ImageNet channel statistics on the 0..255 scale, the only definition in lgvit.
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -49,13 +53,11 @@ def decode(data: bytes) -> np.ndarray:
   if not data:
     raise UndecodableImageError('the file is empty')
   if data[:3] == _JPEG_MAGIC:
-    import simplejpeg
     try:
       _check_size(*simplejpeg.decode_jpeg_header(data)[1::-1])
       return simplejpeg.decode_jpeg(data, colorspace='RGB', fastdct=True, fastupsample=False)
     except ValueError as e:
       raise UndecodableImageError(str(e).splitlines()[0]) from None
-  from PIL import Image, UnidentifiedImageError
   try:
     with Image.open(io.BytesIO(data)) as image:
       _check_size(*image.size)
@@ -88,8 +90,6 @@ def resized_shape(h: int, w: int, image_size: int, crop_pct: float) -> tuple[int
 
 def center_crop(image: np.ndarray, image_size: int, crop_pct: float, interpolation: str) -> np.ndarray:
   """Resize the shorter side to image_size / crop_pct, centre-crop image_size; uint8 in and out."""
-  import jax
-  import jax.numpy as jnp
   methods = {'bilinear': 'linear', 'bicubic': 'cubic'}
   if interpolation not in methods:
     raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
