@@ -79,7 +79,7 @@ def import_tensorflow():
   * TensorFlow imports Keras eagerly, and Keras imports ``matplotlib.pyplot`` if it can (for its
     plotting helpers), which on a fresh machine builds matplotlib's font cache in the middle of a
     training run. matplotlib is hidden from that one import, so Keras sets its plotting helpers
-    aside; matplotlib itself stays importable afterwards (lgvit.introspection imports it when it draws).
+    aside; matplotlib itself stays importable afterwards (lgvit.introspection draws with it).
 
   Call it before the first ``import tensorflow`` of a process (lgvit.data.pipeline and
   lgvit.data.augment do); once TensorFlow is loaded it only returns the module.
