@@ -20,21 +20,14 @@ import time
 from importlib import metadata
 from typing import Optional
 
-# Set before jax is imported, so before anything could start libtpu. libtpu takes a machine-wide lock file
-# unless told not to; a compile-only client needs no lock, and the lock would make two AOT runs (or a test
-# next to one) on one host fail.
-os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # no GCE metadata server to ask on a CPU host
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from lgvit import modeling, optim, schema  # noqa: E402
-from lgvit.models import kernels  # noqa: E402
+from lgvit import modeling, optim, schema
+from lgvit.models import kernels
 
 GIB = 2**30
 #: HBM per chip (GiB) by JAX device_kind; what the runtime can give a program is a little less.
@@ -88,6 +81,14 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
   return generation, dims
 
 
+def use_libtpu_for_compiling() -> None:
+  """libtpu's settings for a compile-only client, set before libtpu starts (it reads them then): no
+  machine-wide lock file (it would make two AOT runs, or a test beside one, on one host fail) and no GCE
+  metadata server to ask on a CPU host. A user's own values win."""
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+
+
 def topology_devices(name: str, chips_per_host: Optional[tuple[int, ...]] = None):
   """The compile-only devices of a TPU topology (one per chip; several processes for multi-host)."""
   generation, dims = parse_topology(name)
@@ -96,6 +97,7 @@ def topology_devices(name: str, chips_per_host: Optional[tuple[int, ...]] = None
     single_host = generation in ('v5e', 'v6e') and chips <= 8
     chips_per_host = (dims + (1,))[:3] if single_host else HOST_BOUNDS[generation]
   jax.config.update('jax_platforms', 'cpu')  # the host computes nothing; TPUs exist only to compile for
+  use_libtpu_for_compiling()
   try:
     return topologies.get_topology_desc(platform='tpu', topology_name=name,
                                         chip_config_name='megacore' if generation in MEGACORE else 'default',

@@ -34,7 +34,7 @@ import argparse
 import sys
 from typing import Optional
 
-from lgvit import ahead_of_time, cpu_kernels
+from lgvit import ahead_of_time, cli, cpu_kernels
 from lgvit.errors import UnknownModelError
 from lgvit.models import kernels, list_models, model_info
 
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
   parser.add_argument('--hbm-gib', type=float, default=0.0, help='override the HBM per chip')
   parser.add_argument('--bytes', action='store_true', help='also print bytes accessed per image (cost analysis)')
   args = parser.parse_args(argv)
+  cli.quiet_logs()  # TensorFlow (the input pipeline, imported with lgvit.train) logs errors only
   try:
     return _run(args)
   except ahead_of_time.AotError as e:

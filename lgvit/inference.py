@@ -109,6 +109,8 @@ class LoadedModel:
     """A segmentation model's (H, W) int32 class map of one image (path, bytes or uint8 array) at its own
     size: mmseg's whole-image inference (:func:`lgvit.segmentation.infer_whole`), resized to ``scale``
     (e.g. ADE20K's (2048, 512)) first if given."""
+    if model_info(self.name).task != 'segmentation':
+      raise LoadError(f'{self.name} is not a segmentation model (upernet_*): it gives no class map ({self.source})')
     if isinstance(image, (str, os.PathLike, bytes)):
       image = _read(image, transforms.decode)
     logits = segmentation.infer_whole(self._segment_forward, modeling.normalize(np.asarray(image)[None]), scale=scale)

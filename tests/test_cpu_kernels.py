@@ -93,9 +93,7 @@ print(json.dumps({'modules': len(names), 'changed': {k: [before.get(k), after.ge
 
 
 def test_importing_lgvit_changes_no_environment_variable():
-  # TODO(issue #33): lgvit.ahead_of_time (so lgvit.aot, and benchmarks' tpu scripts) still sets libtpu's variables
-  # (ALLOW_MULTIPLE_LIBTPU_LOAD) when imported; libtpu reads them when the TPU client starts, so aot's main() can.
-  skip = ['lgvit.ahead_of_time', 'lgvit.aot', 'lgvit.convert.__main__']  # __main__: a CLI, run with -m, not imported
+  skip = ['lgvit.convert.__main__']  # a CLI, run with -m, not imported
   env = subprocess_env(JAX_PLATFORMS='cpu', LGVIT_XLA_CPU_KERNELS='eigen')
   proc = subprocess.run([sys.executable, '-c', IMPORTS_CHILD, *skip], env=env, cwd=REPO, capture_output=True, text=True,
                         timeout=300)

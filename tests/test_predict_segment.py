@@ -38,3 +38,13 @@ def test_segment_errors_are_one_line(tmp_path, capsys):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
   assert predict.main(['--workdir', str(tmp_path), '--segment', str(tmp_path / 'a.png')]) == 2
   assert '--out is required with --segment' in capsys.readouterr().err
+
+
+def test_segment_refuses_a_classifier(tmp_path, capsys):
+  model = create_model('resnet50', num_classes=10, **RESNET_TINY)
+  src = save_variables_dir(tmp_path / 'vars', 'resnet50', RESNET_TINY, random_variables(model, jnp.zeros((1, 32, 32, 3))),
+                           num_classes=10, image_size=32, dataset='lgvit_digits')
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
+  assert predict.main(['--workdir', src, '--segment', str(tmp_path / 'a.png'), '--out', str(tmp_path / 'm.png')]) == 2
+  assert 'error: resnet50 is not a segmentation model (upernet_*)' in capsys.readouterr().err
+  assert not (tmp_path / 'm.png').exists()

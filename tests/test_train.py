@@ -141,7 +141,8 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
     (['--config.batch_sizee=8'], 'Did you mean "batch_size"'),
     (['--config.data.image_size=16'], 'at least 32x32'),
     (['--config.data.dataset=imagenet2012', '--config.num_classes=1000'], 'tfds build imagenet2012 --manual_dir'),
-    (['--config.evals=imagenet_v2'], 'evaluator imagenet_v2: dataset'),  # before training (docs/evaluation.md)
+    (['--config.evals.ema.dataset=imagenet_v2/matched-frequency', '--config.evals.ema.split=test',
+      '--config.ema_decay=0.99'], 'evaluator ema: dataset'),  # before training (docs/evaluation.md)
     (['--config.batch_size=7'], None),  # checked below with 2 devices
 ])
 def test_bad_inputs_give_one_line_errors(tmp_path, overrides, expect):
