@@ -26,7 +26,7 @@ if len(sys.argv) > 2:  # before anything (lgvit's imports included) starts the X
   jax.distributed.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from configs import resnet50  # noqa: E402
-from lgvit import cpu_kernels, optim, train  # noqa: E402
+from lgvit import cpu_kernels, evals, modeling, optim, train  # noqa: E402
 from lgvit.models import layers  # noqa: E402
 
 cpu_kernels.use()  # the kernels main.py picks here; XLA reads XLA_FLAGS at the first computation, below
