@@ -123,13 +123,11 @@ def spec_from_name(name: str, config) -> EvalSpec:
   """An evaluator named on a command line: an entry of ``config.evals``, a set of the ImageNet suite
   (``lgvit.schema.IMAGENET_SUITE``) or ``DATASET:SPLIT`` of any TFDS dataset of the config's task."""
   if name in config.get('evals', {}):
-    return dataclasses.replace(_spec(name, config.evals[name], config), name=name)
-  if name in schema.IMAGENET_SUITE:
-    dataset, split = schema.IMAGENET_SUITE[name]
-    return EvalSpec(name, config.task, dataset, split, prefix=f'eval_{schema.eval_key(name)}_')
+    return _spec(name, config.evals[name], config)
   dataset, sep, split = name.partition(':')
-  if sep and dataset and split:
-    return EvalSpec(name, config.task, dataset, split, prefix=f'eval_{schema.eval_key(name)}_')
+  if name in schema.IMAGENET_SUITE or (sep and dataset and split):
+    dataset, split = schema.IMAGENET_SUITE.get(name, (dataset, split))
+    return _spec(name, schema.eval_entry(dataset=dataset, split=split), config)
   raise ConfigError(f"unknown evaluator {name!r}; use one of {', '.join(schema.IMAGENET_SUITE)} or DATASET:SPLIT of "
                     'a TFDS dataset (e.g. imagenet2012:validation)')
 

@@ -180,6 +180,7 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   task: tasks.Task
+  settings: schema.Settings  # resolved once from config (lgvit.schema.resolve)
   train_step: Any
   batch_sharding: NamedSharding
   checkpointer: ckpt.TrainCheckpointer
@@ -280,7 +281,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, force_config: bool, a
   best = ckpt.BestCheckpointer(workdir) if is_main or jax.process_count() > 1 else None
   if best is not None:
     cleanup.callback(best.close)
-  run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps, task=task,
+  run = Run(config, workdir, builder, tx, steps_per_epoch, total_steps, task=task, settings=settings,
             train_step=jax.jit(make_train_step(model, tx, config, schedule),
                                in_shardings=(state_sharding, batch_sharding, replicated),
                                out_shardings=(state_sharding, replicated), donate_argnums=0),
@@ -446,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, force
       ds = pipeline.train_dataset(config.data, config.aug, run.builder, batch_size=config.batch_size, seed=config.seed,
                                   epoch=epoch, start_step=in_epoch, steps_per_epoch=run.steps_per_epoch,
                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                  shard_fn=run.task.shard_fn(run.task.settings(config)))
+                                  shard_fn=run.task.shard_fn(run.settings))
       for batch in pipeline.as_numpy(ds):
         loop = train_one_step(run, loop, batch, key)
         due_log, due_ckpt = (itstime(loop.step, every, run.total_steps) for every in

@@ -127,3 +127,36 @@ def test_an_unknown_task_or_evaluator_type_is_a_config_error(parity, tmp_path):
   with pytest.raises(ConfigError, match=r"evaluator main: unknown type 'bleu'"):
     train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('config_arg,shape', [('resnet50', (224, 224)), ('upernet:backbone=nommer_t', (512, 704))])
+def test_every_task_steps_trace_at_the_sizes_users_run(config_arg, shape):
+  """The tasks' train step (train crop: the config's size) and eval step (a padded eval bucket of ``shape``,
+  non-square for UperNet; labels on the full label canvas) at full size, by jax.eval_shape (no compute)."""
+  import functools
+  import importlib
+  from lgvit import optim
+  from lgvit.modeling import init_variables
+  module, _, arg = config_arg.partition(':')
+  c = importlib.import_module(f'configs.{module}').get_config(arg or None)
+  task, size = tasks.of_config(c), c.data.image_size
+  model = build_model(c)
+  abstract = jax.eval_shape(functools.partial(init_variables, model, size, 0))
+  tx = optim.make_optimizer(c.optim, abstract['params'], lambda s: 1e-3)
+  state = jax.eval_shape(functools.partial(train.create_state, model, tx, c))
+  dense = task.section == 'seg'
+  spec = jax.ShapeDtypeStruct
+  batch = {'image': spec((2, size, size, 3), jnp.uint8), 'valid': spec((2,), jnp.int32),
+           'label': spec((2, size, size), jnp.uint8) if dense else spec((2,), jnp.int32)}
+  if dense:
+    batch['content'] = spec((2, 2), jnp.int32)
+  _, metrics = jax.eval_shape(train.make_train_step(model, tx, c, lambda s: 1e-3), state, batch, jax.random.PRNGKey(0))
+  assert metrics['loss'].shape == () and ('train_pixel_acc' if dense else 'train_top1') in metrics
+  batch = {'image': spec((2, *shape, 3), jnp.uint8), 'mask': spec((2,), jnp.int32), 'unreadable': spec((2,), jnp.int32)}
+  if dense:
+    batch.update(label=spec((2, *c.seg.label_canvas), jnp.uint8), scaled=spec((2, 2), jnp.int32),
+                 size=spec((2, 2), jnp.int32), downscaled=spec((2,), jnp.int32))
+  else:
+    batch['label'] = spec((2,), jnp.int32)
+  sums = jax.eval_shape(task.eval_step(model, task.settings(c)), abstract, batch)
+  assert (sums['confusion'].shape == (150, 150)) if dense else (sums['top1'].shape == ())

@@ -47,10 +47,6 @@ class Task:
     """The final line's scores of a run's result (its last eval row, keys ``eval_*``)."""
     raise NotImplementedError
 
-  def predict(self, loaded, images, **options) -> list[Any]:
-    """Per image: what ``python -m lgvit.predict`` reports (top-5 classes; a class map)."""
-    raise NotImplementedError
-
 
 TASKS: dict[str, Task] = {}
 

@@ -222,10 +222,6 @@ class Classification(Task):
   def summary(self, result) -> str:
     return f"top-1 {result.get('eval_top1', float('nan')):.4f} | top-5 {result.get('eval_top5', float('nan')):.4f}"
 
-  def predict(self, loaded, images, *, top: int = 5, **options):
-    del options
-    return loaded.classify(images, k=top)
-
 
 register(Classification())
 evals.register('classification', ClassificationEvaluator)

@@ -8,6 +8,7 @@ image by image, also ``slide`` and ``multiscale``). The metrics and inference he
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import jax
@@ -103,12 +104,13 @@ class SegmentationEvaluator(evals.Evaluator):
     self.builder = pipeline.get_builder(spec.dataset, context.settings.data_dir)
     self.num_examples = pipeline.num_examples(self.builder, spec.split)
     self.step = jax.jit(make_eval_step(context.model, context.settings))
+    self.apply = jax.jit(lambda variables, x: context.model.apply(variables, x, train=False))  # normalised images
 
   def run(self, variables) -> dict:
     settings = self.context.settings
-    if self.mode is not None:
-      apply_fn = jax.jit(lambda x: self.context.model.apply(variables, x, train=False))  # normalised images
-      return evaluate_per_image(apply_fn, settings, self.builder, self.mode, self.spec.split)
+    if self.mode is not None:  # the weights are an argument: baked in as constants, each compile would copy them
+      return evaluate_per_image(functools.partial(self.apply, variables), settings, self.builder, self.mode,
+                                self.spec.split)
     local_batch = settings.eval_batch_size // jax.process_count()
     mesh = make_mesh(jax.local_devices())
     local_variables = evals.local_copy(variables, NamedSharding(mesh, P()))
@@ -212,10 +214,6 @@ class Segmentation(Task):
 
   def summary(self, result) -> str:
     return f"mIoU {result['eval_mIoU']:.4f} | aAcc {result['eval_aAcc']:.4f}"
-
-  def predict(self, loaded, images, *, scale=None, **options):
-    del options
-    return [loaded.segment(image, scale) for image in images]
 
 
 register(Segmentation())
