@@ -25,7 +25,8 @@ def test_known_datasets_take_big_vision_splits_lengths_and_recipe(dataset):
   assert (c.schedule.lr, c.schedule.lr_base_batch, c.schedule.decay) == (0.01, 512, 'cosine')
   assert c.aug.mixup_alpha == c.aug.cutmix_alpha == c.aug.label_smoothing == 0.0 and c.ema_decay == 0.0
   assert c.init_skip == transfer.HEAD
-  assert tuple(c.evals) == ()  # the ImageNet suite of base_config would need five datasets the user lacks
+  # Only the target's own held-out split: base_config's ImageNet suite would need five datasets the user lacks.
+  assert tuple(c.evals) == ('main',) and (c.evals.main.dataset, c.evals.main.split) == ('', '')
   with pytest.raises(AttributeError):
     c.no_such_field = 1  # locked like every config
 
