@@ -5,7 +5,8 @@ Read from the files committed next to this module (no TensorFlow, no download):
 * ``imagenet_class_names.txt``: the 1000 ImageNet-1k synsets with their WordNet lemmas, in TFDS label order;
 * ``imagenet_a_synsets.txt``, ``imagenet_r_synsets.txt``: the 200 classes of ImageNet-A / ImageNet-R
   (docs/evaluation.md);
-* ``ade20k_classes.tsv``: ADE20K's 150 classes and mmseg's colour map for them (docs/segmentation.md).
+* ``ade20k_classes.tsv``: ADE20K's 150 classes and mmseg's colour map for them (docs/segmentation.md);
+* ``coco_classes.tsv``: COCO's 80 instance categories with their original ids (docs/detection.md).
 """
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ import numpy as np
 DATA_DIR = pathlib.Path(__file__).parent
 IMAGENET_CLASS_NAMES_FILE = DATA_DIR / 'imagenet_class_names.txt'
 ADE20K_CLASSES_FILE = DATA_DIR / 'ade20k_classes.tsv'
+COCO_CLASSES_FILE = DATA_DIR / 'coco_classes.tsv'
 #: The 200-class ImageNet variants whose synsets are committed as ``<subset>_synsets.txt``.
 IMAGENET_SUBSETS = ('imagenet_a', 'imagenet_r')
 #: The embedded segmentation demo's classes (``lgvit_digits_seg``, lgvit/data/digits_seg.py).
 DEMO_CLASS_NAMES = ('background',) + tuple(str(d) for d in range(10))
+#: The embedded detection demo's categories (``lgvit_digits_det``, lgvit/data/digits_det.py): label k is digit k
+#: (no background entry: detection labels are the 0-based object classes, docs/detection.md).
+DET_DEMO_CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
 def _rows(path: pathlib.Path) -> list[str]:
@@ -65,6 +70,30 @@ def ade20k_classes() -> tuple[list[str], np.ndarray]:
   return names, np.asarray(colours, np.uint8)
 
 
+@functools.lru_cache(maxsize=None)
+def coco_categories() -> tuple[tuple[int, str], ...]:
+  """COCO's 80 (original category id, name) pairs in id order; the position is lgvit's 0-based label."""
+  rows = tuple((int(i), name) for i, name in (line.split('\t') for line in _rows(COCO_CLASSES_FILE)))
+  if len(rows) != 80 or [i for i, _ in rows] != sorted({i for i, _ in rows}):
+    raise RuntimeError(f'{COCO_CLASSES_FILE} must hold 80 categories with increasing ids')
+  return rows
+
+
+def coco_class_names() -> list[str]:
+  """The 80 COCO names in label order ('person' is 0, 'toothbrush' 79)."""
+  return [name for _, name in coco_categories()]
+
+
+def coco_label_to_category_id() -> np.ndarray:
+  """(80,) int64: lgvit's contiguous label -> COCO's original category id (what COCO results files hold)."""
+  return np.array([i for i, _ in coco_categories()], np.int64)
+
+
+def coco_category_id_to_label() -> dict[int, int]:
+  """COCO's original category id -> lgvit's contiguous label (0..79)."""
+  return {i: k for k, (i, _) in enumerate(coco_categories())}
+
+
 def palette_for(num_classes: int) -> np.ndarray:
   """ADE20K's colour map, cut to ``num_classes`` (cycled beyond 150)."""
   colours = ade20k_classes()[1]
@@ -81,4 +110,8 @@ def class_names(dataset: Optional[str], num_classes: int) -> list[str]:
     return ade20k_classes()[0]
   if dataset == 'lgvit_digits_seg' and num_classes == 11:
     return list(DEMO_CLASS_NAMES)
+  if dataset == 'lgvit_digits_det' and num_classes == 10:
+    return list(DET_DEMO_CLASS_NAMES)
+  if num_classes == 80 and dataset is not None and dataset.split('/')[0] in ('lgvit_coco', 'coco'):
+    return coco_class_names()
   return [f'class {i}' for i in range(num_classes)]

@@ -33,7 +33,9 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from lgvit.data import augment, transforms  # noqa: E402
 from lgvit.data.ade20k import LgvitAde20k  # noqa: E402
+from lgvit.data.coco import LgvitCoco  # noqa: E402
 from lgvit.data.digits import LgvitDigits  # noqa: E402
+from lgvit.data.digits_det import LgvitDigitsDet  # noqa: E402
 from lgvit.data.digits_seg import LgvitDigitsSeg  # noqa: E402
 from lgvit.data.transforms import MEAN_RGB  # noqa: E402
 from lgvit.errors import DatasetNotFoundError  # noqa: E402
@@ -50,6 +52,8 @@ def _embedded_builder_class(name: str):
     return LgvitDigits
   if name == 'lgvit_digits_seg':  # the segmentation demo (docs/segmentation.md)
     return LgvitDigitsSeg
+  if name == 'lgvit_digits_det':  # the detection demo (docs/detection.md)
+    return LgvitDigitsDet
   return None
 
 
@@ -57,6 +61,8 @@ def _lgvit_builder(name: str, data_dir: Optional[str]):
   """lgvit's own builders of datasets you download yourself (lgvit_ade20k), or None."""
   if name == 'lgvit_ade20k':
     return LgvitAde20k(data_dir=data_dir)
+  if name in ('lgvit_coco', 'lgvit_coco/2017'):
+    return LgvitCoco(config='2017', data_dir=data_dir)
   return None
 
 
@@ -73,7 +79,7 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
       builder = embedded(data_dir=data_dir)
       if not builder.is_prepared():
         if jax.process_index() == 0:  # one writer; the others wait for it
-          what = 'digits' if name == 'lgvit_digits' else 'digits segmentation'
+          what = {'lgvit_digits': 'digits', 'lgvit_digits_seg': 'digits segmentation'}.get(name, 'digits detection')
           print(f'building the embedded {what} dataset (once) in {builder.data_dir}', flush=True)
           with contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare()
@@ -94,6 +100,9 @@ def get_builder(name: str, data_dir: Optional[str], hint: Optional[str] = None) 
     if hint is None and name == 'lgvit_ade20k':
       hint = (' Download ADEChallengeData2016.zip (http://sceneparsing.csail.mit.edu/) into MANUAL_DIR, then run '
               f'`python -m lgvit.data.ade20k --manual_dir=MANUAL_DIR --data_dir={where}`.')
+    if hint is None and name.startswith('lgvit_coco'):
+      hint = (' Download train2017.zip, val2017.zip and annotations_trainval2017.zip (https://cocodataset.org) into '
+              f'MANUAL_DIR, then run `python -m lgvit.data.coco --manual_dir=MANUAL_DIR --data_dir={where}`.')
     raise DatasetNotFoundError(f'dataset {name!r} is not prepared in {where} (set --config.data.data_dir).{hint or ""}')
   return builder
 
