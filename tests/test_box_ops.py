@@ -12,6 +12,10 @@ from lgvit.models import box_ops
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 
+# Jitted once for the module: eager RoIAlign would dispatch (and compile) op by op.
+_roi_align = jax.jit(box_ops.roi_align, static_argnames=('output_size', 'spatial_scale',
+                                                         'sampling_ratio', 'aligned', 'max_samples'))
+
 
 def _random_boxes(rng, n, extent=100.0, min_size=1.0, max_size=40.0):
   x1 = rng.uniform(-0.1 * extent, extent, n)
@@ -207,8 +211,8 @@ def test_roi_align_matches_torchvision(sampling_ratio, aligned):
   rng = np.random.default_rng(5)
   features = rng.normal(size=(13, 17, 3)).astype(np.float32)
   rois = _roi_set(rng, 13, 17, 0.25)
-  run = jax.jit(box_ops.roi_align, static_argnums=(2, 3, 4, 5))
-  ours = run(features, rois, 5, 0.25, sampling_ratio, aligned)
+  ours = _roi_align(features, rois, output_size=5, spatial_scale=0.25,
+                    sampling_ratio=sampling_ratio, aligned=aligned)
   ref = _torch_roi_align(features, rois, 5, 0.25, sampling_ratio, aligned)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   assert np.abs(ref).sum(axis=(1, 2, 3)).min() < 1e-6  # some RoI samples nothing (outside/empty)
@@ -219,17 +223,17 @@ def test_roi_align_gradient_and_bf16():
   features = rng.normal(size=(9, 11, 2)).astype(np.float32)
   rois = _roi_set(rng, 9, 11, 0.5)
   cotangent = rng.normal(size=(len(rois), 4, 4, 2)).astype(np.float32)
-  grad = jax.grad(lambda f: jnp.sum(box_ops.roi_align(f, rois, 4, 0.5) * cotangent))(features)
+  pool = lambda f: _roi_align(f, rois, output_size=4, spatial_scale=0.5)
+  grad = jax.jit(jax.grad(lambda f: jnp.sum(pool(f) * cotangent)))(features)
   feats = torch.from_numpy(features.transpose(2, 0, 1)[None].copy()).requires_grad_()
   boxes = torch.cat([torch.zeros(len(rois), 1), torch.from_numpy(rois)], dim=1)
   pooled = torchvision.ops.roi_align(feats, boxes, 4, 0.5, 0, True)
   (pooled * torch.from_numpy(cotangent.transpose(0, 3, 1, 2).copy())).sum().backward()
   np.testing.assert_allclose(grad, feats.grad[0].numpy().transpose(1, 2, 0), rtol=1e-4, atol=1e-5)
   # bf16 features: bf16 output, accumulated in float32 (so only the inputs' rounding shows).
-  low = box_ops.roi_align(features.astype(jnp.bfloat16), rois, 4, 0.5)
+  low = pool(features.astype(jnp.bfloat16))
   assert low.dtype == jnp.bfloat16
-  np.testing.assert_allclose(low.astype(np.float32), box_ops.roi_align(features, rois, 4, 0.5),
-                             atol=3e-2)
+  np.testing.assert_allclose(low.astype(np.float32), pool(features), atol=3e-2)
 
 
 def test_roi_align_caps_adaptive_sampling_at_max_samples():
@@ -238,12 +242,13 @@ def test_roi_align_caps_adaptive_sampling_at_max_samples():
   rng = np.random.default_rng(7)
   features = rng.normal(size=(30, 30, 2)).astype(np.float32)
   big = np.array([[0., 0., 28., 26.], [1.5, 2.5, 29., 27.]], np.float32)  # 26-28 px, out 3 -> 9-10
-  ours = box_ops.roi_align(features, big, 3, 1.0, max_samples=4)
+  ours = _roi_align(features, big, output_size=3, spatial_scale=1.0, max_samples=4)
   np.testing.assert_allclose(ours, _torch_roi_align(features, big, 3, 1.0, 4, True), rtol=1e-5,
                              atol=1e-5)
   assert np.abs(ours - _torch_roi_align(features, big, 3, 1.0, 0, True)).max() > 1e-3
   # A large enough max_samples is torchvision's adaptive grid again.
-  np.testing.assert_allclose(box_ops.roi_align(features, big, 3, 1.0, max_samples=10),
+  np.testing.assert_allclose(_roi_align(features, big, output_size=3, spatial_scale=1.0,
+                                        max_samples=10),
                              _torch_roi_align(features, big, 3, 1.0, 0, True), rtol=1e-5, atol=1e-5)
 
 
@@ -301,7 +306,7 @@ def test_paste_masks_matches_grid_sample():
   ref = _torch_paste(masks, boxes, 30, 40)
   probs = jax.jit(box_ops.paste_mask_probabilities, static_argnums=2)(masks, boxes, (30, 40))
   np.testing.assert_allclose(probs, ref, atol=1e-5)
-  binary = box_ops.paste_masks(masks, boxes, (30, 40))
+  binary = jax.jit(box_ops.paste_masks, static_argnums=2)(masks, boxes, (30, 40))
   assert binary.dtype == jnp.bool_ and binary.shape == (6, 30, 40)
   decided = np.abs(ref - 0.5) > 1e-5
   np.testing.assert_array_equal(np.asarray(binary)[decided], (ref >= 0.5)[decided])
@@ -361,8 +366,8 @@ def test_max_iou_assign_matches_mmdet_loop(low_quality, assign_all):
     np.testing.assert_allclose(np.asarray(max_iou)[vb], ref_iou, rtol=1e-6)
     assert (expected > 0).sum() >= 3 and (expected == 0).sum() > 10
   # No valid gt: every (valid) box is negative.
-  assigned, max_iou = box_ops.max_iou_assign(boxes, gts, np.zeros(8, bool), 0.7, 0.3, 0.3, True,
-                                             box_valid=box_valid)
+  assigned, max_iou = run(boxes, gts, np.zeros(8, bool), 0.7, 0.3, 0.3, low_quality, assign_all,
+                          box_valid)
   np.testing.assert_array_equal(assigned, np.where(box_valid, 0, -1))
   assert float(jnp.abs(max_iou).max()) == 0.0
 
