@@ -28,13 +28,16 @@ class ModelInfo:
   name: str
   family: str
   create: Callable[..., nn.Module]  # the family's _create_<family>(name, **kwargs)
-  params: int  # exact parameter count at the default classes (1000; ADE20K's 150 for segmentation) and input_size
+  params: int  # exact parameter count at the default classes (1000; ADE20K's 150 for segmentation; COCO's 80
+  # for detection) and input_size
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the variant's constructor arguments
   input_size: int = 224
   crop_pct: float = 0.875
   interpolation: str = 'bilinear'
   feature_strides: tuple[int, ...] = (4, 8, 16, 32)  # of the maps that features_only=True returns
-  task: str = 'classification'  # or 'segmentation' (lgvit.models.upernet: per-pixel logits at stride 4)
+  # 'classification', 'segmentation' (lgvit.models.upernet: per-pixel logits at stride 4) or 'detection'
+  # (lgvit.models.mask_rcnn: per image 100 boxes, scores, labels, valid flags and 28x28 masks)
+  task: str = 'classification'
   paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the paper's figures: params, gmacs, top1
   # init_from at another input size: leaf name -> resize(array, target_shape) (lgvit.checkpoint.adapt_variables).
   resize_rules: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
@@ -83,6 +86,6 @@ def create_model(name: str, num_classes: Optional[int] = None, **overrides) -> n
 
 
 def list_models(family: Optional[str] = None, task: Optional[str] = None) -> list[str]:
-  """Registered names, optionally of one family and/or one task ('classification', 'segmentation')."""
+  """Registered names, optionally of one family and/or one task ('classification', 'segmentation', 'detection')."""
   return sorted(n for n, i in _REGISTRY.items()
                 if (family is None or i.family == family) and (task is None or i.task == task))
