@@ -201,12 +201,13 @@ def test_sample_rois_adds_the_gts_and_puts_positives_first():
 def test_mask_targets_are_torchvisions_roi_align_of_each_gt_mask():
   rng = np.random.default_rng(0)
   mask_stride, num_gts = 2, 3
-  masks = (rng.random((num_gts, 32, 40)) > 0.5).astype(np.uint8)  # a 64x80 canvas at stride 2
+  # A 64x80 canvas at stride 2, as the data pipeline gives it: coverage 0..255 of each 2x2 block.
+  masks = rng.choice(np.array([0, 64, 128, 191, 255], np.uint8), (num_gts, 32, 40))
   rois = np.array([[3, 5, 40, 33], [0, 0, 80, 64], [50.5, 20.25, 80, 64], [10, 60, 30, 64], [7, 7, 9, 12]],
                   np.float32)  # the last three touch the canvas' edges, where RoIAlign clamps
   gt_index = np.array([0, 1, 2, 0, 2], np.int32)
   ours = mr.mask_targets(jnp.asarray(masks), jnp.asarray(rois), jnp.asarray(gt_index), mask_stride=mask_stride)
-  ref = torchvision.ops.roi_align(torch.from_numpy(masks[gt_index, None].astype(np.float32)),
+  ref = torchvision.ops.roi_align(torch.from_numpy(masks[gt_index, None].astype(np.float32) / 255),
                                   [torch.from_numpy(r[None]) for r in rois], 28, 1 / mask_stride, 0, aligned=True)
   want = (ref[:, 0].numpy() >= 0.5).astype(np.float32)
   # bfloat16 rounds averages within ~0.002 of the threshold onto it; allow those pixels only.
@@ -241,13 +242,14 @@ def _batch():
                     [[4, 20, 28, 60], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
   labels = np.array([[0, 2, 0], [1, 0, 0]], np.int32)
   valid = np.array([[True, True, False], [True, False, False]])
-  masks = np.zeros((2, 3, 32, 32), np.uint8)  # mask_stride 2: ellipses inside the boxes
+  masks = np.zeros((2, 3, 32, 32), np.uint8)  # mask_stride 2 (0/255, the pipeline's uint8): ellipses in the boxes
   yy, xx = np.mgrid[0:32, 0:32] * 2 + 1.0
   for b in range(2):
     for g in range(3):
       if valid[b, g]:
         x1, y1, x2, y2 = boxes[b, g]
-        masks[b, g] = (((xx - (x1 + x2) / 2) / ((x2 - x1) / 2)) ** 2 + ((yy - (y1 + y2) / 2) / ((y2 - y1) / 2)) ** 2) < 1
+        inside = ((xx - (x1 + x2) / 2) / ((x2 - x1) / 2)) ** 2 + ((yy - (y1 + y2) / 2) / ((y2 - y1) / 2)) ** 2 < 1
+        masks[b, g] = np.where(inside, 255, 0)
         images[b, int(y1):int(y2), int(x1):int(x2), labels[b, g]] += 1.0  # the class is the lit channel
   targets = dict(gt_boxes=boxes, gt_labels=labels, gt_valid=valid, gt_masks=masks)
   return jnp.asarray(images), jnp.array([[64, 64], [64, 56]], jnp.int32), jax.tree_util.tree_map(jnp.asarray, targets)

@@ -45,7 +45,7 @@ serves every batch, sharded over a data mesh, with no host round trip. The heads
 API: ``MaskRCNN(backbone=..., num_classes=80, ...)`` and
 ``__call__(images, *, train, image_hw=None, targets=None, mask_stride=None)``. ``train=True`` takes
 the batch's ``gt_boxes [B, G, 4]``, ``gt_labels [B, G]``, ``gt_masks [B, G, Hm, Wm]`` and
-``gt_valid [B, G]`` in ``targets``, draws its samples from the ``'sampling'`` RNG and returns
+``gt_valid [B, G]`` in ``targets`` (the data pipeline's batch; ``gt_masks`` uint8 coverage 0..255), draws its samples from the ``'sampling'`` RNG and returns
 ``(total_loss, metrics)``; ``train=False`` returns ``boxes [B, 100, 4]``, ``scores``, ``labels``
 (int32), ``valid`` (bool) and ``masks [B, 100, 28, 28]`` (float32 probabilities); invalid slots are
 zero. The parts run alone: ``pyramid(images, train=...)`` (backbone + FPN), ``train_losses(pyramid,
@@ -297,22 +297,28 @@ def sample_rois(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: A
               gt_index=gt_index, box_targets=jnp.where(is_positive[:, None], targets, 0.0))
 
 
-def mask_targets(gt_masks: Array, rois: Array, gt_index: Array, *, mask_stride: int = 1, size: int = 28) -> Array:
+def mask_targets(gt_masks: Array, rois: Array, gt_index: Array, *, mask_stride: int = 1, size: int = 28,
+                 full: Optional[float] = None) -> Array:
   """mmdet ``mask_target``: each RoI's gt mask RoIAligned to ``size`` x ``size`` and binarised (>= 0.5).
 
-  ``gt_masks [G, Hm, Wm]`` are at ``1 / mask_stride`` of the image (``rois [R, 4]`` are image pixels).
+  ``gt_masks [G, Hm, Wm]`` are at ``1 / mask_stride`` of the image (``rois [R, 4]`` are image pixels)
+  and hold coverage, ``full`` meaning an object pixel: 255 for uint8 (the data pipeline's 0..255
+  coverage of each mask_stride x mask_stride block, docs/detection.md "Data"), else 1. The target is
+  ``RoIAlign(gt_masks / full) >= 0.5``; at ``mask_stride=1`` (values 0 and 255) that is mmdet's.
   One RoIAlign serves all gts: the masks are stacked along y, each with its first and last row
   repeated above and below it, and every RoI is shifted down to its own mask. RoIs lie inside the
   image, so their samples stay within one mask plus its border rows, where the repeated rows give
-  exactly RoIAlign's clamp at the border. The stack is bfloat16 (0 and 1 are exact; the averaged
-  value is rounded to bfloat16 before the 0.5 threshold) to halve its memory."""
+  exactly RoIAlign's clamp at the border. The stack is bfloat16 (exact for integers up to 256; the
+  pooled value is rounded to bfloat16, within 0.25 of 127.5 on the 0..255 scale) to halve its memory."""
   num_gts, mask_h, mask_w = gt_masks.shape
+  if full is None:
+    full = 255.0 if gt_masks.dtype == jnp.uint8 else 1.0
   stacked = jnp.pad(gt_masks.astype(jnp.bfloat16), ((0, 0), (1, 1), (0, 0)), mode='edge')
   table = stacked.reshape(num_gts * (mask_h + 2), mask_w, 1)
   shift = (gt_index.astype(jnp.float32) * (mask_h + 2) + 1.0) * mask_stride
   shifted = rois.astype(jnp.float32) + jnp.stack([jnp.zeros_like(shift), shift] * 2, axis=-1)
   pooled = box_ops.roi_align(table, shifted, size, 1.0 / mask_stride, sampling_ratio=0, aligned=True)
-  return (pooled[..., 0].astype(jnp.float32) >= 0.5).astype(jnp.float32)
+  return (pooled[..., 0].astype(jnp.float32) >= 0.5 * full).astype(jnp.float32)
 
 
 def detections(logits: Array, deltas: Array, proposals: Array, proposal_valid: Array, image_hw: Array, *,
