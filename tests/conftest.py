@@ -7,6 +7,11 @@ import tempfile
 import numpy as np
 import pytest
 
+try:  # before anything imports TensorFlow: torchvision's import of triton segfaults once TensorFlow is loaded
+  import torchvision.ops  # noqa: F401  (the RoIAlign/NMS references of tests/test_box_ops.py)
+except ImportError:
+  pass
+
 from lgvit import cpu_kernels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
