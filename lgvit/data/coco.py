@@ -91,6 +91,25 @@ def example_from_annotations(image_info: dict, annotations: list[dict], image_pa
           'objects': objects}
 
 
+def instance_features(image: tfds.features.Image, class_names, canvas=None) -> tfds.features.FeaturesDict:
+  """The feature layout of every lgvit detection dataset (COCO's and the demo's, docs/detection.md): the
+  image, its id and file name, and per object its id, area, box, label, crowd flag and a PNG mask of the
+  image's size (``canvas`` x ``canvas``, or any size)."""
+  return tfds.features.FeaturesDict({
+      'image': image,
+      'image/id': np.int64,
+      'image/filename': tfds.features.Text(),
+      'objects': tfds.features.Sequence({
+          'id': np.int64,
+          'area': np.float32,
+          'bbox': tfds.features.BBoxFeature(),
+          'label': tfds.features.ClassLabel(names=class_names),
+          'is_crowd': np.bool_,
+          'mask': tfds.features.Image(shape=(canvas, canvas, 1), encoding_format='png'),
+      }),
+  })
+
+
 class LgvitCocoConfig(tfds.core.BuilderConfig):
   pass
 
@@ -108,19 +127,7 @@ class LgvitCoco(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description='COCO 2017 instance segmentation: 80 categories, boxes, crowd flags and per-object masks.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(encoding_format='jpeg'),
-            'image/id': np.int64,
-            'image/filename': tfds.features.Text(),
-            'objects': tfds.features.Sequence({
-                'id': np.int64,
-                'area': np.float32,
-                'bbox': tfds.features.BBoxFeature(),
-                'label': tfds.features.ClassLabel(names=classes.coco_class_names()),
-                'is_crowd': np.bool_,
-                'mask': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-            }),
-        }),
+        features=instance_features(tfds.features.Image(encoding_format='jpeg'), classes.coco_class_names()),
         homepage=HOMEPAGE,
     )
 

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lgvit.data.classes import DET_DEMO_CLASS_NAMES
+from lgvit.data.coco import instance_features
 from lgvit.data.digits import LgvitDigits, load_splits
 
 CANVAS = 128
@@ -143,19 +144,8 @@ class LgvitDigitsDet(LgvitDigits):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(CANVAS, CANVAS, 3), encoding_format='png'),
-            'image/id': np.int64,
-            'image/filename': tfds.features.Text(),
-            'objects': tfds.features.Sequence({
-                'id': np.int64,
-                'area': np.float32,
-                'bbox': tfds.features.BBoxFeature(),
-                'label': tfds.features.ClassLabel(names=DET_DEMO_CLASS_NAMES),
-                'is_crowd': np.bool_,
-                'mask': tfds.features.Image(shape=(CANVAS, CANVAS, 1), encoding_format='png'),
-            }),
-        }),
+        features=instance_features(tfds.features.Image(shape=(CANVAS, CANVAS, 3), encoding_format='png'),
+                                   DET_DEMO_CLASS_NAMES, canvas=CANVAS),
         description='scikit-learn digits of varied sizes on textured canvases, with boxes and instance masks '
                     '(lgvit detection demo).',
     )
