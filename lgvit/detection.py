@@ -126,10 +126,24 @@ class CocoScorer:
         ann['segmentation'] = rles[k]
       self.annotations.append(ann)
 
+  @classmethod
+  def from_dataset(cls, dataset: dict, iou_types: Sequence[str] = IOU_TYPES) -> 'CocoScorer':
+    """A scorer holding a COCO annotation dict (``images``, ``annotations``, ``categories``, e.g.
+    :func:`lgvit.data.det_pipeline.coco_ground_truth`) as its ground truth; its ``categories`` are in
+    label order (label k is ``categories[k]``)."""
+    categories = dataset['categories']
+    scorer = cls([c['id'] for c in categories], [c['name'] for c in categories], iou_types)
+    scorer.images, scorer.annotations = list(dataset['images']), list(dataset['annotations'])
+    return scorer
+
   def add_detections(self, image_id: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                     masks: Optional[np.ndarray] = None) -> None:
-    """One image's detections in original pixels (only the valid ones): ``masks`` (N, H, W) bool."""
-    rles = encode_masks(masks) if masks is not None else [None] * len(scores)
+                     masks=None) -> None:
+    """One image's detections in original pixels (only the valid ones): ``masks`` (N, H, W) bool, or a
+    list of their COCO RLEs (:func:`encode_masks`)."""
+    if masks is None:
+      rles = [None] * len(scores)
+    else:
+      rles = list(masks) if isinstance(masks, list) else encode_masks(masks)
     for box, score, label, rle in zip(xywh(boxes), np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1),
                                       rles):
       record = {'image_id': int(image_id), 'category_id': self.category_ids[int(label)], 'bbox': box.tolist(),

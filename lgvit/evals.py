@@ -12,6 +12,7 @@ evaluators and their metrics.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from typing import Any, Callable
 
 import jax
@@ -178,3 +179,16 @@ def sum_over_processes(totals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   if jax.process_count() == 1:
     return totals
   return {k: np.asarray(multihost_utils.process_allgather(np.asarray(v, np.int64))).sum(0) for k, v in totals.items()}
+
+
+def gather_objects(obj: Any) -> list[Any]:
+  """Every process's picklable ``obj``, in process order (``[obj]`` for one process): how evaluators whose
+  results do not sum (COCO detections) meet. Each process's pickle travels as a padded uint8 array."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int64(data.size))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(gathered[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]

@@ -24,6 +24,8 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
     (timm ``t_in_epochs``, CoTNet).
   * ``warmup_prefix=False`` (timm): lr(t) = warmup for t < T_w, else the cosine evaluated at t over
     [0, T]. ``True`` (LESA): the cosine starts after the warm-up and spans T - T_w.
+  * ``decay='step'`` (mmdet): the LR times ``decay_rate`` from each epoch of ``decay_epochs`` on (0-based
+    epochs of ``steps_per_epoch`` iterations, whatever ``unit``), mmcv's ``StepLrUpdaterHook``.
   * ``warmup_steps > 0`` gives T_w in iterations (big_vision's transfer configs) and overrides
     ``warmup_epochs``, as ``num_train_steps`` overrides ``num_epochs``.
   """
@@ -41,6 +43,8 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
     t_warm = warmup_steps / steps_per_epoch if per_epoch else float(warmup_steps)
   decay, warmup_prefix = schedule.decay, schedule.warmup_prefix
   power = schedule.poly_power
+  milestones = tuple(float(m) for m in schedule.get('decay_epochs', ()))
+  decay_rate = schedule.get('decay_rate', 0.1)
   mmcv_warmup = schedule.warmup_style == 'mmcv'
   if schedule.warmup_style not in ('timm', 'mmcv'):
     raise ValueError(f"schedule.warmup_style must be 'timm' or 'mmcv', got {schedule.warmup_style!r}")
@@ -58,8 +62,12 @@ def lr_schedule(schedule, batch_size: int, steps_per_epoch: int, total_steps: in
       main = min_lr + 0.5 * (base - min_lr) * (1.0 + jnp.cos(jnp.pi * frac))
     elif decay == 'poly':  # mmcv PolyLrUpdaterHook: (base - min) (1 - t / T)^power + min
       main = min_lr + (base - min_lr) * (1.0 - jnp.clip(t / t_total, 0.0, 1.0))**power
+    elif decay == 'step':  # mmcv StepLrUpdaterHook(by_epoch=True): x decay_rate from each listed epoch on
+      epochs_done = step / steps_per_epoch  # a fractional milestone: detectron2's iteration steps
+      drops = sum((epochs_done >= m).astype(jnp.float32) for m in milestones) if milestones else 0.0
+      main = base * decay_rate**drops
     else:
-      raise ValueError(f"schedule.decay must be 'cosine', 'poly' or 'constant', got {decay!r}")
+      raise ValueError(f"schedule.decay must be 'cosine', 'poly', 'step' or 'constant', got {decay!r}")
     if t_warm > 0 and mmcv_warmup:
       # mmcv 'linear' warm-up scales the decayed LR: ratio r = warmup_lr / lr rising linearly to 1.
       ratio = warm_lr / base

@@ -103,7 +103,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   c.schedule = schedule = ml_collections.ConfigDict()
   schedule.lr = 0.1  # base LR at a global batch of lr_base_batch
   schedule.lr_base_batch = 256  # LR scales linearly with batch_size / lr_base_batch; 0 disables scaling
-  schedule.decay = 'cosine'  # 'cosine' | 'constant' | 'poly' (configs/upernet.py adds poly_power, warmup_steps/style)
+  schedule.decay = 'cosine'  # 'cosine' | 'constant' | 'poly' (configs/upernet.py) | 'step' (configs/mask_rcnn.py)
   schedule.unit = 'step'  # 'step' (per iteration) | 'epoch' (timm t_in_epochs)
   schedule.warmup_epochs = 0.0
   schedule.warmup_steps = 0  # > 0 overrides warmup_epochs (transfer recipes count in steps)
@@ -114,6 +114,8 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   schedule.lr_scale_warmup_min = True  # whether warmup_lr/min_lr scale with the batch too (NomMer/Swin do)
   schedule.warmup_style = 'timm'  # 'timm' (linear from warmup_lr) | 'mmcv' (ratio warm-up times the poly LR)
   schedule.poly_power = 1.0  # decay='poly': (1 - t)^power (mmcv PolyLrUpdaterHook)
+  schedule.decay_epochs = ()  # decay='step': the (0-based) epochs from which the LR is x decay_rate more
+  schedule.decay_rate = 0.1
 
   # Batch and length (global batch over every device of every host).
   c.batch_size = 256
@@ -155,7 +157,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
 POSITIVE = ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
             'eval_every_epochs', 'data.image_size', 'data.crop_pct', 'data.shuffle_buffer')
 CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear', 'bicubic'),
-           'schedule.decay': ('cosine', 'constant', 'poly'), 'schedule.unit': ('step', 'epoch'),
+           'schedule.decay': ('cosine', 'constant', 'poly', 'step'), 'schedule.unit': ('step', 'epoch'),
            'schedule.warmup_style': ('timm', 'mmcv'), 'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
            'matmul_precision': ('default', 'high', 'highest'), 'dtype': tuple(DTYPES),
            'aug.crop': ('inception_crop', 'resmall_crop')}  # lgvit.data.pipeline.TRAIN_CROPS

@@ -118,8 +118,8 @@ def test_a_task_registered_from_a_test_file_trains_and_evaluates(parity, tmp_pat
 def test_an_unknown_task_or_evaluator_type_is_a_config_error(parity, tmp_path):
   c = resnet50.get_config('demo')
   c.unlock()
-  c.task = 'detection'
-  with pytest.raises(ConfigError, match=r"task must be one of 'classification', 'segmentation', 'parity'"):
+  c.task = 'captioning'
+  with pytest.raises(ConfigError, match=r"task must be one of 'classification', 'detection', 'segmentation', 'parity'"):
     train.check_config(c)
   c.task = 'classification'
   c.evals.main.type = 'bleu'

@@ -13,7 +13,7 @@ Batch contract (B images, G = ``data.max_instances``, canvas (H, W) = ``data.pad
 =============  =====================  =======  =====================================================
 key            shape                  dtype    meaning
 =============  =====================  =======  =====================================================
-image          (B, H, W, 3)           float32  normalised (ImageNet mean / std), 0 outside ``image_hw``
+image          (B, H, W, 3)           uint8    the resized (flipped) image, 0 outside ``image_hw``
 image_hw       (B, 2)                 int32    (h, w) of the resized image in the canvas' top-left
 gt_boxes       (B, G, 4)              float32  x1, y1, x2, y2 pixels of the resized (flipped) image
 gt_labels      (B, G)                 int32    0-based contiguous class (COCO: 0..79)
@@ -87,7 +87,7 @@ def _unreadable_fields(kw: dict) -> dict:
   """An all-empty example of the contract's shapes (``gt_valid`` all False, the canvas zeros)."""
   ph, pw = kw['pad_size']
   g, s = kw['max_instances'], kw['mask_stride']
-  return {'image': tf.zeros((ph, pw, 3), tf.float32), 'image_hw': tf.constant([ph, pw], tf.int32),
+  return {'image': tf.zeros((ph, pw, 3), tf.uint8), 'image_hw': tf.constant([ph, pw], tf.int32),
           'gt_boxes': tf.zeros((g, 4), tf.float32), 'gt_labels': tf.zeros((g,), tf.int32),
           'gt_masks': tf.zeros((g, ph // s, pw // s), tf.uint8), 'gt_valid': tf.zeros((g,), tf.bool)}
 

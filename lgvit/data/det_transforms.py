@@ -18,11 +18,13 @@ mmdet's order (``LoadAnnotations(with_bbox, with_mask)``, ``Resize``, ``RandomFl
    masks with OpenCV's nearest rule (source index ``floor(dst * src / dst_size)``); boxes are
    multiplied by the per-axis factors ``new_w / w``, ``new_h / h`` and clipped to the new image.
 3. ``RandomFlip(0.5)``, horizontal: image and masks mirrored, boxes ``[w - x2, y1, w - x1, y2]``.
-4. ``Normalize``: ImageNet mean / std in RGB on the 0..255 scale (:data:`lgvit.data.transforms.MEAN_RGB`,
-   the constants mmdet's ``img_norm_cfg`` uses), float32.
-5. ``Pad``: mmdet pads each image to a multiple of 32 and a batch to its largest image; for static
-   shapes every image is padded at the bottom / right with 0 (after normalising, as mmdet) to one
-   fixed ``pad_size`` canvas (h, w), with its own size after resizing carried as ``image_hw``.
+4. ``Normalize`` and 5. ``Pad``: mmdet normalises (ImageNet mean / std in RGB on the 0..255 scale) and
+   then pads each image with 0 to a multiple of 32 and a batch to its largest image. Here the image
+   leaves the host as uint8 (a quarter of float32's bytes per step), padded at the bottom / right to one
+   fixed ``pad_size`` canvas (h, w) for static shapes, with its own size after resizing carried as
+   ``image_hw``; the device normalises it (:func:`lgvit.modeling.normalize`, the constants of mmdet's
+   ``img_norm_cfg``) and sets everything outside ``image_hw`` to 0, the normalised mean colour
+   (:func:`lgvit.segmentation.zero_outside`), which is mmdet's padding exactly.
 
 Masks leave the host at ``1 / mask_stride`` of the canvas, as uint8 *coverage*: entry ``[g, i, j]`` is
 ``round(255 * fraction of the canvas block [i*s:(i+1)*s, j*s:(j+1)*s] inside object g)`` after the
@@ -37,7 +39,6 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from lgvit.data.seg_transforms import rescale_size
-from lgvit.data.transforms import MEAN_RGB, STDDEV_RGB
 
 #: mmdet's 1x COCO scale and the shorter sides of the 3x multi-scale recipes (Swin's ``mstrain_480-800``).
 SCALE_1X = (1333, 800)
@@ -115,11 +116,11 @@ def pool_mask(mask, stride: int, out_hw: Sequence[int]):
   return tf.pad(full, [[0, out_hw[0] - h], [0, out_hw[1] - w]])
 
 
-def normalize_and_pad(image, pad_size: Sequence[int]):
-  """uint8 (h, w, 3) -> float32 (pad_h, pad_w, 3): ImageNet mean / std, then zeros at the bottom / right."""
-  x = (tf.cast(image, tf.float32) - tf.constant(MEAN_RGB, tf.float32)) / tf.constant(STDDEV_RGB, tf.float32)
-  h, w = tf.shape(x)[0], tf.shape(x)[1]
-  x = tf.pad(x, [[0, pad_size[0] - h], [0, pad_size[1] - w], [0, 0]])
+def pad_image(image, pad_size: Sequence[int]):
+  """uint8 (h, w, 3) -> uint8 (pad_h, pad_w, 3), zeros at the bottom / right (the device replaces them
+  by the mean colour after normalising)."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  x = tf.pad(image, [[0, pad_size[0] - h], [0, pad_size[1] - w], [0, 0]])
   return tf.ensure_shape(x, (*pad_size, 3))
 
 
@@ -191,7 +192,7 @@ def transform(image, objects, seed=None, *, scales: Sequence[Sequence[int]] = (S
   masks = tf.map_fn(one_mask, pngs, fn_output_signature=tf.TensorSpec(mask_hw, tf.uint8))
   count = tf.shape(keep)[0]
   return {
-      'image': normalize_and_pad(resized, pad_size),
+      'image': pad_image(resized, pad_size),
       'image_hw': tf.stack([new_h, new_w]),
       'gt_boxes': tf.ensure_shape(_pad_rows(boxes, max_instances), (max_instances, 4)),
       'gt_labels': tf.ensure_shape(_pad_rows(labels, max_instances), (max_instances,)),

@@ -5,7 +5,7 @@ A task is one object (:class:`Task`) registered under the name ``config.task`` g
 new module here that defines a :class:`Task` subclass, registers it (:func:`register`) and its evaluator
 types (``lgvit.evals.register``), and a config; docs/architecture.md walks through it.
 """
-from lgvit.tasks import classification, segmentation  # noqa: F401  (each registers itself)
+from lgvit.tasks import classification, detection, segmentation  # noqa: F401  (each registers itself)
 from lgvit.tasks.base import TASKS, Task, get, of_config, of_model, register  # noqa: F401
 
 __all__ = ['TASKS', 'Task', 'get', 'of_config', 'of_model', 'register']

@@ -20,7 +20,7 @@ class Task:
     """Refuses a model that this task cannot train (by default: one registered for another task)."""
     if model_info(name).task != self.name:
       raise ConfigError(f'{name} is a {model_info(name).task} model but config.task is {self.name!r}; use a config '
-                        'of its task (configs/upernet.py for UperNet models)')
+                        'of its task (configs/upernet.py for UperNet models, configs/mask_rcnn.py for Mask R-CNN)')
 
   def settings(self, config) -> schema.Settings:
     return schema.resolve(config, self.section)

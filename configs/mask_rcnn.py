@@ -1,0 +1,140 @@
+"""Mask R-CNN with FPN on COCO 2017 (TFDS lgvit_coco/2017) over a registered backbone, mmdetection's recipes.
+
+    python main.py --config=configs/mask_rcnn.py:backbone=swin_t --workdir=gs://bucket/mask_rcnn_swin_t
+    python main.py --config=configs/mask_rcnn.py:backbone=salg_t,schedule=3x --workdir=...
+    python main.py --config=configs/mask_rcnn.py:backbone=resnet50,demo --workdir=/tmp/det_demo  # digits, CPU
+
+Sources, value by value, in docs/detection.md ("Recipes"). Every recipe: global batch 16 (mmdet's 2
+images x 8 GPUs), mmcv's linear warm-up of 500 iterations from 0.001 x the LR, the LR x 0.1 at the
+listed epochs, eval every epoch on val2017 (bbox and segm AP), the model's test settings (score 0.05,
+NMS 0.5, 100 detections).
+
+- ``sgd`` (mmdet's ``mask_rcnn_r50_fpn_1x_coco``; the ResNet rows of SALG Table II, LESA Table 3):
+  SGD 0.02, momentum 0.9 (no Nesterov), weight decay 1e-4 on every parameter, 1x = 12 epochs with
+  drops after 8 and 11; 1333x800 single scale. LESA (paper, Sec. 4.2): images stretched to 1024x1024.
+- ``adamw`` (the Swin detection configs, which SALG follows: paper Sec. IV-B; NomMer's backbones):
+  AdamW 1e-4, betas 0.9/0.999, weight decay 0.05 except norms, position embeddings and relative
+  tables; multi-scale training (shorter side 480..800 in steps of 32, longer <= 1333) for 1x and 3x
+  (36 epochs, drops after 27 and 33).
+- CoTNet (paper, Sec. 4.4: synchronized BN, 1x, detectron2 settings of its reference [57]): the ``sgd``
+  recipe with shorter sides 640..800 and the backbone's BN trained (synchronized under jit).
+
+``demo``: the backbone's digits demo widths under a narrow detector (64-channel FPN) on the embedded
+``lgvit_digits_det`` (128x128 canvases with up to five digits, 10 classes), from scratch with AdamW;
+docs/detection.md states the AP it reaches.
+"""
+import ml_collections
+
+from configs import common, cotnet, lesa, nommer, resnet, salg, swin
+from lgvit import schema
+from lgvit.data import det_pipeline, det_transforms
+
+CONV = ('resnet50', 'resnet101', 'cotnet50', 'cotnet101', 'cotnext50_2x48d', 'lesa_resnet50', 'lesa_wrn50',
+        'sa_resnet50')
+TRANSFORMER = ('swin_t', 'swin_s', 'salg_st', 'salg_t', 'salg_s', 'nommer_t', 'nommer_s', 'nommer_b')
+#: backbone -> registered Mask R-CNN model.
+BACKBONES = {b: f'mask_rcnn_{b}' for b in CONV + TRANSFORMER}
+LESA = ('lesa_resnet50', 'lesa_wrn50', 'sa_resnet50')
+COTNET = ('cotnet50', 'cotnet101', 'cotnext50_2x48d')
+#: COCO train2017 images (every one is kept, also the 1,021 without annotations: docs/detection.md).
+COCO_TRAIN_EXAMPLES = 118_287
+SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33))}  # epochs, LR drops (mmdet's step=[...])
+#: CoTNet's reference detection setting: shorter side 640..800 (ResNeSt's detectron2 configs).
+COTNET_SCALES = tuple((1333, short) for short in range(640, 801, 32))
+
+_WINDOWED = dict(pad_windows=True)
+_LESA_DETECTION = dict(stage_strides=(1, 2, 2, 2), lesa_position='axial')  # as the registered LESA entries
+#: backbone -> its classification demo's shrunk widths (plus what the detection entry sets itself).
+DEMO_BACKBONES = {
+    'resnet50': resnet.DEMO_MODEL, 'resnet101': resnet.DEMO_MODEL,
+    'cotnet50': cotnet.demo_model('cotnet50'), 'cotnet101': cotnet.demo_model('cotnet101'),
+    'cotnext50_2x48d': cotnet.demo_model('cotnext50_2x48d'),
+    **{b: {**lesa.DEMO_MODEL, **_LESA_DETECTION} for b in LESA},
+    **{b: {**swin.DEMO_MODEL, **_WINDOWED} for b in ('swin_t', 'swin_s')},
+    **{b: salg.DEMO_MODEL for b in ('salg_st', 'salg_t', 'salg_s')},
+    **{b: {**nommer.DEMO_MODEL, **_WINDOWED} for b in ('nommer_t', 'nommer_s', 'nommer_b')},
+}
+#: The demo's detector around the demo backbone: narrow heads, fewer proposals and samples.
+DEMO_HEADS = dict(fpn_channels=64, fc_channels=256, mask_channels=64, rpn_train_pre_nms=500, rpn_test_pre_nms=500,
+                  rpn_max_proposals=200, rcnn_samples=128, max_detections=20)
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, backbone='resnet50', schedule='1x', demo=False)
+  model = common.choose(BACKBONES, args.backbone, 'Mask R-CNN backbone')
+  epochs, drops = common.choose(SCHEDULES, args.schedule, 'schedule')
+  c = schema.base_config(model)
+  c.task = 'detection'
+  c.num_classes = 80
+  schema.keep_evals(c, 'main')  # the ImageNet evaluators do not apply; mmdet keeps no EMA
+  c.ema_decay = 0.0
+
+  c.data.update(dataset='lgvit_coco/2017', train_split='train', eval_split='validation', shuffle_buffer=1024)
+  c.aug.hflip = True  # mmdet RandomFlip(flip_ratio=0.5)
+  det_pipeline.default_fields(c)  # data.scale (1333, 800), keep_ratio, pad_size 1344^2, max_instances, mask_stride
+  c.data.image_size = c.data.pad_size[0]  # the square the variables are initialised on
+
+  c.det = det = ml_collections.ConfigDict()  # read by lgvit.tasks.detection
+  det.iou_types = ('bbox', 'segm')
+
+  c.batch_size, c.eval_batch_size = 16, 16
+  c.schedule.update(lr_base_batch=0, decay='step', decay_epochs=drops, decay_rate=0.1, unit='step',
+                    warmup_style='mmcv', min_lr=0.0)
+  c.schedule.warmup_steps = 500
+  c.num_epochs = float(epochs)
+  c.eval_every_epochs = 1.0  # mmdet: evaluation interval 1 epoch
+  c.checkpoint_every_steps = COCO_TRAIN_EXAMPLES // 16
+  c.best_metric = 'bbox_AP'
+  if args.backbone in TRANSFORMER:
+    adamw_recipe(c)
+  else:
+    sgd_recipe(c)
+  if args.backbone in LESA:  # LESA, Sec. 4.2: every image stretched to 1024 x 1024, no multi-scale
+    c.data.update(scale=det_transforms.SCALE_LESA, keep_ratio=False, pad_size=(1024, 1024), image_size=1024)
+  if args.backbone in COTNET:
+    c.aug.scales = COTNET_SCALES
+
+  c.init_from = f'workdirs/{args.backbone}'  # an ImageNet run of the backbone (or a converted checkpoint)
+  c.init_skip = r'^(params|batch_stats)/(?!backbone/)'  # everything but the backbone starts fresh
+  if args.backbone in LESA:  # LESA's detection code re-initialises the position tables (1024 inputs)
+    c.init_skip += r'|/binary/(rel_height|rel_width|similarity_bn|output_bn)(/|$)'
+  if args.demo:
+    apply_demo(c, args.backbone)
+  c.lock()
+  return c
+
+
+def sgd_recipe(c: ml_collections.ConfigDict) -> None:
+  """mmdet's default optimiser: SGD 0.02 at batch 16, momentum 0.9, decay 1e-4 on every parameter."""
+  c.optim.update(optimizer='sgd', momentum=0.9, nesterov=False, weight_decay=1e-4, wd_exclude='none',
+                 grad_clip_norm=0.0)
+  c.schedule.update(lr=0.02, warmup_lr=0.02 * 0.001)
+
+
+def adamw_recipe(c: ml_collections.ConfigDict) -> None:
+  """The Swin detection configs' AdamW (SALG Sec. IV-B), with their multi-scale training."""
+  c.optim.update(optimizer='adamw', adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.05,
+                 wd_exclude='mmseg_swin', grad_clip_norm=0.0)
+  c.schedule.update(lr=1e-4, warmup_lr=1e-4 * 0.001)
+  c.aug.scales = det_transforms.MULTISCALE_3X
+
+
+def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
+  """The embedded digits detection demo, from scratch (values chosen for 2 CPU cores)."""
+  c.model_kwargs.backbone_kwargs = dict(DEMO_BACKBONES[backbone], drop_path_rate=0.0)
+  c.model_kwargs.update(DEMO_HEADS)
+  c.model_kwargs.backbone_norm_eval = False  # from scratch: the backbone's BN must train
+  c.num_classes = 10
+  c.data.update(dataset='lgvit_digits_det', scale=(128, 128), keep_ratio=True, pad_size=(128, 128), image_size=128,
+                max_instances=8, mask_stride=2, cache_train=True, shuffle_buffer=1000)
+  c.aug.scales = ()
+  c.aug.hflip = False  # digits are not mirror-symmetric
+  c.optim.update(optimizer='adamw', adam_b1=0.9, adam_b2=0.999, weight_decay=0.05, wd_exclude='mmseg_swin')
+  c.schedule.update(lr=1e-3, warmup_lr=1e-6, decay='cosine', min_lr=1e-5, warmup_style='timm')
+  c.schedule.warmup_steps = 50
+  c.batch_size, c.eval_batch_size = 8, 40
+  c.num_train_steps = 1000
+  c.num_epochs = 1000 * 8 / 1000
+  c.eval_every_epochs = 4.0
+  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 50, 250, 2
+  c.init_from = ''

@@ -1,0 +1,201 @@
+"""The detection task (lgvit.tasks.detection) and its recipes (configs/mask_rcnn.py): the train forward's
+padding and unreadable-slot rules, the COCO evaluator against detectors built from the ground truth,
+the cross-process gather, the mmdet step schedule, and every recipe's config."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from test_mask_rcnn import TINY
+
+from lgvit import evals, optim, schema, tasks
+from lgvit.data import det_pipeline, digits_det
+from lgvit.modeling import build_model, init_variables, make_mesh, normalize
+from lgvit.models import box_ops
+from lgvit.segmentation import zero_outside
+from lgvit.tasks import detection as det_task
+
+from configs import mask_rcnn
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  """The demo builder cut to 40 train / 12 validation canvases, and a config of the tiny detector on it
+  (the 128x128 digits at their size, or at 96x96 by the second scale of the multi-scale list)."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(digits_det, 'SPLIT_SIZES', {'train': 40, 'validation': 12})
+    builder = digits_det.LgvitDigitsDet(data_dir=data_dir)
+    builder.download_and_prepare()
+  c = mask_rcnn.get_config('backbone=resnet50,demo')
+  c.unlock()
+  c.model_kwargs = {k: v for k, v in TINY.items() if k != 'num_classes'}
+  c.data.update(data_dir=data_dir, scale=(128, 128), pad_size=(128, 128), image_size=128, max_instances=6,
+                mask_stride=4, shuffle_buffer=64)
+  c.aug.scales = ((128, 128), (128, 96))
+  c.batch_size, c.eval_batch_size = 4, 4
+  return builder, c
+
+
+def _train_batch(builder, c):
+  ds = det_pipeline.build_detection_input(c.data, c.aug, builder, split='train', training=True, batch_size=4,
+                                          seed=0, steps_per_epoch=1)
+  return next(iter(tfds.as_numpy(ds)))
+
+
+def test_train_forward_sees_the_mean_colour_outside_each_image_and_nothing_of_an_unreadable_slot(tiny):
+  builder, c = tiny
+  batch = _train_batch(builder, c)
+  task = tasks.of_config(c)
+  settings = task.settings(c)
+  model = build_model(c)
+  variables = init_variables(model, 128, seed=0)
+  forward = jax.jit(task.train_forward(model, settings))
+  rngs = {'dropout': jax.random.PRNGKey(0), 'drop_path': jax.random.PRNGKey(1), 'gumbel': jax.random.PRNGKey(2)}
+  keys = (jax.random.PRNGKey(3), jax.random.PRNGKey(4))
+  hw = batch['image_hw']
+  assert (hw < 128).any(), hw  # a smaller image: its canvas has padding
+  inside = (np.arange(128)[None, :, None] < hw[:, 0, None, None]) & (np.arange(128)[None, None, :] < hw[:, 1, None, None])
+
+  def loss(fed):
+    out, (metrics, _) = forward(variables['params'], variables['batch_stats'], normalize(jnp.asarray(fed['image'])),
+                                fed, rngs, keys)
+    return float(out), jax.device_get(metrics)
+
+  base, metrics = loss(batch)
+  assert np.isfinite(base) and metrics['rpn_positives'] > 0 and metrics['rcnn_positives'] > 0
+  white = dict(batch, image=np.where(inside[..., None], batch['image'], 255).astype(np.uint8))
+  assert loss(white)[0] == base  # whatever fills the padding, the detector sees the mean colour
+
+  # The same loss written out: the detector on the normalised, zeroed canvases with the 'sampling' key.
+  images = zero_outside(normalize(jnp.asarray(batch['image'])), jnp.asarray(hw))
+  targets = {k: jnp.asarray(batch[k]) for k in det_task.TARGETS}
+  direct, _ = jax.jit(lambda v, x, t: model.apply(v, x, train=True, image_hw=jnp.asarray(hw), targets=t, mask_stride=4,
+                                                  rngs={**rngs, 'sampling': keys[0]}, mutable=['batch_stats']))(
+      variables, images, targets)
+  assert float(direct[0]) == pytest.approx(base, rel=1e-6)
+
+  # Slot 3 unreadable: its pixels and objects change nothing; the other slots' loss changes with it.
+  rng = np.random.default_rng(0)
+  unreadable = dict(batch, valid=np.array([1, 1, 1, 0], np.int32))
+  scrambled = dict(unreadable, image=batch['image'].copy(), gt_boxes=batch['gt_boxes'].copy())
+  scrambled['image'][3] = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+  scrambled['gt_boxes'][3] = np.array([0, 0, 30, 30], np.float32)
+  scrambled['gt_valid'] = batch['gt_valid'].copy()
+  scrambled['gt_valid'][3] = True
+  without, metrics3 = loss(unreadable)
+  assert loss(scrambled)[0] == without and without != base
+  assert metrics3['rpn_positives'] < metrics['rpn_positives']
+
+
+def _fake_step(drop_every_second: bool = False):
+  """A detector that returns each image's ground truth (boxes, labels, masks RoIAligned to 28x28 from the
+  canvas masks) with score 1; with ``drop_every_second`` only every second object."""
+  def step(variables, batch):
+    del variables
+    batch = jax.device_get(batch)
+    valid = np.array(batch['gt_valid'], bool)
+    if drop_every_second:
+      valid &= (np.arange(valid.shape[1]) % 2 == 0)[None]
+    stride = batch['image'].shape[1] // batch['gt_masks'].shape[2]
+    masks = np.stack([np.asarray(_roi_masks(m, b, stride)) for m, b in zip(batch['gt_masks'], batch['gt_boxes'])])
+    return {'boxes': np.where(valid[..., None], batch['gt_boxes'], 0), 'scores': valid.astype(np.float32),
+            'labels': batch['gt_labels'], 'valid': valid, 'masks': np.where(valid[..., None, None], masks, 0)}
+  return step
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _roi_masks(masks, boxes, stride):
+  """(G, h, w) uint8 coverage at 1 / stride of the canvas, (G, 4) canvas boxes -> (G, 28, 28) in [0, 1]."""
+  one = lambda mask, box: box_ops.roi_align(mask[..., None].astype(jnp.float32) / 255, box[None], 28, 1 / stride)
+  return jax.vmap(one)(masks, boxes)[:, 0, ..., 0]
+
+
+def _evaluator(builder, c, model=None):
+  task = tasks.of_config(c)
+  (spec,) = evals.specs(c)
+  model = model or build_model(c)
+  return evals.build(spec, evals.Context(model, task.settings(c), make_mesh()))
+
+
+def test_evaluator_scores_the_ground_truth_one_and_half_of_it_about_half(tiny):
+  builder, c = tiny
+  evaluator = _evaluator(builder, c)
+  assert evaluator.num_examples == 12
+  evaluator.step = _fake_step()
+  perfect = evaluator.run(None)
+  assert perfect['count'] == 12 and perfect['skipped'] == 0
+  # Boxes keep their size (scale 1); the masks lose a little in 28x28 from stride-4 coverage.
+  assert perfect['bbox_AP'] == pytest.approx(1.0, abs=1e-6) and perfect['bbox_AP50'] == pytest.approx(1.0)
+  assert perfect['segm_AP50'] == pytest.approx(1.0) and perfect['segm_AP'] > 0.6
+  evaluator.step = _fake_step(drop_every_second=True)
+  half = evaluator.run(None)
+  assert 0.3 < half['bbox_AP'] < 0.7, half  # recall about 1/2 at precision 1
+  assert 'bbox AP 1.0000 | segm AP' in evaluator.summary(perfect) and '12 images' in evaluator.summary(perfect)
+
+
+def test_evaluator_runs_the_real_detector(tiny):
+  builder, c = tiny
+  model = build_model(c)
+  variables = init_variables(model, 128, seed=0)
+  metrics = _evaluator(builder, c, model).run(variables)
+  assert metrics['count'] == 12
+  for key in ('bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_APl'):
+    assert -1.0 <= metrics[key] <= 1.0, key
+
+
+def test_gather_objects_pads_and_unpickles_each_processes_part(monkeypatch):
+  parts = [{'rank': 0, 'boxes': np.zeros((3, 4))}, {'rank': 1, 'long': 'x' * 1000}]
+
+  def allgather(x):  # what two processes would give: process 0's value, then process 1's
+    x = np.asarray(x)
+    if x.ndim == 0:
+      return np.array([len(pickle_bytes[0]), len(pickle_bytes[1])])
+    return np.stack([np.pad(p, (0, len(x) - len(p))) for p in pickle_bytes])
+
+  import pickle
+  pickle_bytes = [np.frombuffer(pickle.dumps(p), np.uint8) for p in parts]
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(evals.multihost_utils, 'process_allgather', allgather)
+  got = evals.gather_objects(parts[1])  # process 1's call; the pad is to the longer pickle
+  assert got[0]['rank'] == 0 and got[1] == parts[1]
+  np.testing.assert_array_equal(got[0]['boxes'], parts[0]['boxes'])
+
+
+def _mmcv_step_lr(it, epoch_len, base=0.02, warmup=500, ratio=0.001, steps=(8, 11)):
+  """mmcv StepLrUpdaterHook(by_epoch) with a linear iteration warm-up, as mmcv computes it."""
+  epoch = it // epoch_len
+  regular = base * 0.1 ** sum(epoch >= s for s in steps)
+  if it < warmup:
+    k = (1 - it / warmup) * (1 - ratio)
+    return regular * (1 - k)
+  return regular
+
+
+def test_mmdet_schedule_is_mmcvs_step_hook_with_linear_warmup():
+  c = mask_rcnn.get_config('backbone=resnet50')
+  epoch_len = mask_rcnn.COCO_TRAIN_EXAMPLES // 16
+  schedule = optim.lr_schedule(c.schedule, c.batch_size, epoch_len, 12 * epoch_len)
+  for it in (0, 1, 250, 499, 500, 8 * epoch_len - 1, 8 * epoch_len, 11 * epoch_len - 1, 11 * epoch_len,
+             12 * epoch_len - 1):
+    assert float(schedule(it)) == pytest.approx(_mmcv_step_lr(it, epoch_len), rel=1e-5), it
+
+
+@pytest.mark.parametrize('backbone', list(mask_rcnn.BACKBONES))
+def test_every_recipe_builds_and_passes_the_schema(backbone):
+  for arg in ('', ',schedule=3x', ',demo'):
+    c = mask_rcnn.get_config(f'backbone={backbone}{arg}')
+    schema.check(c, device_count=1)
+    assert c.task == 'detection' and c.model == f'mask_rcnn_{backbone}'
+    tasks.of_config(c).check_model(c.model)
+  c = mask_rcnn.get_config(f'backbone={backbone}')
+  transformer = backbone in mask_rcnn.TRANSFORMER
+  assert c.optim.optimizer == ('adamw' if transformer else 'sgd')
+  assert c.schedule.lr == (1e-4 if transformer else 0.02) and c.schedule.decay_epochs == (8, 11)
+  assert mask_rcnn.get_config(f'backbone={backbone},schedule=3x').schedule.decay_epochs == (27, 33)
+  if backbone in mask_rcnn.LESA:
+    assert c.data.pad_size == (1024, 1024) and not c.data.keep_ratio
+  with pytest.raises(ValueError, match='unknown schedule'):
+    mask_rcnn.get_config(f'backbone={backbone},schedule=2x')
