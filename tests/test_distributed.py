@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -132,6 +133,7 @@ def _rows(workdir):
   return [r for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
 
 
+@pytest.mark.slow  # five main.py processes (~3.5 min); the default suite keeps the one-step check over the same topologies
 def test_data_stream_and_trajectory_agree_across_devices_and_processes(tmp_path):
   """A two-stage Swin-ST demo, 5 warm-up steps of AdamW, on 1x1, 1x2, 1x8 and 2x4 (1x4 adds nothing the
   others do not cover, and a run costs ~40 s of the suite).

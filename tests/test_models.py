@@ -68,7 +68,18 @@ def test_parameter_count_and_full_size_output(name):
   assert paper is None or abs(count - paper) / paper <= tolerance, (count, paper)
 
 
-@pytest.mark.parametrize('name', list_models(task='classification'))  # segmentation: tests/test_segmentation.py
+def _first_of_each_family(names):
+  """One model per family in the default suite (each shrunk variant is its own ~10-20 s compile on 2 cores);
+  the family's other variants run with ``pytest -m slow``."""
+  seen, out = set(), []
+  for name in names:
+    family = model_info(name).family
+    out.append(name if family not in seen else pytest.param(name, marks=pytest.mark.slow))
+    seen.add(family)
+  return out
+
+
+@pytest.mark.parametrize('name', _first_of_each_family(list_models(task='classification')))  # segmentation: test_segmentation.py
 def test_forward_features_and_train_step(name):
   info = model_info(name)
   model = create_model(name, num_classes=5, **small_kwargs(name))

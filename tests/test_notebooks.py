@@ -72,6 +72,7 @@ def test_comparable_masks_round_off_and_timing_but_not_counts():
   assert executor.comparable(notebook) != executor.comparable(other)
 
 
+@pytest.mark.slow  # executes the whole notebook (1.5-2 min on 2 cores): run before committing a notebook
 def test_quickstart_outputs_are_current_and_it_saves_its_pictures(tmp_path):
   notebook = executor.execute('quickstart.ipynb', tmp_path)
   for picture in ('photo_and_crop.png', 'digits_predictions.png'):
@@ -83,6 +84,7 @@ def test_quickstart_outputs_are_current_and_it_saves_its_pictures(tmp_path):
       'quickstart.ipynb prints something else now: rerun PYTHONPATH=. python notebooks/execute.py'
 
 
+@pytest.mark.slow  # executes the whole notebook (1.5-2 min on 2 cores): run before committing a notebook
 def test_what_the_models_see_outputs_are_current_and_it_saves_every_familys_pictures(tmp_path):
   # Untrained demo models (the notebook's default): a training run per family would cost minutes of
   # XLA compiles; the quickstart test runs the same training + lgvit.inference.load path.

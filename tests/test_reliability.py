@@ -295,6 +295,7 @@ def test_nan_stop_warns_when_the_last_checkpoint_already_diverged(tmp_path, loss
   assert log.divergence_before(2) is None  # one row: nothing to compare
 
 
+@pytest.mark.slow  # three main.py runs each (~1.5 min); SIGTERM at a step boundary: test_train.py, topologies: test_distributed.py
 def test_sigterm_right_after_resuming_exits_75(tmp_path):
   args = [f'--config={DEMO}', '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
           f'--config.data.data_dir={tmp_path / "tfds"}']
@@ -318,6 +319,7 @@ def test_sigterm_right_after_resuming_exits_75(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three main.py runs each (~1.5 min); SIGTERM at a step boundary: test_train.py, topologies: test_distributed.py
 def test_resume_on_another_device_count_continues_the_data_stream(tmp_path):
   """Checkpointed on 4 devices, resumed on 1: restored with the new shardings, and every later batch is
   the one an uninterrupted 1-device run sees (same global batch; data_fingerprint per row)."""

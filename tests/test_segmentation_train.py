@@ -229,6 +229,7 @@ def test_init_from_a_classification_run_fills_the_backbone(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # two demo runs and three passes over 200 images (~3.5 min); the eval itself: test_in_training_eval_...
 def test_demo_on_two_devices_resumes_and_logs_the_miou_of_whole_image_inference(tmp_path):
   """The segmentation task on a 2-device mesh: a run stopped after 2 steps resumes to 4; the padded,
   masked eval counts each of the 200 validation images once, and its mIoU / aAcc equal a numpy
