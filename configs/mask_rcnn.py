@@ -28,6 +28,7 @@ import ml_collections
 from configs import common, cotnet, lesa, nommer, resnet, salg, swin
 from lgvit import schema
 from lgvit.data import det_pipeline, det_transforms
+from lgvit.models import model_info
 
 CONV = ('resnet50', 'resnet101', 'cotnet50', 'cotnet101', 'cotnext50_2x48d', 'lesa_resnet50', 'lesa_wrn50',
         'sa_resnet50')
@@ -42,17 +43,16 @@ SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33))}  # epochs, LR drops (mmd
 #: CoTNet's reference detection setting: shorter side 640..800 (ResNeSt's detectron2 configs).
 COTNET_SCALES = tuple((1333, short) for short in range(640, 801, 32))
 
-_WINDOWED = dict(pad_windows=True)
-_LESA_DETECTION = dict(stage_strides=(1, 2, 2, 2), lesa_position='axial')  # as the registered LESA entries
-#: backbone -> its classification demo's shrunk widths (plus what the detection entry sets itself).
+#: backbone -> its classification demo's shrunk widths; the registered entry's own backbone overrides
+#: (pad_windows for Swin/NomMer, LESA's detection strides and axial tables) are added in apply_demo.
 DEMO_BACKBONES = {
     'resnet50': resnet.DEMO_MODEL, 'resnet101': resnet.DEMO_MODEL,
     'cotnet50': cotnet.demo_model('cotnet50'), 'cotnet101': cotnet.demo_model('cotnet101'),
     'cotnext50_2x48d': cotnet.demo_model('cotnext50_2x48d'),
-    **{b: {**lesa.DEMO_MODEL, **_LESA_DETECTION} for b in LESA},
-    **{b: {**swin.DEMO_MODEL, **_WINDOWED} for b in ('swin_t', 'swin_s')},
+    **{b: lesa.DEMO_MODEL for b in LESA},
+    **{b: swin.DEMO_MODEL for b in ('swin_t', 'swin_s')},
     **{b: salg.DEMO_MODEL for b in ('salg_st', 'salg_t', 'salg_s')},
-    **{b: {**nommer.DEMO_MODEL, **_WINDOWED} for b in ('nommer_t', 'nommer_s', 'nommer_b')},
+    **{b: nommer.DEMO_MODEL for b in ('nommer_t', 'nommer_s', 'nommer_b')},
 }
 #: The demo's detector around the demo backbone: narrow heads, fewer proposals and samples.
 DEMO_HEADS = dict(fpn_channels=64, fc_channels=256, mask_channels=64, rpn_train_pre_nms=500, rpn_test_pre_nms=500,
@@ -121,7 +121,8 @@ def adamw_recipe(c: ml_collections.ConfigDict) -> None:
 
 def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
   """The embedded digits detection demo, from scratch (values chosen for 2 CPU cores)."""
-  c.model_kwargs.backbone_kwargs = dict(DEMO_BACKBONES[backbone], drop_path_rate=0.0)
+  registered = model_info(BACKBONES[backbone]).defaults.get('backbone_kwargs') or {}
+  c.model_kwargs.backbone_kwargs = {**DEMO_BACKBONES[backbone], **registered, 'drop_path_rate': 0.0}
   c.model_kwargs.update(DEMO_HEADS)
   c.model_kwargs.backbone_norm_eval = False  # from scratch: the backbone's BN must train
   c.num_classes = 10

@@ -22,7 +22,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lgvit import schema
-from lgvit.errors import ConfigError
+from lgvit.data import pipeline
+from lgvit.errors import ConfigError, DatasetNotFoundError
+from lgvit.modeling import make_mesh
 
 #: Metrics that are counts, not averages over the scored images.
 COUNTS = ('count', 'skipped', 'no_label', 'downscaled')
@@ -150,6 +152,23 @@ def every_steps(spec: EvalSpec, eval_every_epochs: float, steps_per_epoch: int) 
 # ---------------------------------------------------------------------------------------------
 # Helpers the evaluators share.
 # ---------------------------------------------------------------------------------------------
+
+
+def find_dataset(spec: EvalSpec, data_dir, hint=None):
+  """``(builder, number of examples of spec.split)``; a missing dataset or split fails with the
+  evaluator's name (and ``hint``: how to prepare it) before any training."""
+  try:
+    builder = pipeline.get_builder(spec.dataset, data_dir, hint=hint)
+    return builder, pipeline.num_examples(builder, spec.split)
+  except DatasetNotFoundError as e:
+    raise DatasetNotFoundError(f'evaluator {spec.name}: {e}') from None
+
+
+def on_local_devices(variables):
+  """``(variables on this process's devices, the batch sharding over them)``: for evaluators where each
+  process scores its own shard with its own (possibly differently shaped) batches."""
+  mesh = make_mesh(jax.local_devices())
+  return local_copy(variables, NamedSharding(mesh, P())), NamedSharding(mesh, P('data'))
 
 
 def global_batch(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:

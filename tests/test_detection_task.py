@@ -199,3 +199,30 @@ def test_every_recipe_builds_and_passes_the_schema(backbone):
     assert c.data.pad_size == (1024, 1024) and not c.data.keep_ratio
   with pytest.raises(ValueError, match='unknown schedule'):
     mask_rcnn.get_config(f'backbone={backbone},schedule=2x')
+
+
+@pytest.mark.parametrize('backbone,pad_size', [('resnet50', None), ('lesa_resnet50', None), ('nommer_t', (832, 1344))])
+def test_train_and_eval_steps_trace_at_the_recipes_canvases(backbone, pad_size):
+  """The task's train forward and eval step on COCO-sized batches (100 objects, stride-2 masks), traced
+  only: the recipe's square canvas (1344, LESA 1024) and a landscape one."""
+  c = mask_rcnn.get_config(f'backbone={backbone}')
+  c.unlock()
+  if pad_size:
+    c.data.pad_size = pad_size
+  (h, w), g, s = c.data.pad_size, c.data.max_instances, c.data.mask_stride
+  task = tasks.of_config(c)
+  settings, model = task.settings(c), build_model(c)
+  variables = jax.eval_shape(lambda: init_variables(model, c.data.image_size, 0))
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
+  batch = {'image': spec((2, h, w, 3), jnp.uint8), 'image_hw': spec((2, 2), jnp.int32),
+           'gt_boxes': spec((2, g, 4), jnp.float32), 'gt_labels': spec((2, g), jnp.int32),
+           'gt_masks': spec((2, g, h // s, w // s), jnp.uint8), 'gt_valid': spec((2, g), jnp.bool_),
+           'valid': spec((2,), jnp.int32), 'mask': spec((2,), jnp.int32)}
+  key = jax.random.PRNGKey(0)
+  forward = task.train_forward(model, settings)
+  loss, (metrics, _) = jax.eval_shape(
+      lambda v, b: forward(v['params'], v['batch_stats'], normalize(b['image']), b,
+                           {n: key for n in ('dropout', 'drop_path', 'gumbel')}, (key, key)), variables, batch)
+  assert loss.shape == () and 'loss_mask' in metrics
+  found = jax.eval_shape(task.eval_step(model, settings), variables, batch)
+  assert found['boxes'].shape == (2, 100, 4) and found['masks'].shape == (2, 100, 28, 28)

@@ -26,7 +26,7 @@ from lgvit import evals, schema
 from lgvit.data import classes, pipeline
 from lgvit.data import augment
 from lgvit.data import mixup as mixup_lib
-from lgvit.errors import ConfigError, DatasetNotFoundError
+from lgvit.errors import ConfigError
 from lgvit.modeling import cross_entropy, normalize
 from lgvit.tasks.base import Task, register
 
@@ -139,11 +139,7 @@ class ClassificationEvaluator(evals.Evaluator):
     where = settings.data_dir or os.path.expanduser('~/tensorflow_datasets')
     build = self.protocol.build.replace('DATA_DIR', where)
     hint = f' Prepare it with `{build}`, or leave {spec.name} out of the evals.' if build else None
-    try:  # a missing dataset fails here, before any training
-      self.builder = pipeline.get_builder(spec.dataset, settings.data_dir, hint=hint)
-      self.num_examples = pipeline.num_examples(self.builder, spec.split)
-    except DatasetNotFoundError as e:
-      raise DatasetNotFoundError(f'evaluator {spec.name}: {e}') from None
+    self.builder, self.num_examples = evals.find_dataset(spec, settings.data_dir, hint=hint)
     found = label_classes(self.builder, self.protocol)
     if self.protocol.subset and (found != 1000 or settings.num_classes != 1000):
       raise ConfigError(f'evaluator {spec.name} scores 200 of the ImageNet-1k classes; it needs a 1000-class '

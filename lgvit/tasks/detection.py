@@ -19,13 +19,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from lgvit import detection, evals, schema
 from lgvit.data import det_pipeline, pipeline
-from lgvit.errors import DatasetNotFoundError
-from lgvit.modeling import make_mesh, normalize
+from lgvit.modeling import normalize
 from lgvit.segmentation import zero_outside
 from lgvit.tasks.base import Task, register
 
@@ -85,11 +82,7 @@ class DetectionEvaluator(evals.Evaluator):
 
   def __init__(self, spec: evals.EvalSpec, context: evals.Context):
     super().__init__(spec, context)
-    try:
-      self.builder = pipeline.get_builder(spec.dataset, context.settings.data_dir)
-      self.num_examples = pipeline.num_examples(self.builder, spec.split)
-    except DatasetNotFoundError as e:
-      raise DatasetNotFoundError(f'evaluator {spec.name}: {e}') from None
+    self.builder, self.num_examples = evals.find_dataset(spec, context.settings.data_dir)
     self.iou_types = tuple(context.settings.options.get('iou_types', detection.IOU_TYPES))
     self.step = jax.jit(make_eval_step(context.model, context.settings))
     self._ground_truth = None
@@ -102,9 +95,7 @@ class DetectionEvaluator(evals.Evaluator):
   def run(self, variables) -> dict:
     settings = self.context.settings
     local_batch = settings.eval_batch_size // jax.process_count()
-    mesh = make_mesh(jax.local_devices())
-    local_variables = evals.local_copy(variables, NamedSharding(mesh, P()))
-    sharded = NamedSharding(mesh, P('data'))
+    local_variables, sharded = evals.on_local_devices(variables)
     ds, _ = det_pipeline.eval_dataset(settings.data, settings.options, self.builder, local_batch=local_batch,
                                       process_index=jax.process_index(), process_count=jax.process_count(),
                                       split=self.spec.split)

@@ -15,13 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from lgvit import evals, schema, segmentation
 from lgvit.data import classes, pipeline, seg_pipeline
 from lgvit.data.seg_transforms import reduce_zero_label
-from lgvit.modeling import make_mesh, normalize
+from lgvit.modeling import normalize
 from lgvit.models.layers import resize_bilinear
 from lgvit.segmentation import confusion_matrix, metrics_from_confusion, upernet_loss, zero_outside
 from lgvit.tasks.base import Task, register
@@ -112,9 +110,7 @@ class SegmentationEvaluator(evals.Evaluator):
       return evaluate_per_image(functools.partial(self.apply, variables), settings, self.builder, self.mode,
                                 self.spec.split)
     local_batch = settings.eval_batch_size // jax.process_count()
-    mesh = make_mesh(jax.local_devices())
-    local_variables = evals.local_copy(variables, NamedSharding(mesh, P()))
-    sharded = NamedSharding(mesh, P('data'))
+    local_variables, sharded = evals.on_local_devices(variables)
     ds = seg_pipeline.eval_dataset(settings.data, settings.options, self.builder, local_batch=local_batch,
                                    process_index=jax.process_index(), process_count=jax.process_count(),
                                    split=self.spec.split)
