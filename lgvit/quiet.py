@@ -76,10 +76,12 @@ def import_tensorflow():
 
   * ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 (errors only), and the lines TensorFlow writes while it
     loads are filtered by it (:func:`is_tf_noise`); ``TF_CPP_MIN_LOG_LEVEL=0`` shows them all.
-  * TensorFlow imports Keras eagerly, and Keras imports ``matplotlib.pyplot`` if it can (for its
-    plotting helpers), which on a fresh machine builds matplotlib's font cache in the middle of a
-    training run. matplotlib is hidden from that one import, so Keras sets its plotting helpers
-    aside; matplotlib itself stays importable afterwards (lgvit.introspection draws with it).
+  * TensorFlow's ``__init__`` imports Keras eagerly (to register Keras optimizers for SavedModels
+    that hold them, which lgvit's never do), and Keras imports scipy and ``matplotlib.pyplot``: about
+    3 s of a 8 s import on 2 cores, and on a fresh machine matplotlib's font cache is built in the
+    middle of a training run. Both are hidden from that one import (TensorFlow catches the
+    ImportError); afterwards they import as usual, and ``tf.keras`` still loads Keras on first use
+    (TensorFlow binds it lazily). lgvit.introspection draws with matplotlib.
 
   Call it before the first ``import tensorflow`` of a process (lgvit.data.pipeline and
   lgvit.data.augment do); once TensorFlow is loaded it only returns the module.
@@ -87,16 +89,21 @@ def import_tensorflow():
   if 'tensorflow' in sys.modules:
     return sys.modules['tensorflow']
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  hide_matplotlib = 'matplotlib' not in sys.modules
-  if hide_matplotlib:
-    sys.modules['matplotlib'] = None  # `import matplotlib...` raises ImportError, which Keras catches
+  hidden = [name for name in _HIDDEN_FROM_TENSORFLOW if name not in sys.modules]
+  for name in hidden:
+    sys.modules[name] = None  # `import keras...` raises ImportError, which TensorFlow catches
   try:
     with _filtered_stderr(_tf_min_log_level()):
-      import tensorflow  # here, not at the top: the filter and the hidden matplotlib must be in place first
+      import tensorflow  # here, not at the top: the filter and the hidden modules must be in place first
   finally:
-    if hide_matplotlib and sys.modules.get('matplotlib', 0) is None:
-      del sys.modules['matplotlib']
+    for name in hidden:
+      if sys.modules.get(name, 0) is None:
+        del sys.modules[name]
   return tensorflow
+
+
+#: What :func:`import_tensorflow` keeps TensorFlow's own import from loading (see its docstring).
+_HIDDEN_FROM_TENSORFLOW = ('keras', 'matplotlib')
 
 
 @contextlib.contextmanager

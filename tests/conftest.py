@@ -68,6 +68,31 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CREATED_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """A TFDS data_dir holding lgvit_digits, built once per test process (runs only read it)."""
+  from lgvit.data import pipeline
+  path = str(tmp_path_factory.mktemp('tfds'))
+  pipeline.get_builder('lgvit_digits', path)
+  return path
+
+
+def demo_config(data_dir, **overrides):
+  """configs/resnet50.py:demo on ``data_dir`` for 2 steps; ``a__b=v`` in ``overrides`` sets ``config.a.b``."""
+  from configs import resnet50
+  c = resnet50.get_config('demo')
+  c.unlock()
+  c.data.data_dir = data_dir
+  c.num_train_steps, c.checkpoint_every_steps, c.log_every_steps = 2, 2, 1
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split('__')
+    target = c
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
 def _fixture_path(family: str, filename: str) -> pathlib.Path:
   path = SHARED / 'fixtures' / family / filename
   if not path.exists():

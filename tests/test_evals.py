@@ -228,14 +228,14 @@ def test_training_logs_every_imagenet_evaluator(suite, tmp_path, capsys):
   _agrees_with_row(from_workdir, row, {'main': 'eval_'} | {n: f'eval_{n}_' for n in counts})
 
 
-def test_training_logs_extra_evaluators_and_evaluate_reproduces_them(tmp_path, capsys):
+def test_training_logs_extra_evaluators_and_evaluate_reproduces_them(digits_dir, tmp_path, capsys):
   """A tiny digits run with a second evaluator (the train split): its own keys in metrics.jsonl and
   TensorBoard and its console line; lgvit.evaluate --workdir gives the same numbers for both."""
   from configs import resnet50
   from lgvit import evaluate, train
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.data_dir = digits_dir
   c.model_kwargs.update(RESNET_TINY)
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 1, 1, 1
   c.evals.train_split = schema.eval_entry(split='train')

@@ -33,10 +33,10 @@ def test_serialized_inference_matches_apply(family):
   np.testing.assert_allclose(apply(back, images), expected, rtol=1e-6)
 
 
-def test_export_cli_from_a_training_workdir(tmp_path):
+def test_export_cli_from_a_training_workdir(digits_dir, tmp_path):
   c = resnet50.get_config('demo')
   c.unlock()
-  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.data_dir = digits_dir
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 2, 1, 2
   c.ema_decay = 0.5
   workdir = str(tmp_path / 'run')

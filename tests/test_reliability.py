@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from conftest import FAST_COMPILE_FLAG, demo_config, subprocess_env
 from test_train import DEMO, REPO, _kill_at, _tree_snapshot, run_main
 
 from lgvit import errors, train
@@ -76,29 +77,6 @@ def test_two_runs_started_together_on_one_workdir_only_one_trains(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  from lgvit.data import pipeline
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder('lgvit_digits', path)
-  return path
-
-
-def _demo_config(data_dir, **overrides):
-  from configs import resnet50
-  c = resnet50.get_config('demo')
-  c.unlock()
-  c.data.data_dir = data_dir
-  c.num_train_steps, c.checkpoint_every_steps, c.log_every_steps = 2, 2, 1
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split('__')
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
-
-
 def _workdir_case(kind, tmp_path):
   """A workdir in state ``kind``; returns (path given to main.py, root whose files must not change)."""
   if kind in ('corrupt_config', 'empty_config', 'list_config'):
@@ -144,7 +122,7 @@ def test_bad_config_or_workdir_is_refused_before_anything_is_written(digits_dir,
     real_access = os.access
     monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if str(p) == str(tmp_path) else real_access(p, mode))
   with pytest.raises(errors.LgvitError) as info:
-    train.train_and_evaluate(_demo_config(digits_dir, **overrides), workdir)
+    train.train_and_evaluate(demo_config(digits_dir, **overrides), workdir)
   message = str(info.value)
   assert expect in message and '\n' not in message, message
   assert (_tree_snapshot(root), sorted(root.rglob('*'))) == before  # not a file, not a directory more
@@ -155,22 +133,28 @@ def test_bad_config_or_workdir_is_refused_before_anything_is_written(digits_dir,
 # ---------------------------------------------------------------------------------------------
 
 
-def test_log_rows_cover_every_step_since_the_last_row_across_evals_checkpoints_and_resume(tmp_path):
+def test_log_rows_cover_every_step_since_the_last_row_across_evals_checkpoints_and_resume(digits_dir, tmp_path,
+                                                                                             capsys):
   """Rows every 10 steps with checkpoints every 7 (and a kill right after step 14's): each row is the
   mean of its 10 steps, as a run that logs every step measures them."""
-  common = [f'--config={DEMO}', '--config.num_train_steps=20', f'--config.data.data_dir={tmp_path / "tfds"}',
-            '--config.eval_every_epochs=100']
   every_step = tmp_path / 'every_step'
-  run_main(*common, '--config.log_every_steps=1', '--config.checkpoint_every_steps=100', workdir=every_step)
+  train.train_and_evaluate(demo_config(digits_dir, num_train_steps=20, log_every_steps=1, checkpoint_every_steps=100,
+                                        eval_every_epochs=100.0), str(every_step), async_checkpoints=False)
   per_step = {r['step']: r for r in _rows(every_step) if 'loss' in r}
 
-  args = [*common, '--config.log_every_steps=10', '--config.checkpoint_every_steps=7']
+  config = demo_config(digits_dir, num_train_steps=20, log_every_steps=10, checkpoint_every_steps=7,
+                        eval_every_epochs=100.0)
   workdir = tmp_path / 'run'
-  _kill_at('path:checkpoints/14', args, workdir)
+  # The same run as `config` in a process of its own, under this process's XLA flags.
+  flags = [f'--config={DEMO}', f'--config.data.data_dir={digits_dir}', '--config.num_train_steps=20',
+           '--config.log_every_steps=10', '--config.checkpoint_every_steps=7', '--config.eval_every_epochs=100']
+  _kill_at('path:checkpoints/14', flags, workdir, XLA_FLAGS=FAST_COMPILE_FLAG)
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 15, "loss": 2.4, "gra')  # what a power loss leaves: half a row
-  resumed = run_main(*args, workdir=workdir)
-  assert 'from step 14' in resumed.stdout and 'is not a complete JSON row' in resumed.stdout
+  capsys.readouterr()
+  train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert 'from step 14' in out and 'is not a complete JSON row' in out, out[-2000:]
   rows = [r for r in _rows(workdir) if 'loss' in r]
   assert [r['step'] for r in rows] == [10, 20]
   for row in rows:
@@ -180,9 +164,8 @@ def test_log_rows_cover_every_step_since_the_last_row_across_evals_checkpoints_a
     assert row['data_fingerprint'] == train.combine_fingerprints(per_step[s]['data_fingerprint'] for s in steps)
 
   before = (workdir / 'metrics.jsonl').read_text()
-  again = run_main(*args, workdir=workdir)  # a finished run: nothing to train, nothing new to log
-  assert 'done: step 20' in again.stdout
-  assert (workdir / 'metrics.jsonl').read_text() == before
+  result = train.train_and_evaluate(config, str(workdir))  # a finished run: nothing to train, nothing new to log
+  assert result['step'] == 20 and (workdir / 'metrics.jsonl').read_text() == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,21 +173,40 @@ def test_log_rows_cover_every_step_since_the_last_row_across_evals_checkpoints_a
 # ---------------------------------------------------------------------------------------------
 
 
-def test_flipped_bytes_in_the_latest_checkpoint_fall_back_to_the_previous_one(tmp_path):
-  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
-          f'--config.data.data_dir={tmp_path / "tfds"}']
-  workdir = tmp_path / 'run'
-  run_main(*args, '--config.num_train_steps=10', workdir=workdir)
-  data = max((f for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*') if f.is_file()),
-             key=lambda f: f.stat().st_size)
+def _flip_middle_bytes(data: pathlib.Path):
   raw = bytearray(data.read_bytes())
   middle = len(raw) // 2
   raw[middle:middle + 8] = bytes(b ^ 0xFF for b in raw[middle:middle + 8])
   data.write_bytes(bytes(raw))  # same size, same names: only the content tells
-  proc = run_main(*args, '--config.num_train_steps=15', workdir=workdir)
-  assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'does not match its SHA-256' in proc.stdout
-  assert 'falling back to step 5' in proc.stdout and 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
-  assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1
+
+
+def _truncate_every_file(state: pathlib.Path):
+  for f in state.rglob('*'):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_and_is_kept(digits_dir, tmp_path, capsys):
+  """The latest checkpoint with flipped bytes in its largest file, or with every file cut in half."""
+  trained = tmp_path / 'trained'
+  train.train_and_evaluate(demo_config(digits_dir, num_train_steps=10, checkpoint_every_steps=5, log_every_steps=5),
+                           str(trained), async_checkpoints=False)
+  damages = {
+      'flipped': (lambda state: _flip_middle_bytes(max((f for f in state.rglob('*') if f.is_file()),
+                                                       key=lambda f: f.stat().st_size)), 'does not match its SHA-256'),
+      'truncated': (_truncate_every_file, 'corrupt or incomplete'),
+  }
+  for name, (damage, reason) in damages.items():
+    workdir = tmp_path / name
+    shutil.copytree(trained, workdir)
+    damage(workdir / 'checkpoints' / '10' / 'state')
+    capsys.readouterr()
+    result = train.train_and_evaluate(demo_config(digits_dir, num_train_steps=15, checkpoint_every_steps=5,
+                                                   log_every_steps=5), str(workdir), async_checkpoints=False)
+    out = capsys.readouterr().out
+    assert 'checkpoint step 10 is corrupt or incomplete' in out and reason in out, (name, out[-2000:])
+    assert 'falling back to step 5' in out and 'from step 5' in out and result['step'] == 15, (name, out[-2000:])
+    assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1, name  # kept, not deleted
 
 
 def test_failed_background_save_stops_the_run_and_a_rerun_resumes(digits_dir, tmp_path, monkeypatch):
@@ -220,7 +222,7 @@ def test_failed_background_save_stops_the_run_and_a_rerun_resumes(digits_dir, tm
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', finalize)
   workdir = str(tmp_path / 'run')
-  config = _demo_config(digits_dir, num_train_steps=20, checkpoint_every_steps=5, log_every_steps=5)
+  config = demo_config(digits_dir, num_train_steps=20, checkpoint_every_steps=5, log_every_steps=5)
   with pytest.raises(errors.CheckpointError) as info:
     train.train_and_evaluate(config, workdir)
   message = str(info.value)
@@ -237,28 +239,30 @@ def test_failed_background_save_stops_the_run_and_a_rerun_resumes(digits_dir, tm
   assert [r['step'] for r in _rows(workdir) if 'loss' in r] == [5, 10, 15, 20]
 
 
-def test_config_changes_at_resume_are_logged_kept_and_impossible_ones_refused(tmp_path):
-  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
-          f'--config.data.data_dir={tmp_path / "tfds"}']
-  workdir = tmp_path / 'run'
-  run_main(*args, '--config.num_train_steps=4', workdir=workdir)
-  first = json.loads((workdir / 'config.json').read_text())
+def test_config_changes_at_resume_are_logged_kept_and_impossible_ones_refused(digits_dir, tmp_path, capsys):
+  def config(**overrides):
+    return demo_config(digits_dir, checkpoint_every_steps=2, log_every_steps=2, **overrides)
 
-  proc = run_main(*args, '--config.num_train_steps=6', '--config.batch_size=32', '--config.schedule.lr=0.05',
-                  workdir=workdir)
-  out = proc.stdout
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config(num_train_steps=4), workdir, async_checkpoints=False)
+  first = json.loads((tmp_path / 'run' / 'config.json').read_text())
+
+  capsys.readouterr()
+  train.train_and_evaluate(config(num_train_steps=6, batch_size=32, schedule__lr=0.05), workdir, async_checkpoints=False)
+  out = capsys.readouterr().out
   assert 'Config changed at resume (step 4): batch_size: 64 -> 32 (steps per epoch' in out, out[-2000:]
   assert 'Config changed at resume (step 4): num_train_steps: 4 -> 6' in out
   assert 'Config changed at resume (step 4): schedule.lr: 0.1 -> 0.05 (the LR follows the new schedule' in out
-  assert json.loads((workdir / 'config_history' / '4.json').read_text()) == first  # kept, not overwritten
-  assert json.loads((workdir / 'config.json').read_text())['batch_size'] == 32
+  assert json.loads((tmp_path / 'run' / 'config_history' / '4.json').read_text()) == first  # kept, not overwritten
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['batch_size'] == 32
 
-  before = _tree_snapshot(workdir)
-  proc = run_main(*args, '--config.num_train_steps=8', '--config.optim.optimizer=adamw', workdir=workdir, check=False)
-  err = _error_line(proc)
+  before = _tree_snapshot(tmp_path / 'run')
+  with pytest.raises(errors.LgvitError) as info:
+    train.train_and_evaluate(config(num_train_steps=8, optim__optimizer='adamw'), workdir)
+  err = str(info.value)
   assert 'holds a training state of another structure' in err and "optim.optimizer: 'sgd' -> 'adamw'" in err, err
-  assert 'corrupt' not in err and '--config.init_from=' in err
-  assert _tree_snapshot(workdir) == before  # config.json and the checkpoints untouched
+  assert 'corrupt' not in err and '--config.init_from=' in err and '\n' not in err
+  assert _tree_snapshot(tmp_path / 'run') == before  # config.json and the checkpoints untouched
 
 
 # ---------------------------------------------------------------------------------------------

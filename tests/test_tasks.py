@@ -87,11 +87,11 @@ def parity():
   del tasks.TASKS['parity'], evals.TYPES['parity']
 
 
-def test_a_task_registered_from_a_test_file_trains_and_evaluates(parity, tmp_path):
+def test_a_task_registered_from_a_test_file_trains_and_evaluates(digits_dir, parity, tmp_path):
   c = resnet50.get_config('demo')
   c.unlock()
   c.task, c.num_classes = 'parity', 2
-  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.data_dir = digits_dir
   c.model_kwargs.update(RESNET_TINY)
   c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps, c.best_metric = 6, 3, 6, 'accuracy'
   c.evals.train = schema.eval_entry(split='train', every=1000.0)  # a second entry: only at the last step

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import build_tiny_imagenet, subprocess_env
+from conftest import FAST_COMPILE_FLAG, build_tiny_imagenet, demo_config, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = 'configs/resnet50.py:demo'
@@ -85,6 +85,40 @@ def _kill_at(moment, args, workdir, **env):
   return proc
 
 
+def _assert_same_run(reference, workdir, context=None):
+  """Final params, best/ and metrics.jsonl of ``workdir`` equal ``reference``'s bit for bit."""
+  import jax
+  from lgvit import checkpoint
+  for ref, got in ((_final_params(reference), _final_params(workdir)),
+                   (checkpoint.load_variables(str(reference / 'best')), checkpoint.load_variables(str(workdir / 'best')))):
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(context))
+  assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text(), context
+
+
+def test_killed_mid_save_and_after_a_best_save_resumes_to_the_uninterrupted_run(digits_dir, tmp_path):
+  """The default suite's share of the kill -9 cases (all of them: the slow test below): SIGKILL in the
+  middle of the save of step 10, then right after best/ saved step 11, which no checkpoint covers."""
+  from lgvit import train
+  config = demo_config(digits_dir, num_train_steps=20, checkpoint_every_steps=5, log_every_steps=5,
+                       eval_every_epochs=0.5)  # evals at steps 11 and 20 (22 steps per epoch)
+  reference = tmp_path / 'reference'
+  train.train_and_evaluate(config, str(reference), async_checkpoints=False)
+
+  args = [f'--config={DEMO}', f'--config.data.data_dir={digits_dir}', '--config.num_train_steps=20',
+          '--config.checkpoint_every_steps=5', '--config.log_every_steps=5', '--config.eval_every_epochs=0.5']
+  workdir = tmp_path / 'killed'
+  checkpoints = workdir / 'checkpoints'
+  # main.py under this process's XLA flags: the same executables, so the same bits.
+  _kill_at('path:checkpoints/10.orbax-checkpoint-tmp*', args, workdir, XLA_FLAGS=FAST_COMPILE_FLAG)
+  assert not (checkpoints / '10').exists() and (checkpoints / '5').is_dir()
+  _kill_at('path:best/11', args, workdir, XLA_FLAGS=FAST_COMPILE_FLAG)
+  assert (workdir / 'best' / '11').is_dir() and max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) < 11
+  assert train.train_and_evaluate(config, str(workdir))['step'] == 20
+  _assert_same_run(reference, workdir)
+
+
+@pytest.mark.slow  # seven runs of main.py (~2 min on 2 cores); the test above is the default suite's share
 def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   """SIGKILL while config.json is written, in the middle of a checkpoint save, right after a best/ save
   that the next checkpoint does not cover yet, while metrics.jsonl is rewritten, in the middle of a
@@ -123,17 +157,11 @@ def test_killed_at_random_points_resumes_and_matches_uninterrupted(tmp_path):
   assert ('step 40/40' in resumed.stdout) or (not killed and 'from step 40 ' in resumed.stdout), (
       seed, delay, resumed.stdout[-2000:])
 
-  import jax
-  from lgvit import checkpoint
-  for ref, got in ((_final_params(reference), _final_params(workdir)),
-                   (checkpoint.load_variables(str(reference / 'best')), checkpoint.load_variables(str(workdir / 'best')))):
-    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f'LGVIT_KILL_SEED={seed} delay={delay}')
+  _assert_same_run(reference, workdir, f'LGVIT_KILL_SEED={seed} delay={delay}')
   assert sorted(p.name for p in (workdir / 'best').iterdir()) == ['40']
   # metrics.jsonl holds every step's data_fingerprint: the resumed run saw the same data stream.
   rows = [json.loads(l) for l in (reference / 'metrics.jsonl').read_text().splitlines()]
   assert len({r['data_fingerprint'] for r in rows if 'loss' in r}) == 8
-  assert (reference / 'metrics.jsonl').read_text() == (workdir / 'metrics.jsonl').read_text(), (seed, delay)
 
 
 @pytest.mark.parametrize('overrides,expect', [
@@ -178,43 +206,28 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
   assert f'from step {stopped}' in resumed.stdout and 'step 60/60' in resumed.stdout
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
-  args = [f'--config={DEMO}', '--config.checkpoint_every_steps=5', '--config.log_every_steps=5',
-          f'--config.data.data_dir={tmp_path / "tfds"}']
-  workdir = tmp_path / 'run'
-  run_main(*args, '--config.num_train_steps=10', workdir=workdir)
-  for f in (workdir / 'checkpoints' / '10' / 'state').rglob('*'):
-    if f.is_file():
-      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-  proc = run_main(*args, '--config.num_train_steps=15', workdir=workdir)
-  assert 'checkpoint step 10 is corrupt or incomplete' in proc.stdout and 'falling back to step 5' in proc.stdout
-  assert 'from step 5' in proc.stdout and 'step 15/15' in proc.stdout
-  assert len(list((workdir / 'corrupt_checkpoints').iterdir())) == 1  # kept, not deleted
-
-
 def _tree_snapshot(root: pathlib.Path) -> dict[str, bytes]:
   return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-def test_other_architecture_is_refused_and_init_from_names_mismatches(tmp_path):
+def test_other_architecture_is_refused_and_init_from_names_mismatches(digits_dir, tmp_path):
   """A workdir of another architecture is refused untouched; init_from with other shapes names them."""
-  common = [f'--config={DEMO}', '--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
-            '--config.log_every_steps=1', f'--config.data.data_dir={tmp_path / "tfds"}']
+  from lgvit import errors, train
   workdir = tmp_path / 'run'
-  run_main(*common, workdir=workdir)
+  train.train_and_evaluate(demo_config(digits_dir), str(workdir), async_checkpoints=False)
   before = _tree_snapshot(workdir)
   assert any(k.startswith('checkpoints/2/state/') for k in before)
 
-  wider = '--config.model_kwargs.stem_width=32'
-  proc = run_main(*common, wider, workdir=workdir, check=False)
-  assert proc.returncode != 0
-  err = proc.stderr.strip().splitlines()[-1]
+  with pytest.raises(errors.LgvitError) as info:
+    train.train_and_evaluate(demo_config(digits_dir, model_kwargs__stem_width=32), str(workdir))
+  err = str(info.value)
   assert 'holds a run of another architecture' in err and 'model_kwargs' in err and '--force_config' in err, err
   assert _tree_snapshot(workdir) == before  # nothing written, moved or deleted
 
-  proc = run_main(*common, wider, f'--config.init_from={workdir}', workdir=tmp_path / 'finetune', check=False)
-  assert proc.returncode != 0
-  err = proc.stderr.strip().splitlines()[-1]
+  with pytest.raises(errors.LgvitError) as info:
+    train.train_and_evaluate(demo_config(digits_dir, model_kwargs__stem_width=32, init_from=str(workdir)),
+                             str(tmp_path / 'finetune'))
+  err = str(info.value)
   assert 'init_from does not fit the model' in err and '--config.init_skip' in err, err
   assert 'stem/conv/kernel: checkpoint (7, 7, 3, 16) vs model (7, 7, 3, 32)' in err, err
   assert 'layer1_0/conv1/conv/kernel: checkpoint (1, 1, 16, 16) vs model (1, 1, 32, 16)' in err, err
