@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import random_variables
 from test_mask_rcnn import TINY
 
 from lgvit import evals, optim, schema, tasks
@@ -51,7 +52,7 @@ def test_train_forward_sees_the_mean_colour_outside_each_image_and_nothing_of_an
   task = tasks.of_config(c)
   settings = task.settings(c)
   model = build_model(c)
-  variables = init_variables(model, 128, seed=0)
+  variables = random_variables(model, jnp.zeros((1, 128, 128, 3)))  # no compiled init
   forward = jax.jit(task.train_forward(model, settings))
   rngs = {'dropout': jax.random.PRNGKey(0), 'drop_path': jax.random.PRNGKey(1), 'gumbel': jax.random.PRNGKey(2)}
   keys = (jax.random.PRNGKey(3), jax.random.PRNGKey(4))
@@ -139,7 +140,7 @@ def test_evaluator_scores_the_ground_truth_one_and_half_of_it_about_half(tiny):
 def test_evaluator_runs_the_real_detector(tiny):
   builder, c = tiny
   model = build_model(c)
-  variables = init_variables(model, 128, seed=0)
+  variables = random_variables(model, jnp.zeros((1, 128, 128, 3)))  # no compiled init
   metrics = _evaluator(builder, c, model).run(variables)
   assert metrics['count'] == 12
   for key in ('bbox_AP', 'bbox_AP50', 'segm_AP', 'segm_APl'):

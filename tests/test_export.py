@@ -17,7 +17,7 @@ from conftest import FAMILY_MODELS, random_variables, small_kwargs
 def test_serialized_inference_matches_apply(family):
   name = FAMILY_MODELS[family]
   model = create_model(name, num_classes=7, **small_kwargs(name))
-  variables = modeling.init_variables(model, 32, 0)
+  variables = random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=3)  # no compiled init
   images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
   # Jitted: op by op, the demo transformers' forward takes ~30 s on 2 cores.
   apply = jax.jit(lambda v, x: model.apply(v, modeling.normalize(x), train=False))

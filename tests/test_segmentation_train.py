@@ -17,6 +17,7 @@ from lgvit.errors import DatasetNotFoundError
 from lgvit.models.layers import resize_bilinear
 
 from configs import upernet
+from conftest import random_variables
 from test_train import run_main
 
 
@@ -145,7 +146,7 @@ def test_in_training_eval_equals_whole_image_inference_image_by_image(ade20k):
   c.eval_batch_size = 2
   builder = pipeline.get_builder('lgvit_ade20k', data_dir)
   model = build_model(c)
-  variables = init_variables(model, 64, seed=1)
+  variables = random_variables(model, jnp.zeros((1, 64, 64, 3)), seed=1)  # no compiled init
   settings = tasks.of_config(c).settings(c)
   (spec,) = evals.specs(c)
   in_training = evals.build(spec, evals.Context(model, settings, make_mesh())).run(variables)
@@ -290,7 +291,7 @@ def test_train_crop_padding_is_the_mean_colour_whatever_the_uint8_batch_holds(ad
 
   demo = upernet.get_config('backbone=swin_t,demo')
   model = build_model(demo)
-  variables = init_variables(model, 64, seed=0)
+  variables = random_variables(model, jnp.zeros((1, 64, 64, 3)))  # no compiled init
   forward = jax.jit(tasks.of_config(demo).train_forward(model, tasks.of_config(demo).settings(demo)), static_argnums=5)
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
