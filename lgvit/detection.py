@@ -180,3 +180,28 @@ class CocoScorer:
         stats = evaluation.stats[:len(STAT_NAMES)]
       out.update({f'{iou_type}_{name}': float(v) for name, v in zip(STAT_NAMES, stats)})
     return out
+
+
+def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: Sequence[str], scores: np.ndarray,
+         masks: Optional[np.ndarray], palette: np.ndarray, mask_opacity: float = 0.45) -> np.ndarray:
+  """An (H, W, 3) uint8 picture of detections: each mask tinted in its class colour, each box outlined in
+  it with ``name score`` above (``python -m lgvit.predict --detect``)."""
+  from PIL import Image, ImageDraw  # a picture, not scoring: PIL only here
+  out = np.asarray(image, np.float32)[..., :3].copy()
+  colours = np.asarray(palette, np.float32)[np.asarray(labels, np.int64) % len(palette)]
+  if masks is not None:
+    for mask, colour in zip(masks, colours):
+      out[mask] = (1 - mask_opacity) * out[mask] + mask_opacity * colour
+  picture = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+  pen = ImageDraw.Draw(picture)
+  for box, name, score, colour in zip(boxes, names, scores, colours):
+    rgb = tuple(int(c) for c in colour)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    pen.rectangle((x0, y0, x1, y1), outline=rgb, width=max(1, round(min(picture.size) / 200)))
+    caption = f'{name} {score:.2f}'
+    left, top, right, bottom = pen.textbbox((x0, y0), caption)
+    lift = bottom - top + 2
+    ty = y0 - lift if y0 >= lift else y0
+    pen.rectangle((x0, ty, x0 + right - left + 2, ty + lift), fill=rgb)
+    pen.text((x0 + 1, ty), caption, fill=(0, 0, 0) if sum(rgb) > 384 else (255, 255, 255))
+  return np.asarray(picture)

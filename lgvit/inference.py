@@ -2,7 +2,7 @@
 
 :func:`load` reads any of the three directories lgvit writes (a ``main.py`` training workdir, an
 ``python -m lgvit.export`` dir, a ``python -m lgvit.convert`` variables dir) and :func:`from_config` builds
-the model of a config; both return a :class:`LoadedModel` with ``classify``, ``segment``, ``preprocess``
+the model of a config; both return a :class:`LoadedModel` with ``classify``, ``segment``, ``detect``, ``preprocess``
 and ``intermediates`` (the values a model sows, e.g. NomMer's nomination maps). Images go through the
 model's own evaluation transform (its config's or registry entry's image size, crop_pct and interpolation),
 ``lgvit.data.transforms.eval_image``, which needs no TensorFlow; neither does the rest of this module.
@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from lgvit import checkpoint, modeling, segmentation
+from lgvit import checkpoint, detection, modeling, segmentation
 from lgvit import workdir as layout
 from lgvit.data import classes, transforms
 from lgvit.errors import LgvitError
@@ -62,6 +62,23 @@ def _read(image, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
 
 
 @dataclasses.dataclass
+class Detection:
+  """The objects found in one image, in its own pixels: ``boxes`` (N, 4) x0, y0, x1, y1, ``scores`` (N,),
+  ``labels`` (N,) class indices, ``names``, and ``masks`` (N, H, W) bool (instance masks at the 0.5
+  threshold), best score first."""
+  boxes: np.ndarray
+  scores: np.ndarray
+  labels: np.ndarray
+  names: list[str]
+  masks: np.ndarray
+
+
+#: A detector's test input when its source does not say (an export or a converted checkpoint): mmdet's
+#: COCO test scale, resized keeping the ratio, on a 1344 x 1344 canvas (lgvit.data.det_pipeline's defaults).
+DEFAULT_DETECTION_INPUT = {'scale': (1333, 800), 'keep_ratio': True, 'pad_size': (1344, 1344)}
+
+
+@dataclasses.dataclass
 class LoadedModel:
   """A model with its variables and the way its authors fed it images."""
   name: str
@@ -73,6 +90,8 @@ class LoadedModel:
   interpolation: str
   class_names: list[str]
   source: str
+  #: A detector's test geometry (``scale``, ``keep_ratio``, ``pad_size``; docs/detection.md).
+  detection_input: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_DETECTION_INPUT))
 
   def preprocess(self, image) -> np.ndarray:
     """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
@@ -116,6 +135,40 @@ class LoadedModel:
     logits = segmentation.infer_whole(self._segment_forward, modeling.normalize(np.asarray(image)[None]), scale=scale)
     return np.asarray(logits[0].argmax(-1), np.int32)
 
+  def detect(self, image, score_threshold: float = 0.3) -> Detection:
+    """A detector's (``mask_rcnn_*``) objects in one image (path, bytes or uint8 array) scoring at least
+    ``score_threshold``: the evaluation's test path (resize to the test scale, pad, detect, boxes back
+    to the image's pixels, masks pasted there). The resize is XLA's bilinear, which rounds like the
+    TensorFlow input pipeline's to within one grey level."""
+    if model_info(self.name).task != 'detection':
+      raise LoadError(f'{self.name} is not a detector (mask_rcnn_*): it finds no objects ({self.source})')
+    image = read_image(image)
+    h, w = image.shape[:2]
+    geometry = self.detection_input
+    scale, pad_h, pad_w = tuple(geometry['scale']), *geometry['pad_size']
+    new_h, new_w = segmentation.rescale_size(h, w, scale) if geometry['keep_ratio'] else (scale[1], scale[0])
+    if new_h > pad_h or new_w > pad_w:
+      raise ImageError(f'a {h}x{w} image resized to {new_h}x{new_w} does not fit the {pad_h}x{pad_w} canvas')
+    canvas = np.zeros((1, pad_h, pad_w, 3), np.uint8)
+    canvas[0, :new_h, :new_w] = _resize_uint8(image, new_h, new_w)
+    found = jax.device_get(self._detect_forward(self.variables, canvas, np.array([[new_h, new_w]], np.int32)))
+    keep = np.asarray(found['valid'][0], bool) & (np.asarray(found['scores'][0]) >= score_threshold)
+    order = np.argsort(-np.asarray(found['scores'][0])[keep], kind='stable')
+    boxes = detection.to_original(found['boxes'][0][keep][order], (new_h / h, new_w / w), (h, w))
+    labels = np.asarray(found['labels'][0][keep][order], np.int32)
+    masks = detection.paste_masks(np.asarray(found['masks'][0][keep][order]), boxes, (h, w)).astype(bool)
+    return Detection(boxes=boxes, scores=np.asarray(found['scores'][0][keep][order], np.float32), labels=labels,
+                     names=[self.class_names[i] for i in labels], masks=masks)
+
+  @functools.cached_property
+  def _detect_forward(self):
+
+    def forward(variables, canvas, image_hw):
+      images = segmentation.zero_outside(modeling.normalize(canvas), image_hw)
+      return self.model.apply(variables, images, train=False, image_hw=image_hw)
+
+    return jax.jit(forward)
+
   @functools.cached_property
   def _segment_forward(self):
     apply = jax.jit(lambda variables, x: self.model.apply(variables, x, train=False))
@@ -133,6 +186,22 @@ class LoadedModel:
         top = np.argsort(-p, kind='stable')[:k]
         out.append([Prediction(int(i), self.class_names[i], float(p[i])) for i in top])
     return out
+
+
+def read_image(image) -> np.ndarray:
+  """A path, encoded bytes or a uint8 (H, W[, C]) array -> its (H, W, 3) uint8 pixels."""
+  if isinstance(image, (str, os.PathLike, bytes)):
+    image = _read(image, transforms.decode)
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  return np.broadcast_to(image[..., :3], (*image.shape[:2], 3)) if image.shape[-1] < 3 else image[..., :3]
+
+
+def _resize_uint8(image: np.ndarray, h: int, w: int) -> np.ndarray:
+  """Bilinear with half-pixel centres and no antialiasing (TensorFlow's and mmcv's), rounded to uint8."""
+  out = jax.image.resize(np.asarray(image, np.float32), (h, w, image.shape[-1]), 'bilinear', antialias=False)
+  return np.asarray(np.clip(np.round(out), 0, 255), np.uint8)
 
 
 def load(path: str, model: Optional[str] = None, *, best: bool = False, image_size: Optional[int] = None,
@@ -156,6 +225,7 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     net, name, dataset = modeling.build_model(config), config.model, config.data.dataset
     num_classes, size, crop_pct, interp = (config.num_classes, config.data.image_size, config.data.crop_pct,
                                            config.data.interpolation)
+    detection_input = {k: config.data[k] for k in DEFAULT_DETECTION_INPUT if k in config.data}
   else:
     meta = layout.read_export_meta(path) if kind == layout.EXPORT else checkpoint.read_meta(path)
     name = model or meta.get('model')
@@ -170,10 +240,12 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     dataset = meta.get('dataset')
     size = image_size or meta.get('image_size') or info.input_size
     crop_pct, interp = meta.get('crop_pct', info.crop_pct), meta.get('interpolation', info.interpolation)
+    detection_input = {k: meta[k] for k in DEFAULT_DETECTION_INPUT if k in meta}
   variables = jax.tree_util.tree_map(np.asarray, variables)
   return LoadedModel(name=name, family=model_info(name).family, model=net, variables=variables, image_size=int(size),
                      crop_pct=float(crop_pct), interpolation=interp,
-                     class_names=classes.class_names(dataset, num_classes), source=path)
+                     class_names=classes.class_names(dataset, num_classes), source=path,
+                     detection_input={**DEFAULT_DETECTION_INPUT, **detection_input})
 
 
 def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
@@ -186,7 +258,9 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   data = config.data
   return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
                      image_size=data.image_size, crop_pct=data.crop_pct, interpolation=data.interpolation,
-                     class_names=classes.class_names(data.dataset, config.num_classes), source='config')
+                     class_names=classes.class_names(data.dataset, config.num_classes), source='config',
+                     detection_input={**DEFAULT_DETECTION_INPUT,
+                                      **{k: data[k] for k in DEFAULT_DETECTION_INPUT if k in data}})
 
 
 def _head_classes(variables) -> Optional[int]:

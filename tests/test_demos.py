@@ -7,6 +7,7 @@ already trains its full recipe. Each case is one ``main.py`` run. Run by hand: `
 """
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -51,3 +52,40 @@ SEGMENTATION_DEMO_MIOU = 0.45  # measured 0.611 (AMD Zen 3; mean-colour padding)
 def test_segmentation_demo_reaches_its_stated_miou(tmp_path):
   final = run_main('configs/upernet.py:backbone=nommer_t,demo', tmp_path, 'eval_mIoU')
   assert final['eval_count'] == 200 and final['eval_mIoU'] >= SEGMENTATION_DEMO_MIOU, final
+
+
+#: The Mask R-CNN digits demo's validation box AP floor (measured: docs/detection.md, "The demo").
+DETECTION_DEMO_BBOX_AP = None  # set from the measured run below
+
+
+@pytest.mark.slow
+def test_detection_demo_on_two_devices_resumes_and_evaluate_reproduces_its_ap(tmp_path):
+  """configs/mask_rcnn.py:backbone=resnet50,demo on 2 devices: SIGTERM after step 300, the rerun
+  resumes and finishes; its last logged box and mask AP reach the stated floor, and
+  ``python -m lgvit.evaluate`` on the workdir (one device) gives the same numbers."""
+  workdir = tmp_path / 'run'
+  args = [sys.executable, 'main.py', '--config=configs/mask_rcnn.py:backbone=resnet50,demo', f'--workdir={workdir}',
+          f'--config.data.data_dir={tmp_path / "tfds"}']
+  env = subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:
+    if line.startswith('step 300/'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, _ = proc.communicate(timeout=3600)
+  assert proc.returncode == 75 and 'Preempted: saved step' in out, out[-2000:]
+  resumed = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=7200)
+  assert resumed.returncode == 0 and 'Resuming' in resumed.stdout, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [r for r in rows if 'eval_bbox_AP' in r][-1]
+  assert final['step'] == 1000 and final['eval_count'] == 200, final
+  print(f"detection demo: bbox AP {final['eval_bbox_AP']:.4f} | segm AP {final['eval_segm_AP']:.4f}")
+  if DETECTION_DEMO_BBOX_AP is not None:
+    assert final['eval_bbox_AP'] >= DETECTION_DEMO_BBOX_AP, final
+
+  scored = subprocess.run([sys.executable, '-m', 'lgvit.evaluate', f'--workdir={workdir}', '--raw'], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=3600)
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  results = json.loads((workdir / 'eval_results.json').read_text())['main']
+  for key in ('bbox_AP', 'bbox_AP50', 'segm_AP'):
+    assert abs(results[key] - final[f'eval_{key}']) <= 2e-3, (key, results, final)

@@ -13,6 +13,7 @@ from test_mask_rcnn import TINY
 
 from lgvit import evals, optim, schema, tasks
 from lgvit.data import det_pipeline, digits_det
+from lgvit.data.classes import DET_DEMO_CLASS_NAMES
 from lgvit.modeling import build_model, init_variables, make_mesh, normalize
 from lgvit.models import box_ops
 from lgvit.segmentation import zero_outside
@@ -227,3 +228,77 @@ def test_train_and_eval_steps_trace_at_the_recipes_canvases(backbone, pad_size):
   assert loss.shape == () and 'loss_mask' in metrics
   found = jax.eval_shape(task.eval_step(model, settings), variables, batch)
   assert found['boxes'].shape == (2, 100, 4) and found['masks'].shape == (2, 100, 28, 28)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference on one image: LoadedModel.detect and python -m lgvit.predict --detect.
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_validation_image(builder):
+  example = next(iter(tfds.as_numpy(builder.as_dataset(split='validation', shuffle_files=False))))
+  return int(example['image/id']), np.asarray(example['image'])
+
+
+def _by_score(boxes, scores, labels, masks):
+  order = np.argsort(-np.asarray(scores), kind='stable')
+  return boxes[order], scores[order], labels[order], masks[order]
+
+
+def test_detect_finds_what_the_evaluation_finds_on_the_same_image(tiny):
+  """LoadedModel.detect (numpy and XLA, no TensorFlow) against the evaluator's path (the tf.data
+  eval pipeline, the eval step, the host's mapping back and RLE masks) on a validation image."""
+  from pycocotools import mask as mask_utils
+  from lgvit import inference
+  builder, c = tiny
+  model = build_model(c)
+  variables = random_variables(model, jnp.zeros((1, 128, 128, 3)), seed=4)
+  ds, _ = det_pipeline.eval_dataset(c.data, c.det, builder, local_batch=4, process_index=0, process_count=1)
+  batch = next(iter(tfds.as_numpy(ds)))
+  found = jax.device_get(jax.jit(det_task.make_eval_step(model, tasks.of_config(c).settings(c)))(variables, batch))
+  expected = det_task.image_results(found, batch, 0, with_masks=True)
+  image_id, pixels = _first_validation_image(builder)
+  assert expected['image_id'] == image_id and len(expected['scores']) > 0  # random weights: ~0.09 for each class
+
+  got = inference.from_config(c, variables).detect(pixels, score_threshold=0.0)
+  want = _by_score(expected['boxes'], expected['scores'], expected['labels'],
+                   np.stack([mask_utils.decode(r) for r in expected['masks']]).astype(bool))
+  np.testing.assert_allclose(got.boxes, want[0], atol=1e-3)
+  np.testing.assert_allclose(got.scores, want[1], rtol=1e-5)
+  np.testing.assert_array_equal(got.labels, want[2])
+  np.testing.assert_array_equal(got.masks, want[3])
+  assert got.names == [DET_DEMO_CLASS_NAMES[i] for i in got.labels]
+
+
+def test_detect_resizes_as_the_input_pipeline_does():
+  import tensorflow as tf
+  from lgvit import inference
+  image = np.random.default_rng(5).integers(0, 256, (75, 130, 3), dtype=np.uint8)
+  for h, w in ((44, 77), (150, 260), (75, 131)):
+    ours = inference._resize_uint8(image, h, w).astype(int)
+    theirs = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (h, w), 'bilinear', antialias=False)), 0, 255),
+                     tf.uint8).numpy().astype(int)
+    assert np.abs(ours - theirs).max() <= 1, (h, w)
+
+
+def test_predict_detect_draws_and_lists_the_objects(tiny, tmp_path, capsys):
+  from PIL import Image
+  from lgvit import checkpoint, inference, predict
+  builder, c = tiny
+  model = build_model(c)
+  variables = random_variables(model, jnp.zeros((1, 128, 128, 3)), seed=4)
+  meta = {'model': c.model, 'num_classes': c.num_classes, 'model_kwargs': c.model_kwargs.to_dict(), 'image_size': 128,
+          'dataset': 'lgvit_digits_det', 'scale': [128, 128], 'keep_ratio': True, 'pad_size': [128, 128]}
+  checkpoint.save_variables(str(tmp_path / 'detector'), variables, meta)
+  _, pixels = _first_validation_image(builder)
+  Image.fromarray(pixels).save(tmp_path / 'digits.png')
+  expected = inference.from_config(c, variables).detect(pixels, score_threshold=0.05)
+  assert predict.main(['--workdir', str(tmp_path / 'detector'), '--detect', str(tmp_path / 'digits.png'),
+                       '--out', str(tmp_path / 'boxes.png'), '--score-threshold', '0.05']) == 0
+  out = capsys.readouterr().out
+  assert f'{len(expected.scores)} objects scoring >= 0.05' in out, out
+  assert out.count(' at x0 y0 x1 y1 = ') == len(expected.scores) > 0
+  drawn = np.asarray(Image.open(tmp_path / 'boxes.png'))
+  assert drawn.shape == pixels.shape and (drawn != pixels).any()
+  assert predict.main(['--workdir', str(tmp_path / 'detector'), '--detect', str(tmp_path / 'digits.png')]) == 2
+  assert '--out is required with --detect' in capsys.readouterr().err
