@@ -55,7 +55,7 @@ def test_segmentation_demo_reaches_its_stated_miou(tmp_path):
 
 
 #: The Mask R-CNN digits demo's validation box AP floor (measured: docs/detection.md, "The demo").
-DETECTION_DEMO_BBOX_AP = None  # set from the measured run below
+DETECTION_DEMO_BBOX_AP = None  # not measured yet (docs/detection.md): until then the test checks resume and evaluate only
 
 
 @pytest.mark.slow
