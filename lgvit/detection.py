@@ -21,14 +21,29 @@ import contextlib
 import io
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from lgvit.modeling import normalize
+from lgvit.segmentation import zero_outside
+
 #: The summary numbers of ``COCOeval.stats`` that lgvit logs, in their order there.
+#: mmdet's COCO test geometry (its 1x train scale too): resize keeping the ratio to fit 1333x800, on a
+#: 1344 x 1344 canvas. lgvit.data.det_pipeline's defaults and a detector's inference input where its
+#: source does not say (lgvit.inference).
+TEST_INPUT = {'scale': (1333, 800), 'keep_ratio': True, 'pad_size': (1344, 1344)}
 STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
 IOU_TYPES = ('bbox', 'segm')
+
+
+def device_images(images: jax.Array, image_hw: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint8 canvases -> the detector's input: normalised, 0 (the mean colour) outside ``image_hw`` (what
+  mmdet's padding after ``Normalize`` gives). The train step, the eval step and inference call it."""
+  return zero_outside(normalize(images, dtype), image_hw)
 
 
 def to_original(boxes: np.ndarray, scale: Sequence[float], orig_hw: Sequence[int]) -> np.ndarray:

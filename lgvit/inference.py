@@ -73,9 +73,10 @@ class Detection:
   masks: np.ndarray
 
 
-#: A detector's test input when its source does not say (an export or a converted checkpoint): mmdet's
-#: COCO test scale, resized keeping the ratio, on a 1344 x 1344 canvas (lgvit.data.det_pipeline's defaults).
-DEFAULT_DETECTION_INPUT = {'scale': (1333, 800), 'keep_ratio': True, 'pad_size': (1344, 1344)}
+def _detection_input(source) -> dict:
+  """A detector's test geometry from a config's ``data`` or an export's meta; mmdet's COCO one
+  (:data:`lgvit.detection.TEST_INPUT`) for what the source does not say."""
+  return {k: tuple(source[k]) if k != 'keep_ratio' else bool(source[k]) for k in detection.TEST_INPUT if k in source}
 
 
 @dataclasses.dataclass
@@ -91,7 +92,7 @@ class LoadedModel:
   class_names: list[str]
   source: str
   #: A detector's test geometry (``scale``, ``keep_ratio``, ``pad_size``; docs/detection.md).
-  detection_input: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_DETECTION_INPUT))
+  detection_input: dict = dataclasses.field(default_factory=lambda: dict(detection.TEST_INPUT))
 
   def preprocess(self, image) -> np.ndarray:
     """A path, encoded bytes or a uint8 (H, W[, C]) array -> the (S, S, 3) uint8 crop the model sees."""
@@ -144,28 +145,36 @@ class LoadedModel:
       raise LoadError(f'{self.name} is not a detector (mask_rcnn_*): it finds no objects ({self.source})')
     image = read_image(image)
     h, w = image.shape[:2]
+    canvas, (new_h, new_w) = self.detection_canvas(image)
+    found = jax.device_get(self._detect_forward(self.variables, canvas[None], np.array([[new_h, new_w]], np.int32)))
+    scores = np.asarray(found['scores'][0], np.float32)
+    kept = np.flatnonzero(np.asarray(found['valid'][0], bool) & (scores >= score_threshold))
+    kept = kept[np.argsort(-scores[kept], kind='stable')]
+    boxes = detection.to_original(found['boxes'][0][kept], (new_h / h, new_w / w), (h, w))
+    labels = np.asarray(found['labels'][0][kept], np.int32)
+    masks = detection.paste_masks(np.asarray(found['masks'][0][kept]), boxes, (h, w)).astype(bool)
+    return Detection(boxes=boxes, scores=scores[kept], labels=labels, names=[self.class_names[i] for i in labels],
+                     masks=masks)
+
+  def detection_canvas(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(canvas, (new_h, new_w))``: ``image`` resized to the test scale in the top-left of the uint8
+    ``pad_size`` canvas (zeros elsewhere), as lgvit.data.det_transforms prepares an eval image."""
+    image = read_image(image)
+    h, w = image.shape[:2]
     geometry = self.detection_input
-    scale, pad_h, pad_w = tuple(geometry['scale']), *geometry['pad_size']
+    scale, (pad_h, pad_w) = geometry['scale'], geometry['pad_size']
     new_h, new_w = segmentation.rescale_size(h, w, scale) if geometry['keep_ratio'] else (scale[1], scale[0])
     if new_h > pad_h or new_w > pad_w:
       raise ImageError(f'a {h}x{w} image resized to {new_h}x{new_w} does not fit the {pad_h}x{pad_w} canvas')
-    canvas = np.zeros((1, pad_h, pad_w, 3), np.uint8)
-    canvas[0, :new_h, :new_w] = _resize_uint8(image, new_h, new_w)
-    found = jax.device_get(self._detect_forward(self.variables, canvas, np.array([[new_h, new_w]], np.int32)))
-    keep = np.asarray(found['valid'][0], bool) & (np.asarray(found['scores'][0]) >= score_threshold)
-    order = np.argsort(-np.asarray(found['scores'][0])[keep], kind='stable')
-    boxes = detection.to_original(found['boxes'][0][keep][order], (new_h / h, new_w / w), (h, w))
-    labels = np.asarray(found['labels'][0][keep][order], np.int32)
-    masks = detection.paste_masks(np.asarray(found['masks'][0][keep][order]), boxes, (h, w)).astype(bool)
-    return Detection(boxes=boxes, scores=np.asarray(found['scores'][0][keep][order], np.float32), labels=labels,
-                     names=[self.class_names[i] for i in labels], masks=masks)
+    canvas = np.zeros((pad_h, pad_w, 3), np.uint8)
+    canvas[:new_h, :new_w] = _resize_uint8(image, new_h, new_w)
+    return canvas, (new_h, new_w)
 
   @functools.cached_property
   def _detect_forward(self):
 
     def forward(variables, canvas, image_hw):
-      images = segmentation.zero_outside(modeling.normalize(canvas), image_hw)
-      return self.model.apply(variables, images, train=False, image_hw=image_hw)
+      return self.model.apply(variables, detection.device_images(canvas, image_hw), train=False, image_hw=image_hw)
 
     return jax.jit(forward)
 
@@ -193,9 +202,9 @@ def read_image(image) -> np.ndarray:
   if isinstance(image, (str, os.PathLike, bytes)):
     image = _read(image, transforms.decode)
   image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  return np.broadcast_to(image[..., :3], (*image.shape[:2], 3)) if image.shape[-1] < 3 else image[..., :3]
+  if image.ndim == 2 or image.shape[-1] == 1:  # grey
+    return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+  return image[..., :3]  # RGB(A)
 
 
 def _resize_uint8(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -225,7 +234,7 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     net, name, dataset = modeling.build_model(config), config.model, config.data.dataset
     num_classes, size, crop_pct, interp = (config.num_classes, config.data.image_size, config.data.crop_pct,
                                            config.data.interpolation)
-    detection_input = {k: config.data[k] for k in DEFAULT_DETECTION_INPUT if k in config.data}
+    detection_input = _detection_input(config.data)
   else:
     meta = layout.read_export_meta(path) if kind == layout.EXPORT else checkpoint.read_meta(path)
     name = model or meta.get('model')
@@ -240,12 +249,12 @@ def load(path: str, model: Optional[str] = None, *, best: bool = False, image_si
     dataset = meta.get('dataset')
     size = image_size or meta.get('image_size') or info.input_size
     crop_pct, interp = meta.get('crop_pct', info.crop_pct), meta.get('interpolation', info.interpolation)
-    detection_input = {k: meta[k] for k in DEFAULT_DETECTION_INPUT if k in meta}
+    detection_input = _detection_input(meta)
   variables = jax.tree_util.tree_map(np.asarray, variables)
   return LoadedModel(name=name, family=model_info(name).family, model=net, variables=variables, image_size=int(size),
                      crop_pct=float(crop_pct), interpolation=interp,
                      class_names=classes.class_names(dataset, num_classes), source=path,
-                     detection_input={**DEFAULT_DETECTION_INPUT, **detection_input})
+                     detection_input={**detection.TEST_INPUT, **detection_input})
 
 
 def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
@@ -259,8 +268,7 @@ def from_config(config, variables=None, seed: int = 0) -> LoadedModel:
   return LoadedModel(name=config.model, family=model_info(config.model).family, model=model, variables=variables,
                      image_size=data.image_size, crop_pct=data.crop_pct, interpolation=data.interpolation,
                      class_names=classes.class_names(data.dataset, config.num_classes), source='config',
-                     detection_input={**DEFAULT_DETECTION_INPUT,
-                                      **{k: data[k] for k in DEFAULT_DETECTION_INPUT if k in data}})
+                     detection_input={**detection.TEST_INPUT, **_detection_input(data)})
 
 
 def _head_classes(variables) -> Optional[int]:

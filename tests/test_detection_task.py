@@ -302,3 +302,29 @@ def test_predict_detect_draws_and_lists_the_objects(tiny, tmp_path, capsys):
   assert drawn.shape == pixels.shape and (drawn != pixels).any()
   assert predict.main(['--workdir', str(tmp_path / 'detector'), '--detect', str(tmp_path / 'digits.png')]) == 2
   assert '--out is required with --detect' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('geometry', [dict(scale=(1333, 800), keep_ratio=True, pad_size=(1344, 1344)),
+                                      dict(scale=(1024, 1024), keep_ratio=False, pad_size=(1024, 1024))],
+                         ids=['mmdet_1x', 'lesa'])
+def test_detect_canvas_is_the_eval_pipelines_at_the_shapes_users_feed(geometry):
+  """COCO-like landscape, portrait and small images at the recipes' test geometries: detect's canvas,
+  resized size and scale factors are det_transforms.transform's (canvas within one grey level)."""
+  import tensorflow as tf
+  from lgvit import inference
+  from lgvit.data import det_transforms
+  loaded = inference.LoadedModel(name='mask_rcnn_resnet50', family='resnet', model=None, variables={}, image_size=1344,
+                                 crop_pct=1.0, interpolation='bilinear', class_names=[], source='test',
+                                 detection_input=geometry)
+  rng = np.random.default_rng(6)
+  for h, w in ((480, 640), (640, 427), (333, 500), (100, 90)):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    objects = {'bbox': tf.constant([[0.1, 0.1, 0.5, 0.5]], tf.float32), 'label': tf.constant([0], tf.int64),
+               'is_crowd': tf.constant([False]), 'mask': tf.constant([tf.io.encode_png(np.ones((h, w, 1), np.uint8)).numpy()])}
+    want = det_transforms.transform(tf.constant(image), objects, scales=(geometry['scale'],),
+                                    keep_ratio=geometry['keep_ratio'], pad_size=geometry['pad_size'])
+    canvas, hw = loaded.detection_canvas(image)
+    assert hw == tuple(want['image_hw'].numpy()), (h, w)
+    np.testing.assert_allclose(np.asarray(want['scale']), (hw[0] / h, hw[1] / w), rtol=1e-6)
+    assert canvas.shape == tuple(want['image'].shape)
+    assert np.abs(canvas.astype(int) - want['image'].numpy().astype(int)).max() <= 1, (h, w)

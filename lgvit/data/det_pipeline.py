@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from pycocotools import mask as mask_utils
 
+from lgvit import detection
 from lgvit.data import classes, det_transforms, pipeline
 
 #: How the records are read: image and masks stay encoded until the record is used.
@@ -55,8 +56,7 @@ def default_fields(c) -> None:
   """Adds the detection input fields with mmdet's Mask R-CNN 1x COCO values to a config (``c.data``,
   ``c.aug``) where absent; a recipe changes them (3x: ``aug.scales = det_transforms.MULTISCALE_3X``; LESA:
   ``data.scale = (1024, 1024)``, ``data.keep_ratio = False``, ``data.pad_size = (1024, 1024)``)."""
-  defaults = {'scale': det_transforms.SCALE_1X, 'keep_ratio': True, 'pad_size': (1344, 1344), 'max_instances': 100,
-              'mask_stride': 2}
+  defaults = {**detection.TEST_INPUT, 'max_instances': 100, 'mask_stride': 2}
   for k, v in defaults.items():
     if k not in c.data:
       c.data[k] = v

@@ -38,10 +38,11 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from lgvit import detection
 from lgvit.data.seg_transforms import rescale_size
 
 #: mmdet's 1x COCO scale and the shorter sides of the 3x multi-scale recipes (Swin's ``mstrain_480-800``).
-SCALE_1X = (1333, 800)
+SCALE_1X = tuple(detection.TEST_INPUT['scale'])  # (1333, 800)
 MULTISCALE_3X = tuple((1333, short) for short in range(480, 801, 32))
 #: LESA's detection scale (configs/_base_/datasets/coco_instance_1024.py): ``keep_ratio=False``.
 SCALE_LESA = (1024, 1024)

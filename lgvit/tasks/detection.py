@@ -22,17 +22,11 @@ import numpy as np
 
 from lgvit import detection, evals, schema
 from lgvit.data import det_pipeline, pipeline
-from lgvit.modeling import normalize
 from lgvit.segmentation import zero_outside
 from lgvit.tasks.base import Task, register
 
 #: The ground-truth fields of a batch the detector trains on.
 TARGETS = ('gt_boxes', 'gt_labels', 'gt_masks', 'gt_valid')
-
-
-def device_images(images: jax.Array, image_hw: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """uint8 canvases -> the detector's input: normalised, 0 (the mean colour) outside ``image_hw``."""
-  return zero_outside(normalize(images, dtype), image_hw)
 
 
 def make_eval_step(model, settings: schema.Settings):
@@ -43,7 +37,8 @@ def make_eval_step(model, settings: schema.Settings):
 
   def eval_step(variables, batch):
     image_hw = batch['image_hw'].astype(jnp.int32)
-    found = model.apply(variables, device_images(batch['image'], image_hw, dtype), train=False, image_hw=image_hw)
+    found = model.apply(variables, detection.device_images(batch['image'], image_hw, dtype), train=False,
+                        image_hw=image_hw)
     return {k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v for k, v in found.items()}
 
   return eval_step
