@@ -2,6 +2,7 @@
 
     python main.py --config=configs/mask_rcnn.py:backbone=swin_t --workdir=gs://bucket/mask_rcnn_swin_t
     python main.py --config=configs/mask_rcnn.py:backbone=salg_t,schedule=3x --workdir=...
+    python main.py --config=configs/mask_rcnn.py:backbone=lesa_resnet50,schedule=20e,side=1280 --workdir=...
     python main.py --config=configs/mask_rcnn.py:backbone=resnet50,demo --workdir=/tmp/det_demo  # digits, CPU
 
 Sources, value by value, in docs/detection.md ("Recipes"). Every recipe: global batch 16 (mmdet's 2
@@ -11,7 +12,8 @@ NMS 0.5, 100 detections).
 
 - ``sgd`` (mmdet's ``mask_rcnn_r50_fpn_1x_coco``; the ResNet rows of SALG Table II, LESA Table 3):
   SGD 0.02, momentum 0.9 (no Nesterov), weight decay 1e-4 on every parameter, 1x = 12 epochs with
-  drops after 8 and 11; 1333x800 single scale. LESA (paper, Sec. 4.2): images stretched to 1024x1024.
+  drops after 8 and 11; 1333x800 single scale. LESA (paper, Sec. 4.2 and Table 3): images stretched to
+  1024x1024 (``side=1280`` for its higher-resolution rows), 1x or ``schedule=20e`` (drops after 16 and 19).
 - ``adamw`` (the Swin detection configs, which SALG follows: paper Sec. IV-B; NomMer's backbones):
   AdamW 1e-4, betas 0.9/0.999, weight decay 0.05 except norms, position embeddings and relative
   tables; multi-scale training (shorter side 480..800 in steps of 32, longer <= 1333) for 1x and 3x
@@ -39,7 +41,10 @@ LESA = ('lesa_resnet50', 'lesa_wrn50', 'sa_resnet50')
 COTNET = ('cotnet50', 'cotnet101', 'cotnext50_2x48d')
 #: COCO train2017 images (every one is kept, also the 1,021 without annotations: docs/detection.md).
 COCO_TRAIN_EXAMPLES = 118_287
-SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33))}  # epochs, LR drops (mmdet's step=[...])
+#: epochs, LR drops (mmdet's step=[...]). 20e: LESA Table 3's second schedule (mmdet's 20e, x0.1 after 16 and 19).
+SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33)), '20e': (20, (16, 19))}
+#: LESA Table 3's square input sides: 1024 by default, 1280 for its higher-resolution (superscript h) rows.
+LESA_SIDES = (1024, 1280)
 #: CoTNet's reference detection setting: shorter side 640..800 (ResNeSt's detectron2 configs).
 COTNET_SCALES = tuple((1333, short) for short in range(640, 801, 32))
 
@@ -60,7 +65,7 @@ DEMO_HEADS = dict(fpn_channels=64, fc_channels=256, mask_channels=64, rpn_train_
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, backbone='resnet50', schedule='1x', demo=False)
+  args = common.parse_arg(arg, backbone='resnet50', schedule='1x', side=0, demo=False)
   model = common.choose(BACKBONES, args.backbone, 'Mask R-CNN backbone')
   epochs, drops = common.choose(SCHEDULES, args.schedule, 'schedule')
   c = schema.base_config(model)
@@ -89,8 +94,12 @@ def get_config(arg=None):
     adamw_recipe(c)
   else:
     sgd_recipe(c)
-  if args.backbone in LESA:  # LESA, Sec. 4.2: every image stretched to 1024 x 1024, no multi-scale
-    c.data.update(scale=det_transforms.SCALE_LESA, keep_ratio=False, pad_size=(1024, 1024), image_size=1024)
+  if args.side and args.backbone not in LESA:
+    raise ValueError(f'side={args.side} applies to the LESA backbones ({", ".join(LESA)}) only; the others keep '
+                     "mmdet's 1333x800 (multi-scale for the transformers)")
+  if args.backbone in LESA:  # LESA, Sec. 4.2: every image stretched to a square, no multi-scale
+    side = common.choose({s: s for s in LESA_SIDES}, args.side or LESA_SIDES[0], 'LESA input side')
+    c.data.update(scale=(side, side), keep_ratio=False, pad_size=(side, side), image_size=side)
   if args.backbone in COTNET:
     c.aug.scales = COTNET_SCALES
 

@@ -197,8 +197,16 @@ def test_every_recipe_builds_and_passes_the_schema(backbone):
   assert c.optim.optimizer == ('adamw' if transformer else 'sgd')
   assert c.schedule.lr == (1e-4 if transformer else 0.02) and c.schedule.decay_epochs == (8, 11)
   assert mask_rcnn.get_config(f'backbone={backbone},schedule=3x').schedule.decay_epochs == (27, 33)
+  assert mask_rcnn.get_config(f'backbone={backbone},schedule=20e').schedule.decay_epochs == (16, 19)  # LESA Table 3
   if backbone in mask_rcnn.LESA:
     assert c.data.pad_size == (1024, 1024) and not c.data.keep_ratio
+    hires = mask_rcnn.get_config(f'backbone={backbone},side=1280')  # LESA Table 3's superscript-h rows
+    assert hires.data.scale == hires.data.pad_size == (1280, 1280) and hires.data.image_size == 1280
+    with pytest.raises(ValueError, match='unknown LESA input side 1333; choose one of 1024, 1280'):
+      mask_rcnn.get_config(f'backbone={backbone},side=1333')
+  else:
+    with pytest.raises(ValueError, match='applies to the LESA backbones'):
+      mask_rcnn.get_config(f'backbone={backbone},side=1280')
   with pytest.raises(ValueError, match='unknown schedule'):
     mask_rcnn.get_config(f'backbone={backbone},schedule=2x')
 

@@ -44,8 +44,6 @@ from lgvit.data.seg_transforms import rescale_size
 #: mmdet's 1x COCO scale and the shorter sides of the 3x multi-scale recipes (Swin's ``mstrain_480-800``).
 SCALE_1X = tuple(detection.TEST_INPUT['scale'])  # (1333, 800)
 MULTISCALE_3X = tuple((1333, short) for short in range(480, 801, 32))
-#: LESA's detection scale (configs/_base_/datasets/coco_instance_1024.py): ``keep_ratio=False``.
-SCALE_LESA = (1024, 1024)
 
 
 def check_geometry(scales: Sequence[Sequence[int]], keep_ratio: bool, pad_size: Sequence[int], mask_stride: int):
