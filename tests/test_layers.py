@@ -1,4 +1,5 @@
 """Shared layers against independent references (numpy brute force, lax's own grouped convs)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,37 @@ from lgvit.models import kernels, layers
 def _lax_grouped(x, k, strides, padding, groups):
   return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                   feature_group_count=groups, precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize('path', ['cpu', 'native'])
+@pytest.mark.parametrize('k', [2, (2, 3)])
+def test_upsample_conv_transpose_is_flax_conv_transpose(path, k):
+  """Same parameters, values and gradients as flax's nn.ConvTranspose(k, strides=k, 'VALID'), and each
+  output block is a numpy brute force of the painted input pixel (the kernel tap order)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
+  kh, kw = (k, k) if isinstance(k, int) else k
+  ours = layers.UpsampleConvTranspose(7, k, bias_init=jax.nn.initializers.normal(1.0))
+  flax_op = nn.ConvTranspose(7, (kh, kw), strides=(kh, kw), padding='VALID', precision=lax.Precision.HIGHEST)
+  variables = ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
+      jnp.shape, flax_op.init(jax.random.PRNGKey(0), x))
+
+  def loss(module, v, x):
+    return jnp.sum(jnp.sin(module.apply(v, x)))
+
+  with kernels.force(path), jax.default_matmul_precision('highest'):
+    out = ours.apply(variables, x)
+    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(out, flax_op.apply(variables, x), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(grads),
+                  jax.tree_util.tree_leaves(jax.grad(lambda v, x: loss(flax_op, v, x), argnums=(0, 1))(variables, x))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  kernel, bias = (np.asarray(variables['params'][n], np.float64) for n in ('kernel', 'bias'))
+  xn = np.asarray(x, np.float64)
+  for i, j, a, b in [(0, 0, 0, 0), (4, 3, kh - 1, kw - 1), (2, 1, 1, 0)]:
+    want = xn[:, i, j] @ kernel[kh - 1 - a, kw - 1 - b] + bias
+    np.testing.assert_allclose(out[:, kh * i + a, kw * j + b], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('k,cin,cout,groups,stride,pad', [

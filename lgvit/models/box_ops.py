@@ -336,6 +336,16 @@ def _roi_align_from_table(table: Array, level_start: Array, level_hw: Array, roi
   row_width = width[:, None, None]
   num_channels = table.shape[-1]
 
+  # Adaptive grids rarely use every slot (a RoI spans at most ~28 feature pixels on its FPN level, so
+  # ceil(28 / 7) = 4 of the 8 slots per axis), and unused slots weigh 0: slot pairs beyond every RoI's
+  # grid are skipped at run time (lax.cond; reverse mode keeps the cond, so the backward's scatters
+  # skip them too). The bound is this call's maximum, unbatched unless the caller vmaps this op.
+  rows_needed, cols_needed = jnp.max(grid_h, initial=0), jnp.max(grid_w, initial=0)
+
+  def add_needed_sample(step, total):
+    needed = (step // slots < rows_needed) & (step % slots < cols_needed)
+    return lax.cond(needed, add_sample, lambda _, t: t, step, total)
+
   def add_sample(step, total):
     iy, ix = step // slots, step % slots
     ys = (y_low[:, :, iy], y_high[:, :, iy])  # [R, out_h] each
@@ -353,7 +363,7 @@ def _roi_align_from_table(table: Array, level_start: Array, level_hw: Array, roi
   # One sample slot pair per step keeps the live gather at [R, out, out, C] per corner, whatever
   # max_samples is; the loop's trip count is static, so it differentiates (features only).
   total = jnp.zeros((rois.shape[0], out_h, out_w, num_channels), _F32)
-  total = lax.fori_loop(0, slots * slots, add_sample, total)
+  total = lax.fori_loop(0, slots * slots, add_needed_sample, total)
   return (total / count[:, None, None, None]).astype(table.dtype)
 
 
@@ -405,7 +415,8 @@ def multilevel_roi_align(features: Sequence[Array], rois: Array, output_size: Un
   first), ``rois [B, R, 4]`` in image pixels -> ``[B, R, out, out, C]``.
 
   Each RoI is pooled from the level :func:`map_roi_levels` gives it, at ``1 / strides[level]``.
-  The levels are flattened into one ``[sum(H_l * W_l), C]`` table per image, and every RoI gathers
+  The levels are flattened into one ``[sum(H_l * W_l), C]`` table per image (the images one after
+  another in a single table), and every RoI gathers
   from its own level's rows of it: one RoIAlign pass whose gathers touch only the chosen level.
   That is why this form is used rather than "pool every RoI on every level and select": the latter
   does ``L`` times the gathers and holds ``L`` pooled tensors of ``[R, out, out, C]``; this holds
@@ -424,13 +435,17 @@ def multilevel_roi_align(features: Sequence[Array], rois: Array, output_size: Un
   level_hw_of = jnp.asarray(np.array(sizes, np.int32))
   scale_of = jnp.asarray(np.array([1.0 / s for s in strides], np.float32))
 
-  def one_image(image_table, image_rois):
-    levels = map_roi_levels(image_rois, num_levels, finest_scale)
-    return _roi_align_from_table(image_table, level_start_of[levels], level_hw_of[levels],
-                                 image_rois, scale_of[levels], _pair(output_size),
+  # The whole batch as one table (image b's rows after those of images < b) and one RoI list, not a vmap
+  # over images: under vmap the slot-skipping predicate of _roi_align_from_table would be batched, and
+  # a batched cond runs both branches.
+  num_rois, rows_per_image = rois.shape[1], table.shape[1]
+  rois = _f32(rois).reshape(batch * num_rois, 4)
+  levels = map_roi_levels(rois, num_levels, finest_scale)
+  image_start = jnp.repeat(jnp.arange(batch, dtype=jnp.int32) * rows_per_image, num_rois)
+  pooled = _roi_align_from_table(table.reshape(batch * rows_per_image, channels), image_start + level_start_of[levels],
+                                 level_hw_of[levels], rois, scale_of[levels], _pair(output_size),
                                  sampling_ratio, aligned, max_samples)
-
-  return jax.vmap(one_image)(table, _f32(rois))
+  return pooled.reshape((batch, num_rois) + pooled.shape[1:])
 
 
 # --------------------------------------------------------------------------------------------

@@ -130,6 +130,23 @@ def conv(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'VALID', groups
   return jnp.concatenate(outs, axis=-1)
 
 
+def upsample_conv_transpose(x: Array, kernel: Array) -> Array:
+  """``lax.conv_transpose(x, kernel, strides=kernel's (kh, kw), 'VALID')`` (flax ``nn.ConvTranspose``, NHWC
+  and HWIO, kernel not transposed): each input pixel paints its own kh x kw output block, no overlap.
+
+  On ``'cpu'`` it is one matmul and a depth-to-space reshape: XLA:CPU runs the transposed conv's
+  gradients as a naive dilated convolution (0.56 s of the 1.6 s Mask R-CNN demo train step, whose
+  mask head upsamples 256 RoIs 14 -> 28). Output pixel ``(kh*i + a, kw*j + b)`` takes kernel tap
+  ``(kh-1-a, kw-1-b)``: lax's transposed conv pads the dilated input by ``k - 1`` and does not flip.
+  """
+  if _native():
+    return lax.conv_transpose(x, kernel, kernel.shape[:2], 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  n, h, w, _ = x.shape
+  kh, kw, _, out = kernel.shape
+  y = jnp.einsum('nhwc,abco->nhawbo', x, kernel[::-1, ::-1])
+  return y.reshape(n, h * kh, w * kw, out)
+
+
 def depthwise_conv_shifted(x: Array, kernel: Array, padding) -> Array:
   """Stride-1 depthwise conv as a sum over kh*kw shifted slices of the zero-padded input.
 

@@ -158,6 +158,25 @@ class Conv2d(nn.Module):
     return y
 
 
+class UpsampleConvTranspose(nn.Module):
+  """``nn.ConvTranspose(features, k, strides=k, padding='VALID')`` with the same parameters (``kernel``
+  (kh, kw, in, out), ``bias``) and values: the k-fold upsampling deconv of mmdet's mask head (and
+  PyTorch's ``ConvTranspose2d(c, c, k, stride=k)``), as :func:`lgvit.models.kernels.upsample_conv_transpose`."""
+  features: int
+  kernel_size: int | Sequence[int] = 2
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = _pairs(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    dtype = self.dtype or x.dtype
+    return kernels.upsample_conv_transpose(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # Pooling with PyTorch's padding rules.
 # --------------------------------------------------------------------------------------------

@@ -184,8 +184,8 @@ class FCNMaskHead(nn.Module):
     for i in range(self.num_convs):
       x = nn.relu(layers.Conv2d(self.channels, 3, padding=1, use_bias=True, kernel_init=layers.kaiming_normal_fan_out,
                                 bias_init=_zeros, dtype=self.dtype, name=f'conv{i}')(x))
-    x = nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), padding='VALID', kernel_init=layers.kaiming_normal_fan_out,
-                         bias_init=_zeros, dtype=self.dtype, name='upsample')(x)
+    x = layers.UpsampleConvTranspose(self.channels, 2, kernel_init=layers.kaiming_normal_fan_out, bias_init=_zeros,
+                                     dtype=self.dtype, name='upsample')(x)
     x = nn.relu(x)
     x = layers.Conv2d(self.num_classes, 1, use_bias=True, kernel_init=layers.kaiming_normal_fan_out,
                       bias_init=_zeros, dtype=self.dtype, name='conv_logits')(x)
