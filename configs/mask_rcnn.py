@@ -29,7 +29,7 @@ import ml_collections
 
 from configs import common, cotnet, lesa, nommer, resnet, salg, swin
 from lgvit import schema
-from lgvit.data import det_pipeline, det_transforms
+from lgvit.data import det_pipeline, det_transforms, digits_det
 from lgvit.models import model_info
 
 CONV = ('resnet50', 'resnet101', 'cotnet50', 'cotnet101', 'cotnext50_2x48d', 'lesa_resnet50', 'lesa_wrn50',
@@ -59,6 +59,7 @@ DEMO_BACKBONES = {
     **{b: salg.DEMO_MODEL for b in ('salg_st', 'salg_t', 'salg_s')},
     **{b: nommer.DEMO_MODEL for b in ('nommer_t', 'nommer_s', 'nommer_b')},
 }
+DEMO_STEPS = 600
 #: The demo's detector around the demo backbone: narrow heads, fewer proposals and samples.
 DEMO_HEADS = dict(fpn_channels=64, fc_channels=256, mask_channels=64, rpn_train_pre_nms=500, rpn_test_pre_nms=500,
                   rpn_max_proposals=200, rcnn_samples=128, max_detections=20)
@@ -143,8 +144,8 @@ def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
   c.schedule.update(lr=1e-3, warmup_lr=1e-6, decay='cosine', min_lr=1e-5, warmup_style='timm')
   c.schedule.warmup_steps = 50
   c.batch_size, c.eval_batch_size = 8, 40
-  c.num_train_steps = 1000
-  c.num_epochs = 1000 * 8 / 1000
-  c.eval_every_epochs = 4.0
-  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 50, 250, 2
+  c.num_train_steps = DEMO_STEPS
+  c.num_epochs = DEMO_STEPS * c.batch_size / digits_det.SPLIT_SIZES['train']
+  c.eval_every_epochs = c.num_epochs / 2
+  c.log_every_steps, c.checkpoint_every_steps, c.keep_checkpoints = 50, 200, 2
   c.init_from = ''

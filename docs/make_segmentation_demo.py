@@ -10,13 +10,10 @@ palette (ADE20K's first 11 colours), upscaled 3x. Prints the run's final mIoU fo
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pathlib
-import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import demo_pictures
+from demo_pictures import ROOT
 
 
 def main(argv=None):
@@ -27,15 +24,11 @@ def main(argv=None):
   parser.add_argument('--rows', type=int, default=4)
   parser.add_argument('--out', default=str(ROOT / 'docs' / 'images' / 'segmentation_demo.png'))
   args = parser.parse_args(argv)
-  config = f'configs/upernet.py:backbone={args.backbone},demo'
-  data_dir = [f'--config.data.data_dir={args.data_dir}'] if args.data_dir else []
-  subprocess.run([sys.executable, 'main.py', f'--config={config}', f'--workdir={args.workdir}', *data_dir], cwd=ROOT,
-                 check=True)
+  demo_pictures.train(f'configs/upernet.py:backbone={args.backbone},demo', args.workdir, args.data_dir)
 
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from PIL import Image
   import tensorflow_datasets as tfds
   from lgvit import checkpoint as ckpt
   from lgvit import cpu_kernels, segmentation
@@ -56,11 +49,8 @@ def main(argv=None):
   palette = classes.palette_for(c.num_classes)
   rows = [segmentation.comparison_picture(ex['image'][i], ex['annotation'][i, ..., 0], pred[i], palette)
           for i in range(args.rows)]
-  picture = np.concatenate(rows, axis=0).repeat(3, 0).repeat(3, 1)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  Image.fromarray(picture).save(args.out, optimize=True)
-  evals = [json.loads(l) for l in open(os.path.join(args.workdir, 'metrics.jsonl')) if '"eval_mIoU"' in l]
-  last = evals[-1]
+  demo_pictures.save(rows, args.out)
+  last = demo_pictures.last_eval(args.workdir, 'eval_mIoU')
   print(f"wrote {args.out}; step {last['step']}: mIoU {last['eval_mIoU']:.4f} | aAcc {last['eval_aAcc']:.4f} | "
         f"mAcc {last['eval_mAcc']:.4f}")
 

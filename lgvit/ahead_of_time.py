@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lgvit import modeling, optim, schema
-from lgvit.models import kernels
+from lgvit.models import kernels, model_info
 
 GIB = 2**30
 #: HBM per chip (GiB) by JAX device_kind; what the runtime can give a program is a little less.
@@ -119,12 +119,20 @@ def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Families whose models share one config file, which takes the backbone as its argument.
+TASK_CONFIGS = {'mask_rcnn': 'mask_rcnn.py:backbone={backbone}', 'upernet': 'upernet.py:backbone={backbone}'}
+
+
 def load_config(model: str, config_path: str = ''):
-  """``configs/<model>.py`` (or ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it.
+  """``configs/<model>.py`` (``configs/mask_rcnn.py:backbone=B`` for ``mask_rcnn_B``, likewise UperNet; or
+  ``config_path``, optionally ``file.py:arg``) as ``main.py`` reads it.
 
   A registered model without a config file gets ``lgvit.schema.base_config`` (SGD, batch 256).
   """
-  path, _, arg = (config_path or str(REPO / 'configs' / f'{model}.py')).partition(':')
+  config_path = config_path or TASK_CONFIGS.get(model_info(model).family, '{model}.py').format(
+      model=model, backbone=model_info(model).defaults.get('backbone', ''))
+  path, _, arg = (config_path if config_path.startswith(('/', '.')) or os.sep in config_path
+                  else str(REPO / 'configs' / config_path)).partition(':')
   if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs import each other as the package `configs`
   if not os.path.exists(path):
@@ -175,21 +183,19 @@ def step_and_args(config, batch: int, mode: str = 'train', mesh=None):
   def spec(tree, sharding):
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharded)
-  labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
+  task = tasks.of_config(config)
+  shapes = task.batch_shapes(task.settings(config), batch, train=mode == 'train')
+  data = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharded) for k, (shape, dtype) in shapes.items()}
   placed = {} if mesh is None else {'out_shardings': (replicated, replicated) if mode == 'train' else replicated}
   if mode == 'infer':
-    args = (spec(abstract_vars, replicated), {'image': images, 'label': labels, 'mask': labels, 'unreadable': labels})
-    task = tasks.of_config(config)
-    return jax.jit(task.eval_step(model, task.settings(config)), **placed), args
+    return jax.jit(task.eval_step(model, task.settings(config)), **placed), (spec(abstract_vars, replicated), data)
   # The schedule's constants (steps per epoch) change no shape, so one ImageNet-sized guess does.
   steps_per_epoch = max(1_281_167 // config.batch_size, 1)
   schedule = optim.lr_schedule(config.schedule, config.batch_size, steps_per_epoch,
                               int(config.num_epochs * steps_per_epoch))
   tx = optim.make_optimizer(config.optim, abstract_vars['params'], schedule)
   state = spec(jax.eval_shape(functools.partial(train.create_state, model, tx, config)), replicated)
-  args = (state, {'image': images, 'label': labels, 'valid': labels},
-          jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
+  args = (state, data, jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated))
   step = train.make_train_step(model, tx, config, schedule)
   return jax.jit(step, donate_argnums=0 if mesh is not None else (), **placed), args
 

@@ -197,10 +197,11 @@ class CocoScorer:
     return out
 
 
-def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: Sequence[str], scores: np.ndarray,
+def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: Sequence[str], scores: Optional[np.ndarray],
          masks: Optional[np.ndarray], palette: np.ndarray, mask_opacity: float = 0.45) -> np.ndarray:
   """An (H, W, 3) uint8 picture of detections: each mask tinted in its class colour, each box outlined in
-  it with ``name score`` above (``python -m lgvit.predict --detect``)."""
+  it with ``name score`` above (``python -m lgvit.predict --detect``); ``scores=None`` (ground truth)
+  writes the names only."""
   from PIL import Image, ImageDraw  # a picture, not scoring: PIL only here
   out = np.asarray(image, np.float32)[..., :3].copy()
   colours = np.asarray(palette, np.float32)[np.asarray(labels, np.int64) % len(palette)]
@@ -209,11 +210,11 @@ def draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: Sequen
       out[mask] = (1 - mask_opacity) * out[mask] + mask_opacity * colour
   picture = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
   pen = ImageDraw.Draw(picture)
-  for box, name, score, colour in zip(boxes, names, scores, colours):
+  for box, name, score, colour in zip(boxes, names, [None] * len(names) if scores is None else scores, colours):
     rgb = tuple(int(c) for c in colour)
     x0, y0, x1, y1 = (float(v) for v in box)
     pen.rectangle((x0, y0, x1, y1), outline=rgb, width=max(1, round(min(picture.size) / 200)))
-    caption = f'{name} {score:.2f}'
+    caption = name if score is None else f'{name} {score:.2f}'
     left, top, right, bottom = pen.textbbox((x0, y0), caption)
     lift = bottom - top + 2
     ty = y0 - lift if y0 >= lift else y0

@@ -167,3 +167,18 @@ def test_native_train_step_lowers_for_cuda():
   assert exported.platforms == ('cuda',)
   text = exported.mlir_module()
   assert 'feature_group_count = 4' in text  # the native grouped conv, not the CPU split
+
+
+def test_detection_and_segmentation_configs_resolve_and_detection_steps_lower_for_tpu():
+  """A Mask R-CNN / UperNet name finds its task's config file with its backbone; the detector's train and
+  eval steps, on the task's batch shapes (lgvit.data.det_pipeline's contract), lower for TPU."""
+  config = ahead_of_time.load_config('mask_rcnn_swin_t')
+  assert (config.task, config.model, tuple(config.data.pad_size)) == ('detection', 'mask_rcnn_swin_t', (1344, 1344))
+  seg = ahead_of_time.load_config('upernet_nommer_t')
+  assert (seg.task, seg.model) == ('segmentation', 'upernet_nommer_t')
+  demo = ahead_of_time.load_config('mask_rcnn_resnet50', 'mask_rcnn.py:backbone=resnet50,demo')
+  for mode in ('train', 'infer'):
+    exported = ahead_of_time.export_step(demo, 'tpu', mode=mode)
+    assert exported.platforms == ('tpu',)
+    shapes = [(a.shape, str(a.dtype)) for a in exported.in_avals]
+    assert ((2, 8, 64, 64), 'uint8') in shapes and ((2, 128, 128, 3), 'uint8') in shapes, shapes  # gt_masks, images

@@ -47,6 +47,11 @@ class Task:
     """The final line's scores of a run's result (its last eval row, keys ``eval_*``)."""
     raise NotImplementedError
 
+  def batch_shapes(self, settings: schema.Settings, batch: int, train: bool) -> dict[str, tuple[tuple, Any]]:
+    """``{field: (shape, dtype)}`` of a global train (or eval) batch as the input pipeline feeds it: what
+    ``lgvit.aot`` compiles the steps for without data."""
+    raise NotImplementedError(f'the {self.name} task does not describe its batches (Task.batch_shapes)')
+
 
 TASKS: dict[str, Task] = {}
 

@@ -215,6 +215,12 @@ class Classification(Task):
   def dataset_classes(self, builder, settings: schema.Settings) -> Optional[int]:
     return pipeline.num_classes(builder)
 
+  def batch_shapes(self, settings, batch, train):
+    s = settings.data.image_size
+    one = ((batch,), jnp.int32)
+    rest = {'valid': one} if train else {'mask': one, 'unreadable': one}
+    return {'image': ((batch, s, s, 3), jnp.uint8), 'label': one, **rest}
+
   def summary(self, result) -> str:
     return f"top-1 {result.get('eval_top1', float('nan')):.4f} | top-5 {result.get('eval_top5', float('nan')):.4f}"
 

@@ -146,6 +146,18 @@ class Detection(Task):
   def dataset_classes(self, builder, settings: schema.Settings) -> Optional[int]:
     return det_pipeline.num_classes(builder)
 
+  def batch_shapes(self, settings, batch, train):
+    """lgvit.data.det_pipeline's batch contract at ``data.pad_size``, ``data.max_instances`` objects."""
+    (h, w), g, s = settings.data.pad_size, settings.data.max_instances, settings.data.mask_stride
+    one = ((batch,), jnp.int32)
+    shapes = {'image': ((batch, h, w, 3), jnp.uint8), 'image_hw': ((batch, 2), jnp.int32),
+              'gt_boxes': ((batch, g, 4), jnp.float32), 'gt_labels': ((batch, g), jnp.int32),
+              'gt_masks': ((batch, g, h // s, w // s), jnp.uint8), 'gt_valid': ((batch, g), jnp.bool_)}
+    if train:
+      return {**shapes, 'valid': one}
+    return {**shapes, 'image_id': ((batch,), jnp.int64), 'orig_hw': ((batch, 2), jnp.int32),
+            'scale': ((batch, 2), jnp.float32), 'mask': one, 'unreadable': one}
+
   def summary(self, result) -> str:
     return ' | '.join(f"{t} AP {result[f'eval_{t}_AP']:.4f}" for t in detection.IOU_TYPES if f'eval_{t}_AP' in result)
 

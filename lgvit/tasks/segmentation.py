@@ -208,6 +208,13 @@ class Segmentation(Task):
   def dataset_classes(self, builder, settings: schema.Settings) -> Optional[int]:
     return seg_pipeline.num_classes(builder, settings.data.reduce_zero_label)
 
+  def batch_shapes(self, settings, batch, train):
+    if not train:  # evaluation runs image by image in size buckets (evaluate_per_image): no one batch shape
+      raise NotImplementedError('segmentation evaluates image by image in size buckets; compile its train step')
+    s = settings.data.image_size  # the train crop
+    return {'image': ((batch, s, s, 3), jnp.uint8), 'label': ((batch, s, s), jnp.uint8),
+            'content': ((batch, 2), jnp.int32), 'valid': ((batch,), jnp.int32)}
+
   def summary(self, result) -> str:
     return f"mIoU {result['eval_mIoU']:.4f} | aAcc {result['eval_aAcc']:.4f}"
 
