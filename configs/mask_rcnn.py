@@ -16,10 +16,12 @@ NMS 0.5, 100 detections).
   1024x1024 (``side=1280`` for its higher-resolution rows), 1x or ``schedule=20e`` (drops after 16 and 19).
 - ``adamw`` (the Swin detection configs, which SALG follows: paper Sec. IV-B; NomMer's backbones):
   AdamW 1e-4, betas 0.9/0.999, weight decay 0.05 except norms, position embeddings and relative
-  tables; multi-scale training (shorter side 480..800 in steps of 32, longer <= 1333) for 1x and 3x
-  (36 epochs, drops after 27 and 33).
+  tables; multi-scale training (shorter side 480..800 in steps of 32, longer <= 1333), half the images
+  first resized to a shorter side of 400/500/600 and cropped to 384..600 px (their AutoAugment), for 1x
+  and 3x (36 epochs, drops after 27 and 33).
 - CoTNet (paper, Sec. 4.4: synchronized BN, 1x, detectron2 settings of its reference [57]): the ``sgd``
-  recipe with shorter sides 640..800 and the backbone's BN trained (synchronized under jit).
+  recipe over detectron2's 90k-iteration 1x (drops at 60k and 80k, 1000 warm-up iterations), no decay on
+  norm layers, shorter sides 640..800 and the backbone's BN trained (synchronized under jit).
 
 ``demo``: the backbone's digits demo widths under a narrow detector (64-channel FPN) on the embedded
 ``lgvit_digits_det`` (128x128 canvases with up to five digits, 10 classes), from scratch with AdamW;
@@ -47,6 +49,9 @@ SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33)), '20e': (20, (16, 19))}
 LESA_SIDES = (1024, 1280)
 #: CoTNet's reference detection setting: shorter side 640..800 (ResNeSt's detectron2 configs).
 COTNET_SCALES = tuple((1333, short) for short in range(640, 801, 32))
+#: detectron2's schedules in iterations at batch 16: total, LR x 0.1 from these iterations on.
+DETECTRON2_SCHEDULES = {'1x': (90_000, (60_000, 80_000)), '3x': (270_000, (210_000, 250_000))}
+DETECTRON2_WARMUP_STEPS = 1000
 
 #: backbone -> its classification demo's shrunk widths; the registered entry's own backbone overrides
 #: (pad_windows for Swin/NomMer, LESA's detection strides and axial tables) are added in apply_demo.
@@ -102,7 +107,7 @@ def get_config(arg=None):
     side = common.choose({s: s for s in LESA_SIDES}, args.side or LESA_SIDES[0], 'LESA input side')
     c.data.update(scale=(side, side), keep_ratio=False, pad_size=(side, side), image_size=side)
   if args.backbone in COTNET:
-    c.aug.scales = COTNET_SCALES
+    cotnet_recipe(c, args.schedule)
 
   c.init_from = f'workdirs/{args.backbone}'  # an ImageNet run of the backbone (or a converted checkpoint)
   c.init_skip = r'^(params|batch_stats)/(?!backbone/)'  # everything but the backbone starts fresh
@@ -121,12 +126,29 @@ def sgd_recipe(c: ml_collections.ConfigDict) -> None:
   c.schedule.update(lr=0.02, warmup_lr=0.02 * 0.001)
 
 
+def cotnet_recipe(c: ml_collections.ConfigDict, schedule: str) -> None:
+  """CoTNet Sec. 4.4 takes ResNeSt's detectron2 Mask R-CNN settings: the SGD recipe over detectron2's
+  iteration schedule (1x: 90k iterations, x0.1 from 60k and 80k; 3x: 270k, 210k, 250k; linear warm-up of
+  1000 iterations from 0.001 x the LR), no weight decay on the norm layers, shorter side 640..800. (``20e``
+  keeps mmdet's epochs.)"""
+  c.aug.scales = COTNET_SCALES
+  c.optim.wd_exclude = 'norms'  # detectron2 WEIGHT_DECAY_NORM = 0
+  if schedule in DETECTRON2_SCHEDULES:
+    iterations, drops = DETECTRON2_SCHEDULES[schedule]
+    steps_per_epoch = COCO_TRAIN_EXAMPLES // c.batch_size
+    c.num_train_steps = iterations
+    c.num_epochs = iterations / steps_per_epoch
+    c.schedule.decay_epochs = tuple(d / steps_per_epoch for d in drops)  # fractional: iteration milestones
+    c.schedule.warmup_steps = DETECTRON2_WARMUP_STEPS
+
+
 def adamw_recipe(c: ml_collections.ConfigDict) -> None:
   """The Swin detection configs' AdamW (SALG Sec. IV-B), with their multi-scale training."""
   c.optim.update(optimizer='adamw', adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.05,
                  wd_exclude='mmseg_swin', grad_clip_norm=0.0)
   c.schedule.update(lr=1e-4, warmup_lr=1e-4 * 0.001)
   c.aug.scales = det_transforms.MULTISCALE_3X
+  c.aug.autoaugment_crop = True  # the configs' AutoAugment: half the images resized, cropped 384..600, then multi-scale
 
 
 def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
@@ -138,7 +160,7 @@ def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
   c.num_classes = 10
   c.data.update(dataset='lgvit_digits_det', scale=(128, 128), keep_ratio=True, pad_size=(128, 128), image_size=128,
                 max_instances=8, mask_stride=2, cache_train=True, shuffle_buffer=1000)
-  c.aug.scales = ()
+  c.aug.scales, c.aug.autoaugment_crop = (), False
   c.aug.hflip = False  # digits are not mirror-symmetric
   c.optim.update(optimizer='adamw', adam_b1=0.9, adam_b2=0.999, weight_decay=0.05, wd_exclude='mmseg_swin')
   c.schedule.update(lr=1e-3, warmup_lr=1e-6, decay='cosine', min_lr=1e-5, warmup_style='timm')

@@ -88,7 +88,9 @@ def weight_decay_mask(params, rule: str):
   """True where weight decay applies. '1d_and_bias': not on ndim<=1 params or '*bias' (timm/Swin).
   'mmseg_swin': not on the parameters of any module whose name contains 'norm' (the LayerNorms; the
   heads' BatchNorms are ``bn`` and keep their decay, as in mmseg), nor on the position embedding and
-  the relative position bias tables; biases of convs and linears are decayed, as in mmseg."""
+  the relative position bias tables; biases of convs and linears are decayed, as in mmseg. 'norms'
+  (detectron2's ``WEIGHT_DECAY_NORM = 0``): not on the parameters of normalisation layers, found as the
+  modules holding a 1-D ``scale`` (flax's BatchNorm, LayerNorm, GroupNorm); everything else is decayed."""
   if rule == 'none':
     return jax.tree_util.tree_map(lambda _: True, params)
   flat = flax.traverse_util.flatten_dict(params)
@@ -96,8 +98,11 @@ def weight_decay_mask(params, rule: str):
     mask = {k: not (v.ndim <= 1 or k[-1].endswith('bias')) for k, v in flat.items()}
   elif rule == 'mmseg_swin':
     mask = {k: not (k[-1] in MMSEG_NO_DECAY or any('norm' in part for part in k[:-1])) for k in flat}
+  elif rule == 'norms':
+    norms = {k[:-1] for k, v in flat.items() if k[-1] == 'scale' and v.ndim == 1}
+    mask = {k: k[:-1] not in norms for k in flat}
   else:
-    raise ValueError(f"wd_exclude must be 'none', '1d_and_bias' or 'mmseg_swin', got {rule!r}")
+    raise ValueError(f"wd_exclude must be 'none', '1d_and_bias', 'mmseg_swin' or 'norms', got {rule!r}")
   return flax.traverse_util.unflatten_dict(mask)
 
 

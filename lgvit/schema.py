@@ -98,6 +98,7 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   optim.weight_decay = 1e-4
   optim.wd_exclude = '1d_and_bias'  # 'none' (decay everything) | '1d_and_bias' (no decay on ndim<=1)
   # | 'mmseg_swin' (no decay on norms, position embedding, relative tables: lgvit.optim.weight_decay_mask)
+  # | 'norms' (no decay on normalisation layers only: detectron2)
   optim.grad_clip_norm = 0.0  # global L2 norm; 0 = off
 
   c.schedule = schedule = ml_collections.ConfigDict()
@@ -158,7 +159,8 @@ POSITIVE = ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_ever
             'eval_every_epochs', 'data.image_size', 'data.crop_pct', 'data.shuffle_buffer')
 CHOICES = {'optim.optimizer': ('sgd', 'adamw'), 'data.interpolation': ('bilinear', 'bicubic'),
            'schedule.decay': ('cosine', 'constant', 'poly', 'step'), 'schedule.unit': ('step', 'epoch'),
-           'schedule.warmup_style': ('timm', 'mmcv'), 'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin'),
+           'schedule.warmup_style': ('timm', 'mmcv'),
+           'optim.wd_exclude': ('none', '1d_and_bias', 'mmseg_swin', 'norms'),
            'matmul_precision': ('default', 'high', 'highest'), 'dtype': tuple(DTYPES),
            'aug.crop': ('inception_crop', 'resmall_crop')}  # lgvit.data.pipeline.TRAIN_CROPS
 

@@ -192,6 +192,19 @@ def test_stream_is_a_pure_function_of_seed_epoch_and_shard_and_resumes_exactly(t
   assert sizes == {(48, 48), (64, 64)}  # both scales of aug.scales drawn
 
 
+def test_crop_policy_stream_is_deterministic_and_resumes(tiny):
+  builder, c = tiny
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.aug.autoaugment_crop = True
+  a, resumed = _stream(builder, c), _stream(builder, c, start_step=2)
+  for x, y in zip(a[2:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  c.aug.autoaugment_crop = False
+  plain = _stream(builder, c)
+  assert any(not np.array_equal(x['image'], y['image']) for x, y in zip(a, plain))
+
+
 def test_eval_stream_counts_every_image_once_with_its_id_and_scale(tiny):
   builder, c = tiny
   ids = []
@@ -207,3 +220,60 @@ def test_eval_stream_counts_every_image_once_with_its_id_and_scale(tiny):
   assert sorted(ids) == list(range(12))
   gt = det_pipeline.coco_ground_truth(builder, 'validation')
   assert len(gt['images']) == 12 and {a['category_id'] for a in gt['annotations']} <= set(range(1, 11))
+
+
+def _nearest(src, dst):
+  return np.minimum(np.floor(np.arange(dst) * src / dst).astype(int), src - 1)
+
+
+def test_crop_policy_is_mmdets_resize_crop_resize():
+  """Swin's AutoAugment crop policy against mmdet's three steps written in numpy: Resize (shorter side
+  400/500/600), RandomCrop absolute_range 384..600 (objects with an empty clipped box dropped), Resize."""
+  rng = np.random.default_rng(3)
+  h, w = 480, 640
+  image = tf.constant(rng.integers(0, 255, (h, w, 3)), tf.uint8)
+  boxes = [[10, 20, 200, 150], [300, 200, 630, 470], [0, 0, 40, 30], [600, 440, 640, 480]]
+  masks = [_rect_mask(h, w, b) for b in boxes]
+  objs = _objects(boxes, h, w, masks, labels=[1, 2, 3, 4])
+  kw = dict(scales=dt.MULTISCALE_3X, pad_size=(1344, 1344), max_instances=4, mask_stride=1, crop_policy=True)
+  draws, checked, dropped = [], 0, 0
+  for s in range(40):
+    seed = [s, 7]
+    cropped, (h1, w1), (y0, x0, ch, cw) = [v if isinstance(v, tf.Tensor) else [int(t) for t in v]
+                                           for v in dt.crop_window(tf.constant(seed, tf.int64), h, w)]
+    cropped = bool(cropped)
+    draws.append(cropped)
+    index = s % len(dt.MULTISCALE_3X)
+    out = dt.transform(image, objs, seed, scale_index=index, **kw)
+    if not cropped:  # the other policy: the plain multi-scale resize, as without crop
+      plain = dt.transform(image, objs, seed, scale_index=index, **{**kw, 'crop_policy': False})
+      for k in ('image', 'image_hw', 'gt_labels', 'gt_masks', 'gt_valid'):
+        np.testing.assert_array_equal(out[k].numpy(), plain[k].numpy())
+      np.testing.assert_allclose(out['gt_boxes'].numpy(), plain['gt_boxes'].numpy(), rtol=1e-6)
+      continue
+    # mmdet, step by step
+    assert (h1, w1) in [mmdet_rescale(h, w, s_) for s_ in dt.CROP_PRE_SCALES]
+    assert min(h1, 384) <= ch <= min(h1, 600) and min(w1, 384) <= cw <= min(w1, 600)
+    assert 0 <= y0 <= h1 - ch and 0 <= x0 <= w1 - cw
+    nh, nw = mmdet_rescale(ch, cw, dt.MULTISCALE_3X[index])
+    assert list(out['image_hw'].numpy()) == [nh, nw]
+    first = dt.resize_image(image, h1, w1).numpy()[y0:y0 + ch, x0:x0 + cw]
+    np.testing.assert_array_equal(out['image'].numpy()[:nh, :nw], dt.resize_image(first, nh, nw).numpy())
+    b = np.array(boxes, np.float32) * np.array([w1 / w, h1 / h] * 2, np.float32) - np.array([x0, y0] * 2)
+    b[:, 0::2] = np.clip(b[:, 0::2], 0, cw)
+    b[:, 1::2] = np.clip(b[:, 1::2], 0, ch)
+    valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b = b[valid] * np.array([nw / cw, nh / ch] * 2, np.float32)
+    k = int(valid.sum())
+    dropped += 4 - k
+    np.testing.assert_array_equal(out['gt_valid'].numpy(), np.arange(4) < k)
+    np.testing.assert_array_equal(out['gt_labels'].numpy()[:k], np.array([1, 2, 3, 4])[valid])
+    np.testing.assert_allclose(out['gt_boxes'].numpy()[:k], b, rtol=1e-5, atol=1e-3)
+    for g, m in zip(range(k), np.array(masks)[valid]):  # nearest resize, crop, nearest resize
+      m1 = m[_nearest(h, h1)][:, _nearest(w, w1)][y0:y0 + ch, x0:x0 + cw]
+      want = m1[_nearest(ch, nh)][:, _nearest(cw, nw)].astype(np.uint8) * 255
+      np.testing.assert_array_equal(out['gt_masks'].numpy()[g][:nh, :nw], want)
+      assert not out['gt_masks'].numpy()[g][nh:].any() and not out['gt_masks'].numpy()[g][:, nw:].any()
+    np.testing.assert_allclose(out['scale'].numpy(), [nh / ch * h1 / h, nw / cw * w1 / w], rtol=1e-5)
+    checked += 1
+  assert 10 <= checked <= 30 and dropped > 0  # about half the draws crop, and some crops drop objects

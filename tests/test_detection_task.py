@@ -185,6 +185,23 @@ def test_mmdet_schedule_is_mmcvs_step_hook_with_linear_warmup():
     assert float(schedule(it)) == pytest.approx(_mmcv_step_lr(it, epoch_len), rel=1e-5), it
 
 
+def _detectron2_lr(it, base=0.02, warmup=1000, factor=0.001, steps=(60_000, 80_000)):
+  """detectron2's WarmupMultiStepLR (linear warm-up), as detectron2/solver/lr_scheduler.py computes it."""
+  warm = factor * (1 - it / warmup) + it / warmup if it < warmup else 1.0
+  return base * warm * 0.1 ** sum(it >= s for s in steps)
+
+
+@pytest.mark.parametrize('arg,total,steps', [('', 90_000, (60_000, 80_000)),
+                                             (',schedule=3x', 270_000, (210_000, 250_000))])
+def test_cotnet_schedule_is_detectron2s_in_iterations(arg, total, steps):
+  c = mask_rcnn.get_config(f'backbone=cotnet50{arg}')
+  assert c.num_train_steps == total and c.optim.wd_exclude == 'norms'
+  epoch_len = mask_rcnn.COCO_TRAIN_EXAMPLES // 16
+  schedule = optim.lr_schedule(c.schedule, c.batch_size, epoch_len, c.num_train_steps)
+  for it in (0, 1, 500, 999, 1000, steps[0] - 1, steps[0], steps[1] - 1, steps[1], c.num_train_steps - 1):
+    assert float(schedule(it)) == pytest.approx(_detectron2_lr(it, steps=steps), rel=1e-5), it
+
+
 @pytest.mark.parametrize('backbone', list(mask_rcnn.BACKBONES))
 def test_every_recipe_builds_and_passes_the_schema(backbone):
   for arg in ('', ',schedule=3x', ',demo'):
@@ -195,8 +212,12 @@ def test_every_recipe_builds_and_passes_the_schema(backbone):
   c = mask_rcnn.get_config(f'backbone={backbone}')
   transformer = backbone in mask_rcnn.TRANSFORMER
   assert c.optim.optimizer == ('adamw' if transformer else 'sgd')
-  assert c.schedule.lr == (1e-4 if transformer else 0.02) and c.schedule.decay_epochs == (8, 11)
-  assert mask_rcnn.get_config(f'backbone={backbone},schedule=3x').schedule.decay_epochs == (27, 33)
+  cotnet = backbone in mask_rcnn.COTNET  # detectron2's iteration schedules (the test above)
+  assert c.schedule.lr == (1e-4 if transformer else 0.02) and (cotnet or c.schedule.decay_epochs == (8, 11))
+  assert c.aug.autoaugment_crop == transformer  # the Swin configs' AutoAugment
+  assert not mask_rcnn.get_config(f'backbone={backbone},demo').aug.autoaugment_crop
+  assert det_pipeline.geometry(c.data, c.aug)['crop_policy'] == transformer
+  assert cotnet or mask_rcnn.get_config(f'backbone={backbone},schedule=3x').schedule.decay_epochs == (27, 33)
   assert mask_rcnn.get_config(f'backbone={backbone},schedule=20e').schedule.decay_epochs == (16, 19)  # LESA Table 3
   if backbone in mask_rcnn.LESA:
     assert c.data.pad_size == (1024, 1024) and not c.data.keep_ratio

@@ -1,6 +1,8 @@
 """LR schedules and weight-decay masks against closed forms."""
 import math
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,6 +84,24 @@ def test_mmseg_swin_weight_decay_mask():
   assert not b['stage1_0']['attn']['rel_pos']['relative_position_bias_table'] and not b['pos_embedding']
   assert b['stage1_0']['attn']['attn']['qkv']['kernel'] and b['stage1_0']['attn']['attn']['qkv']['bias']
   assert m['decode_head']['fpn0']['unit']['conv']['kernel'] and m['decode_head']['fpn0']['unit']['bn']['scale']
+
+
+def test_norms_weight_decay_mask_is_detectron2s():
+  """detectron2's WEIGHT_DECAY_NORM=0: the scale and bias of every BatchNorm / LayerNorm / GroupNorm are not
+  decayed, whatever their names; every other parameter, biases included, is."""
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=True, name='bn1')(nn.Conv(4, (3, 3), name='conv1')(x))
+      x = nn.GroupNorm(num_groups=2, name='gn')(nn.Conv(4, (1, 1), name='fpn_lateral')(x))
+      x = nn.LayerNorm(name='embed')(x)
+      return nn.Dense(3, name='fc')(x)
+  params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)))['params']
+  m = optim.weight_decay_mask(params, 'norms')
+  for name in ('bn1', 'gn', 'embed'):
+    assert m[name] == {'scale': False, 'bias': False}, name
+  for name in ('conv1', 'fpn_lateral', 'fc'):
+    assert m[name] == {'kernel': True, 'bias': True}, name
 
 
 def test_warmup_in_steps_overrides_epochs_and_the_cosine_follows_it():

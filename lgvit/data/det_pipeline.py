@@ -31,8 +31,9 @@ their gt fields follow the training rule (crowd left out), so exact COCO metrics
 Config fields read (``default_fields`` sets their defaults on a config): ``data.dataset``,
 ``data.train_split``, ``data.eval_split``, ``data.shuffle_buffer``, ``data.cache_train``, ``data.shards``
 (as classification), ``data.scale`` (long, short; mmdet ``img_scale``), ``data.keep_ratio``,
-``data.pad_size``, ``data.max_instances``, ``data.mask_stride``; ``aug.hflip`` and ``aug.scales`` (the
-multi-scale list, mmdet ``multiscale_mode='value'``; empty: ``data.scale``).
+``data.pad_size``, ``data.max_instances``, ``data.mask_stride``; ``aug.hflip``, ``aug.scales`` (the
+multi-scale list, mmdet ``multiscale_mode='value'``; empty: ``data.scale``) and ``aug.autoaugment_crop`` (the Swin
+configs' AutoAugment crop policy, :func:`lgvit.data.det_transforms.crop_window`; absent: off).
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def default_fields(c) -> None:
     c.aug.scales = ()
   if 'hflip' not in c.aug:
     c.aug.hflip = True
+  if 'autoaugment_crop' not in c.aug:
+    c.aug.autoaugment_crop = False
 
 
 def num_classes(builder) -> Optional[int]:
@@ -76,7 +79,8 @@ def geometry(data, aug=None) -> dict:
   scales = tuple(tuple(s) for s in aug.scales) if aug is not None and len(aug.scales) else (tuple(data.scale),)
   return dict(scales=scales, keep_ratio=bool(data.keep_ratio), pad_size=tuple(data.pad_size),
               max_instances=int(data.max_instances), mask_stride=int(data.mask_stride),
-              hflip=bool(aug.hflip) if aug is not None else False)
+              hflip=bool(aug.hflip) if aug is not None else False,
+              crop_policy=bool(aug.get('autoaugment_crop', False)) if aug is not None else False)
 
 
 def decode_image(example):
