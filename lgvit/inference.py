@@ -152,7 +152,10 @@ class LoadedModel:
     kept = kept[np.argsort(-scores[kept], kind='stable')]
     boxes = detection.to_original(found['boxes'][0][kept], (new_h / h, new_w / w), (h, w))
     labels = np.asarray(found['labels'][0][kept], np.int32)
-    masks = detection.paste_masks(np.asarray(found['masks'][0][kept]), boxes, (h, w)).astype(bool)
+    if 'masks' in found:
+      masks = detection.paste_masks(np.asarray(found['masks'][0][kept]), boxes, (h, w)).astype(bool)
+    else:  # a box-only detector (Faster R-CNN)
+      masks = np.zeros((len(kept), h, w), bool)
     return Detection(boxes=boxes, scores=scores[kept], labels=labels, names=[self.class_names[i] for i in labels],
                      masks=masks)
 

@@ -403,3 +403,21 @@ def test_sample_random_is_uniform():
   # Each positive is drawn with probability 2/20, each negative 8/30 (binomial over 2000 draws).
   np.testing.assert_allclose(np.asarray(pos)[:, :20].mean(0), 0.1, atol=0.045)
   np.testing.assert_allclose(np.asarray(neg)[:, 20:].mean(0), 8 / 30, atol=0.06)
+
+
+def test_giou_loss_is_torchvisions_and_smooth_l1_is_torchs():
+  rng = np.random.default_rng(5)
+  xy = rng.uniform(0, 50, (64, 2, 2))
+  wh = rng.uniform(0.5, 40, (64, 2, 2))
+  pred, target = (np.concatenate([xy[:, i], xy[:, i] + wh[:, i]], -1).astype(np.float32) for i in range(2))
+  pred[:4] = target[:4]  # identical boxes: loss 0
+  pred[4, 2:] = pred[4, :2]  # a degenerate prediction stays finite
+  got = np.asarray(box_ops.giou_loss(jnp.asarray(pred), jnp.asarray(target)))
+  want = torchvision.ops.generalized_box_iou_loss(torch.from_numpy(pred), torch.from_numpy(target)).numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.all(np.isfinite(got)) and np.allclose(got[:4], 0, atol=1e-6) and (got > 1).any()
+  diff = rng.normal(0, 0.3, (100,)).astype(np.float32)
+  for beta in (1.0, 1 / 9):
+    want = torch.nn.functional.smooth_l1_loss(torch.from_numpy(diff), torch.zeros(100), reduction='none', beta=beta)
+    np.testing.assert_allclose(np.asarray(box_ops.smooth_l1(jnp.asarray(diff), beta)), want.numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(box_ops.smooth_l1(jnp.asarray(diff), 0.0)), np.abs(diff))

@@ -329,6 +329,30 @@ def test_eval_outputs_shapes_and_validity(tiny):
   assert ((out['masks'] >= 0) & (out['masks'] <= 1)).all() and out['masks'][valid].std() > 0
 
 
+def test_box_only_detector_is_the_mask_rcnn_without_its_mask_branch(tiny):
+  """with_mask=False (Faster R-CNN) on the Mask R-CNN's variables minus the mask head: the same boxes,
+  scores and labels, no masks, and the same losses but loss_mask from the same samples."""
+  model, variables, detections, images, image_hw, targets = tiny
+  boxes_only = create_model('mask_rcnn_resnet50', **TINY, with_mask=False)
+  params = {k: v for k, v in variables['params'].items() if k != 'mask_head'}
+  shared = {**variables, 'params': params}
+  found = jax.jit(lambda: boxes_only.apply(shared, images, train=False, image_hw=image_hw))()
+  assert 'masks' not in found
+  for k in ('labels', 'valid'):
+    np.testing.assert_array_equal(np.asarray(found[k]), np.asarray(detections[k]), err_msg=k)
+  for k in ('boxes', 'scores'):  # two compilations: float round-off only
+    np.testing.assert_allclose(np.asarray(found[k]), np.asarray(detections[k]), rtol=1e-5, atol=1e-4, err_msg=k)
+  key = {'sampling': jax.random.PRNGKey(3)}
+  run = lambda m, v: jax.jit(lambda: m.apply(v, images, train=True, image_hw=image_hw, targets=targets, rngs=key,
+                                            mutable=['batch_stats'])[0])()
+  (total, metrics), (total_b, metrics_b) = run(model, variables), run(boxes_only, shared)
+  assert 'loss_mask' not in metrics_b and float(metrics['loss_mask']) > 0
+  for k in metrics_b:
+    np.testing.assert_allclose(float(metrics_b[k]), float(metrics[k]), rtol=1e-6, err_msg=k)
+  np.testing.assert_allclose(float(total_b), float(total - metrics['loss_mask']), rtol=1e-5)
+  assert set(jax.eval_shape(lambda: boxes_only.init(jax.random.PRNGKey(0), images, train=False))['params']) == set(params)
+
+
 # ----------------------------------------------------------------------------------------------
 # The registered models at full size (traced only).
 # ----------------------------------------------------------------------------------------------

@@ -73,6 +73,30 @@ def box_iou(boxes1: Array, boxes2: Array, eps: float = 1e-6) -> Array:
   return intersection / union
 
 
+def giou_loss(pred: Array, target: Array, eps: float = 1e-6) -> Array:
+  """``1 - GIoU`` of aligned box pairs ``[..., 4]`` (mmdet ``GIoULoss``, unreduced): mmdet's
+  ``bbox_overlaps(mode='giou', is_aligned=True)``, the union and the enclosing box's area clamped at
+  ``eps``."""
+  pred, target = _f32(pred), _f32(target)
+  top_left = jnp.maximum(pred[..., :2], target[..., :2])
+  bottom_right = jnp.minimum(pred[..., 2:], target[..., 2:])
+  sides = jnp.maximum(bottom_right - top_left, 0.0)
+  overlap = sides[..., 0] * sides[..., 1]
+  union = jnp.maximum(box_area(pred) + box_area(target) - overlap, eps)
+  enclose = jnp.maximum(jnp.maximum(pred[..., 2:], target[..., 2:]) - jnp.minimum(pred[..., :2], target[..., :2]), 0.0)
+  enclose_area = jnp.maximum(enclose[..., 0] * enclose[..., 1], eps)
+  return 1.0 - (overlap / union - (enclose_area - union) / enclose_area)
+
+
+def smooth_l1(diff: Array, beta: float) -> Array:
+  """mmdet ``smooth_l1_loss`` of ``diff`` (elementwise): ``0.5 d^2 / beta`` below ``beta``, else
+  ``|d| - 0.5 beta``; ``beta=0`` is the L1 loss."""
+  d = jnp.abs(_f32(diff))
+  if beta <= 0:
+    return d
+  return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+
+
 def encode_boxes(proposals: Array, gt: Array, means: Sequence[float] = (0., 0., 0., 0.),
                  stds: Sequence[float] = (1., 1., 1., 1.)) -> Array:
   """Regression targets ``(dx, dy, dw, dh)`` taking ``proposals`` onto ``gt`` (mmdet bbox2delta).

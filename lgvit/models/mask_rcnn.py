@@ -152,19 +152,26 @@ class Shared2FCBBoxHead(nn.Module):
   (a weight converter must permute it)."""
   num_classes: int
   fc_channels: int = 1024
+  class_agnostic: bool = False  # mmdet reg_class_agnostic: deltas [R, 4]
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, rois: Array):
+  def __call__(self, rois: Array, *, train: bool = False):
+    del train  # no BatchNorm here; the argument keeps the box heads interchangeable
     x = rois.reshape(rois.shape[:-3] + (-1,))
     for i in range(2):
       x = nn.relu(nn.Dense(self.fc_channels, kernel_init=_xavier, bias_init=_zeros, dtype=self.dtype,
                            name=f'shared_fc{i}')(x))
-    logits = nn.Dense(self.num_classes + 1, kernel_init=_normal_001, bias_init=_zeros, dtype=self.dtype,
-                      name='fc_cls')(x)
-    deltas = nn.Dense(4 * self.num_classes, kernel_init=_normal_0001, bias_init=_zeros, dtype=self.dtype,
-                      name='fc_reg')(x)
-    return logits.astype(jnp.float32), deltas.astype(jnp.float32)
+    return box_predictions(x, self.num_classes, self.class_agnostic, self.dtype)
+
+
+def box_predictions(x: Array, num_classes: int, class_agnostic: bool, dtype: Any):
+  """mmdet ``BBoxHead``'s two last layers on the head's features: (logits [.., K+1], deltas [.., 4K] or
+  [.., 4]) in float32, N(0, 0.01) and N(0, 0.001) weights."""
+  logits = nn.Dense(num_classes + 1, kernel_init=_normal_001, bias_init=_zeros, dtype=dtype, name='fc_cls')(x)
+  deltas = nn.Dense(4 * (1 if class_agnostic else num_classes), kernel_init=_normal_0001, bias_init=_zeros,
+                    dtype=dtype, name='fc_reg')(x)
+  return logits.astype(jnp.float32), deltas.astype(jnp.float32)
 
 
 class FCNMaskHead(nn.Module):
@@ -230,14 +237,16 @@ def rpn_targets(key: Array, anchors: Array, anchor_valid: Array, gt_boxes: Array
   return positive, negative, jnp.where(positive[:, None], targets, 0.0)
 
 
-def rpn_loss(logits: Array, deltas: Array, positive: Array, negative: Array, box_targets: Array):
+def rpn_loss(logits: Array, deltas: Array, positive: Array, negative: Array, box_targets: Array,
+             smooth_l1_beta: float = 0.0):
   """mmdet's RPN losses over a batch: ``(loss_cls, loss_bbox)``, both sums over the batch's sampled
-  anchors divided by their number (``avg_factor = num_pos + num_neg``)."""
+  anchors divided by their number (``avg_factor = num_pos + num_neg``); the box loss is L1, or
+  SmoothL1 with ``smooth_l1_beta > 0`` (the cascade configs' 1/9)."""
   sampled = positive | negative
   avg_factor = jnp.maximum(jnp.sum(sampled), 1).astype(jnp.float32)
   bce = optax.sigmoid_binary_cross_entropy(logits, positive.astype(jnp.float32))
   loss_cls = jnp.sum(jnp.where(sampled, bce, 0.0)) / avg_factor
-  l1 = jnp.sum(jnp.abs(deltas - box_targets), axis=-1)
+  l1 = jnp.sum(box_ops.smooth_l1(deltas - box_targets, smooth_l1_beta), axis=-1)
   loss_bbox = jnp.sum(jnp.where(positive, l1, 0.0)) / avg_factor
   return loss_cls, loss_bbox
 
@@ -267,7 +276,8 @@ def rpn_proposals(scores: Sequence[Array], deltas: Sequence[Array], anchors: Seq
 
 def sample_rois(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: Array, gt_labels: Array,
                 gt_valid: Array, *, num_classes: int, num_samples: int = 512, pos_fraction: float = 0.25,
-                iou_threshold: float = 0.5, match_low_quality: bool = True) -> dict[str, Array]:
+                iou_threshold: float = 0.5, match_low_quality: bool = True,
+                stds: Sequence[float] = RCNN_STDS) -> dict[str, Array]:
   """StandardRoIHead's assignment and sampling for one image, ``num_samples`` RoIs, positives first.
 
   As mmdet: the proposals are assigned (MaxIoUAssigner, pos = neg = min_pos = ``iou_threshold``),
@@ -275,8 +285,10 @@ def sample_rois(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: A
   (``add_gt_as_proposals``), then RandomSampler draws up to ``num_samples * pos_fraction``
   positives and fills the rest with negatives. Returns ``rois [S, 4]``, ``valid [S]`` (a sampled
   RoI), ``positive [S]``, ``labels [S]`` (the gt class for positives, ``num_classes`` =
-  background otherwise), ``gt_index [S]`` and ``box_targets [S, 4]`` (stds 0.1, 0.1, 0.2, 0.2;
-  zero for negatives). The first ``int(num_samples * pos_fraction)`` slots hold every positive."""
+  background otherwise), ``gt_index [S]``, ``matched [S, 4]`` (the positives' gt boxes, zero
+  elsewhere), ``box_targets [S, 4]`` (their deltas with ``stds``, default 0.1, 0.1, 0.2, 0.2; zero for
+  negatives) and ``is_gt [S]`` (the RoI is a ground truth added as a proposal). The first
+  ``int(num_samples * pos_fraction)`` slots hold every positive."""
   num_gts = gt_boxes.shape[0]
   assigned, _ = box_ops.max_iou_assign(proposals, gt_boxes, gt_valid, iou_threshold, iou_threshold, iou_threshold,
                                        match_low_quality=match_low_quality, box_valid=proposal_valid)
@@ -291,10 +303,11 @@ def sample_rois(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: A
   gt_index = jnp.maximum(assigned[order] - 1, 0)
   is_positive = roi_rank == 0
   matched = gt_boxes[gt_index].astype(jnp.float32)
-  targets = box_ops.encode_boxes(rois, jnp.where(is_positive[:, None], matched, rois), ZERO_MEANS, RCNN_STDS)
+  targets = box_ops.encode_boxes(rois, jnp.where(is_positive[:, None], matched, rois), ZERO_MEANS, stds)
   return dict(rois=rois, valid=roi_rank < 2, positive=is_positive,
               labels=jnp.where(is_positive, gt_labels[gt_index], num_classes).astype(jnp.int32),
-              gt_index=gt_index, box_targets=jnp.where(is_positive[:, None], targets, 0.0))
+              gt_index=gt_index, matched=jnp.where(is_positive[:, None], matched, 0.0),
+              box_targets=jnp.where(is_positive[:, None], targets, 0.0), is_gt=(order < num_gts) & (roi_rank < 2))
 
 
 def mask_targets(gt_masks: Array, rois: Array, gt_index: Array, *, mask_stride: int = 1, size: int = 28,
@@ -323,20 +336,22 @@ def mask_targets(gt_masks: Array, rois: Array, gt_index: Array, *, mask_stride: 
 
 def detections(logits: Array, deltas: Array, proposals: Array, proposal_valid: Array, image_hw: Array, *,
                score_threshold: float = 0.05, iou_threshold: float = 0.5, max_detections: int = 100,
-               max_candidates: int = 10000):
+               max_candidates: int = 10000, stds: Sequence[float] = RCNN_STDS):
   """mmdet ``BBoxHead.predict_by_feat`` + ``multiclass_nms`` for one image.
 
-  ``logits [P, K+1]``, ``deltas [P, 4K]`` of ``proposals [P, 4]``: softmax scores, class-specific boxes
-  decoded and clipped to ``image_hw``; every (proposal, class) pair with score > ``score_threshold``
+  ``logits [P, K+1]``, ``deltas [P, 4K]`` (or ``[P, 4]``, class-agnostic) of ``proposals [P, 4]``:
+  softmax scores, boxes decoded (``stds``) and clipped to ``image_hw``; every (proposal, class) pair
+  with score > ``score_threshold``
   is a candidate, class-wise NMS at ``iou_threshold`` keeps the best ``max_detections``. Returns
   ``boxes [D, 4]``, ``scores [D]``, ``labels [D]`` (int32), ``valid [D]``; invalid slots are zero.
   Static bound: only the best ``max_candidates`` pairs enter the NMS, which changes nothing unless
   more pairs pass the threshold and fewer than ``max_detections`` of those survive NMS."""
-  num_proposals, num_classes = deltas.shape[0], deltas.shape[1] // 4
+  num_proposals, num_classes = logits.shape[0], logits.shape[1] - 1
   scores = jax.nn.softmax(logits, axis=-1)[:, :num_classes]
   scores = jnp.where(proposal_valid[:, None], scores, -jnp.inf)
-  boxes = box_ops.decode_boxes(proposals[:, None], deltas.reshape(num_proposals, num_classes, 4), ZERO_MEANS,
-                               RCNN_STDS, max_shape=image_hw)
+  per_class = deltas.reshape(num_proposals, -1, 4)  # [P, K, 4], or [P, 1, 4] class-agnostic
+  boxes = box_ops.decode_boxes(proposals[:, None], per_class, ZERO_MEANS, stds, max_shape=image_hw)
+  boxes = jnp.broadcast_to(boxes, (num_proposals, num_classes, 4))
   flat_scores = scores.reshape(-1)
   flat_boxes = boxes.reshape(-1, 4)
   flat_labels = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), num_proposals)
@@ -355,10 +370,48 @@ def detections(logits: Array, deltas: Array, proposals: Array, proposal_valid: A
 # ----------------------------------------------------------------------------------------------
 
 
+def class_deltas(deltas: Array, labels: Array, num_classes: int) -> Array:
+  """The deltas ``[..., 4]`` of each RoI's class ``labels`` (background: the last class) from
+  class-specific ``deltas [..., 4K]``; class-agnostic ``[..., 4]`` pass through."""
+  if deltas.shape[-1] == 4:
+    return deltas
+  per_class = deltas.reshape(deltas.shape[:-1] + (num_classes, 4))
+  index = jnp.minimum(labels, num_classes - 1)[..., None, None]
+  return jnp.take_along_axis(per_class, index, axis=-2)[..., 0, :]
+
+
+def rcnn_box_losses(logits: Array, deltas: Array, samples: Mapping[str, Array], num_classes: int, *,
+                    box_loss: str = 'l1', stds: Sequence[float] = RCNN_STDS, box_loss_weight: float = 1.0):
+  """mmdet ``BBoxHead.loss`` over a batch of sampled RoIs: ``(loss_cls, loss_bbox, accuracy)``.
+
+  Softmax CE over the sampled RoIs; the box loss over the positives, its sum divided by the number of
+  sampled RoIs (mmdet's ``avg_factor``): ``'l1'`` on the encoded targets (Mask R-CNN), ``'smooth_l1'``
+  (beta 1) likewise, ``'giou'`` on the decoded boxes against the gt boxes (``reg_decoded_bbox``, the
+  Swin cascade configs' GIoULoss, no clipping)."""
+  sampled = samples['valid']
+  num_sampled = jnp.maximum(jnp.sum(sampled), 1).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, samples['labels'])
+  loss_cls = jnp.sum(jnp.where(sampled, ce, 0.0)) / num_sampled
+  picked = class_deltas(deltas, samples['labels'], num_classes)
+  if box_loss == 'giou':
+    decoded = box_ops.decode_boxes(samples['rois'], picked, ZERO_MEANS, stds)
+    per_roi = box_ops.giou_loss(decoded, jnp.where(samples['positive'][..., None], samples['matched'], decoded))
+  elif box_loss in ('l1', 'smooth_l1'):
+    per_roi = jnp.sum(box_ops.smooth_l1(picked - samples['box_targets'], 1.0 if box_loss == 'smooth_l1' else 0.0),
+                      axis=-1)
+  else:
+    raise ValueError(f"box_loss must be 'l1', 'smooth_l1' or 'giou', got {box_loss!r}")
+  loss_bbox = box_loss_weight * jnp.sum(jnp.where(samples['positive'], per_roi, 0.0)) / num_sampled
+  accuracy = jnp.sum(jnp.where(sampled, jnp.argmax(logits, -1) == samples['labels'], False)) / num_sampled
+  return loss_cls, loss_bbox, accuracy
+
+
 class MaskRCNN(nn.Module):
-  """Backbone -> [LayerNorm per stage] -> FPN -> RPN -> box and mask RoI heads (module docstring)."""
+  """Backbone -> [LayerNorm per stage] -> FPN -> RPN -> box and mask RoI heads (module docstring).
+  ``with_mask=False`` is Faster R-CNN (the box branch only; no ``masks`` in the detections)."""
   backbone: nn.Module  # a registered model with features_only=True; its variables live under 'backbone'
   num_classes: int = 80
+  with_mask: bool = True
   feature_norm: bool = False  # LayerNorm on every stage output (Swin's detection backbone)
   backbone_norm_eval: bool = False  # run the backbone with train=False (mmdet's norm_eval for frozen BN)
   fpn_channels: int = 256
@@ -370,8 +423,11 @@ class MaskRCNN(nn.Module):
   rpn_pos_fraction: float = 0.5
   rpn_train_pre_nms: int = 2000
   rpn_test_pre_nms: int = 1000
-  rpn_max_proposals: int = 1000  # max_per_img, train and test
+  rpn_max_proposals: int = 1000  # max_per_img at test (and in training unless rpn_train_max_proposals)
+  rpn_train_max_proposals: int = 0  # 0: rpn_max_proposals
   rpn_nms_iou: float = 0.7
+  rpn_smooth_l1_beta: float = 0.0  # 0: L1 (mmdet's Mask R-CNN); the cascade configs: SmoothL1(1/9)
+  rpn_allowed_border: int = -1  # >= 0: only anchors inside the image (+ border) train the RPN
   # RoI heads (train_cfg.rcnn and test_cfg.rcnn).
   rcnn_samples: int = 512
   rcnn_pos_fraction: float = 0.25
@@ -385,12 +441,16 @@ class MaskRCNN(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
+    self.setup_pyramid_and_rpn()
+    self.bbox_head = Shared2FCBBoxHead(self.num_classes, self.fc_channels, dtype=self.dtype)
+    if self.with_mask:
+      self.mask_head = FCNMaskHead(self.num_classes, channels=self.mask_channels, dtype=self.dtype)
+
+  def setup_pyramid_and_rpn(self):
     if self.feature_norm:
       self.feature_norms = [layers.layer_norm(dtype=self.dtype) for _ in range(4)]
     self.neck = FPN(self.fpn_channels, len(PYRAMID_STRIDES), self.dtype)
     self.rpn_head = RPNHead(len(ANCHOR_RATIOS) * len(ANCHOR_SCALES), self.fpn_channels, self.dtype)
-    self.bbox_head = Shared2FCBBoxHead(self.num_classes, self.fc_channels, dtype=self.dtype)
-    self.mask_head = FCNMaskHead(self.num_classes, channels=self.mask_channels, dtype=self.dtype)
 
   # -- the pieces ------------------------------------------------------------------------------
 
@@ -415,14 +475,14 @@ class MaskRCNN(nn.Module):
     return [box_ops.anchor_grid(level.shape[1:3], stride, ANCHOR_SCALES, ANCHOR_RATIOS)
             for level, stride in zip(pyramid, PYRAMID_STRIDES)]
 
-  def _proposals(self, pyramid, scores, deltas, image_hw, nms_pre):
+  def _proposals(self, pyramid, scores, deltas, image_hw, nms_pre, max_proposals):
     anchors = self._anchors(pyramid)
     scores = [jax.lax.stop_gradient(s) for s in scores]  # mmdet detaches the proposals
     deltas = [jax.lax.stop_gradient(d) for d in deltas]
 
     def one(image_scores, image_deltas, hw):
       return rpn_proposals(image_scores, image_deltas, anchors, hw, nms_pre=nms_pre,
-                           max_proposals=self.rpn_max_proposals, iou_threshold=self.rpn_nms_iou)
+                           max_proposals=max_proposals, iou_threshold=self.rpn_nms_iou)
 
     return jax.vmap(one)(scores, deltas, image_hw)
 
@@ -430,80 +490,110 @@ class MaskRCNN(nn.Module):
     return box_ops.multilevel_roi_align(pyramid[:4], rois, size, strides=PYRAMID_STRIDES[:4], sampling_ratio=0,
                                         aligned=True)
 
-  def train_losses(self, pyramid: Sequence[Array], image_hw: Array, targets: Mapping[str, Array],
-                   mask_stride: int = 1):
-    """The five losses on FPN levels ``pyramid``: ``(total, metrics)``. Uses the 'sampling' RNG."""
-    gt_boxes = targets['gt_boxes'].astype(jnp.float32)
-    gt_labels, gt_valid, gt_masks = targets['gt_labels'], targets['gt_valid'].astype(bool), targets['gt_masks']
-    batch = gt_boxes.shape[0]
-    rpn_key, rcnn_key = jax.random.split(self.make_rng('sampling'))
-
-    # RPN.
-    rpn_scores, rpn_deltas = self.rpn_head(pyramid)
-    anchors = jnp.concatenate(self._anchors(pyramid))
-    feature_hws = [level.shape[1:3] for level in pyramid]
-    valid_anchors = jax.vmap(lambda hw: anchor_valid_flags(feature_hws, PYRAMID_STRIDES, hw, self.size_divisor,
-                                                           len(ANCHOR_RATIOS)))(image_hw)
-    positive, negative, box_targets = jax.vmap(
-        lambda k, v, b, g: rpn_targets(k, anchors, v, b, g, num_samples=self.rpn_samples,
-                                       pos_fraction=self.rpn_pos_fraction))(
-            jax.random.split(rpn_key, batch), valid_anchors, gt_boxes, gt_valid)
-    loss_rpn_cls, loss_rpn_bbox = rpn_loss(jnp.concatenate(rpn_scores, axis=1), jnp.concatenate(rpn_deltas, axis=1),
-                                           positive, negative, box_targets)
-
-    # Box branch on the sampled RoIs.
-    proposals, proposal_valid = self._proposals(pyramid, rpn_scores, rpn_deltas, image_hw, self.rpn_train_pre_nms)
-    samples = jax.vmap(lambda k, p, pv, b, l, g: sample_rois(
+  def _sample(self, key, proposals, proposal_valid, gt, *, iou, match_low_quality, stds=RCNN_STDS):
+    batch = proposals.shape[0]
+    return jax.vmap(lambda k, p, pv, b, l, g: sample_rois(
         k, p, pv, b, l, g, num_classes=self.num_classes, num_samples=self.rcnn_samples,
-        pos_fraction=self.rcnn_pos_fraction, iou_threshold=self.rcnn_iou,
-        match_low_quality=self.rcnn_match_low_quality))(
-            jax.random.split(rcnn_key, batch), proposals, proposal_valid, gt_boxes, gt_labels, gt_valid)
-    rois = jax.lax.stop_gradient(samples['rois'])
-    logits, deltas = self.bbox_head(self._roi_features(pyramid, rois, 7))
-    sampled = samples['valid']
-    num_sampled = jnp.maximum(jnp.sum(sampled), 1).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, samples['labels'])
-    loss_cls = jnp.sum(jnp.where(sampled, ce, 0.0)) / num_sampled
-    class_deltas = deltas.reshape(deltas.shape[:-1] + (self.num_classes, 4))
-    label_index = jnp.minimum(samples['labels'], self.num_classes - 1)[..., None, None]
-    picked = jnp.take_along_axis(class_deltas, label_index, axis=-2)[..., 0, :]
-    l1 = jnp.sum(jnp.abs(picked - samples['box_targets']), axis=-1)
-    loss_bbox = jnp.sum(jnp.where(samples['positive'], l1, 0.0)) / num_sampled  # mmdet: avg by all sampled RoIs
-    accuracy = jnp.sum(jnp.where(sampled, jnp.argmax(logits, -1) == samples['labels'], False)) / num_sampled
+        pos_fraction=self.rcnn_pos_fraction, iou_threshold=iou, match_low_quality=match_low_quality,
+        stds=stds))(jax.random.split(key, batch), proposals, proposal_valid, gt['boxes'], gt['labels'], gt['valid'])
 
-    # Mask branch on the positives (the first slots of the samples).
+  def _mask_loss(self, mask_head, pyramid, samples, gt_masks, mask_stride):
+    """FCNMaskHead's loss on the positives (the first slots of the samples): ``(loss, num_pos)``."""
     num_pos_slots = int(self.rcnn_samples * self.rcnn_pos_fraction)
-    pos_rois = rois[:, :num_pos_slots]
+    pos_rois = jax.lax.stop_gradient(samples['rois'][:, :num_pos_slots])
     pos_valid = samples['positive'][:, :num_pos_slots]
     pos_labels = jnp.minimum(samples['labels'][:, :num_pos_slots], self.num_classes - 1)
-    mask_logits = self.mask_head(self._roi_features(pyramid, pos_rois, self.mask_size // 2))
+    mask_logits = mask_head(self._roi_features(pyramid, pos_rois, self.mask_size // 2))
     mask_logits = jnp.take_along_axis(mask_logits, pos_labels[:, :, None, None, None], axis=-1)[..., 0]
     targets_28 = jax.vmap(lambda m, r, g: mask_targets(m, r, g, mask_stride=mask_stride, size=self.mask_size))(
         gt_masks, pos_rois, samples['gt_index'][:, :num_pos_slots])
     bce = optax.sigmoid_binary_cross_entropy(mask_logits, targets_28).mean(axis=(-2, -1))
     num_pos = jnp.sum(pos_valid)
-    loss_mask = jnp.sum(jnp.where(pos_valid, bce, 0.0)) / jnp.maximum(num_pos, 1)  # mean over every pixel
+    return jnp.sum(jnp.where(pos_valid, bce, 0.0)) / jnp.maximum(num_pos, 1), num_pos  # mean over every pixel
 
-    total = loss_rpn_cls + loss_rpn_bbox + loss_cls + loss_bbox + loss_mask
-    metrics = dict(loss_rpn_cls=loss_rpn_cls, loss_rpn_bbox=loss_rpn_bbox, loss_cls=loss_cls, loss_bbox=loss_bbox,
-                   loss_mask=loss_mask, rpn_positives=jnp.sum(positive) / batch, rpn_negatives=jnp.sum(negative) / batch,
-                   proposals=jnp.sum(proposal_valid) / batch, rcnn_positives=num_pos / batch,
-                   rcnn_samples=jnp.sum(sampled) / batch, rcnn_accuracy=accuracy)
-    return total, metrics
+  def _mask_probabilities(self, mask_head, pyramid, found):
+    mask_logits = mask_head(self._roi_features(pyramid, found['boxes'], self.mask_size // 2))
+    mask_logits = jnp.take_along_axis(mask_logits, found['labels'][:, :, None, None, None], axis=-1)[..., 0]
+    return jax.nn.sigmoid(mask_logits)
+
+  def _detections(self, logits, deltas, rois, roi_valid, image_hw, stds=RCNN_STDS):
+    return jax.vmap(lambda lg, dl, p, pv, hw: detections(
+        lg, dl, p, pv, hw, score_threshold=self.score_threshold, iou_threshold=self.nms_iou,
+        max_detections=self.max_detections, max_candidates=self.max_nms_candidates, stds=stds))(
+            logits, deltas, rois, roi_valid, image_hw)
+
+  def rpn_train(self, pyramid: Sequence[Array], image_hw: Array, gt: Mapping[str, Array], key: Array):
+    """The RPN's losses and training proposals: ``(losses, metrics, proposals, proposal_valid)``."""
+    batch = image_hw.shape[0]
+    rpn_scores, rpn_deltas = self.rpn_head(pyramid)
+    anchors = jnp.concatenate(self._anchors(pyramid))
+    feature_hws = [level.shape[1:3] for level in pyramid]
+
+    def usable(hw):  # mmdet anchor_inside_flags: valid_flags, and inside the image with allowed_border >= 0
+      flags = anchor_valid_flags(feature_hws, PYRAMID_STRIDES, hw, self.size_divisor, len(ANCHOR_RATIOS))
+      if self.rpn_allowed_border >= 0:
+        border, (h, w) = self.rpn_allowed_border, hw.astype(jnp.float32)
+        flags &= ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) & (anchors[:, 2] < w + border)
+                  & (anchors[:, 3] < h + border))
+      return flags
+
+    positive, negative, box_targets = jax.vmap(
+        lambda k, v, b, g: rpn_targets(k, anchors, v, b, g, num_samples=self.rpn_samples,
+                                       pos_fraction=self.rpn_pos_fraction))(
+            jax.random.split(key, batch), jax.vmap(usable)(image_hw), gt['boxes'], gt['valid'])
+    loss_rpn_cls, loss_rpn_bbox = rpn_loss(jnp.concatenate(rpn_scores, axis=1), jnp.concatenate(rpn_deltas, axis=1),
+                                           positive, negative, box_targets, smooth_l1_beta=self.rpn_smooth_l1_beta)
+    proposals, proposal_valid = self._proposals(pyramid, rpn_scores, rpn_deltas, image_hw, self.rpn_train_pre_nms,
+                                                self.rpn_train_max_proposals or self.rpn_max_proposals)
+    metrics = dict(rpn_positives=jnp.sum(positive) / batch, rpn_negatives=jnp.sum(negative) / batch,
+                   proposals=jnp.sum(proposal_valid) / batch)
+    return dict(loss_rpn_cls=loss_rpn_cls, loss_rpn_bbox=loss_rpn_bbox), metrics, proposals, proposal_valid
+
+  def roi_train(self, pyramid: Sequence[Array], proposals: Array, proposal_valid: Array, image_hw: Array,
+                gt: Mapping[str, Array], mask_stride: int, key: Array):
+    """The RoI heads' losses on the training proposals: ``(losses, metrics)``."""
+    del image_hw  # the one-stage head does not refine boxes
+    batch = proposals.shape[0]
+    samples = self._sample(key, proposals, proposal_valid, gt, iou=self.rcnn_iou,
+                           match_low_quality=self.rcnn_match_low_quality)
+    rois = jax.lax.stop_gradient(samples['rois'])
+    logits, deltas = self.bbox_head(self._roi_features(pyramid, rois, 7), train=True)
+    loss_cls, loss_bbox, accuracy = rcnn_box_losses(logits, deltas, samples, self.num_classes)
+    losses = dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
+    metrics = dict(rcnn_samples=jnp.sum(samples['valid']) / batch, rcnn_accuracy=accuracy,
+                   rcnn_positives=jnp.sum(samples['positive']) / batch)
+    if self.with_mask:
+      losses['loss_mask'], _ = self._mask_loss(self.mask_head, pyramid, samples, gt['masks'], mask_stride)
+    return losses, metrics
+
+  def train_losses(self, pyramid: Sequence[Array], image_hw: Array, targets: Mapping[str, Array],
+                   mask_stride: int = 1):
+    """Every loss on FPN levels ``pyramid``: ``(total, metrics)``. Uses the 'sampling' RNG."""
+    gt = dict(boxes=targets['gt_boxes'].astype(jnp.float32), labels=targets['gt_labels'],
+              valid=targets['gt_valid'].astype(bool), masks=targets.get('gt_masks'))
+    rpn_key, rcnn_key = jax.random.split(self.make_rng('sampling'))
+    losses, metrics, proposals, proposal_valid = self.rpn_train(pyramid, image_hw, gt, rpn_key)
+    roi_losses, roi_metrics = self.roi_train(pyramid, proposals, proposal_valid, image_hw, gt, mask_stride, rcnn_key)
+    losses.update(roi_losses)
+    total = sum(losses.values())
+    return total, {**losses, **metrics, **roi_metrics}
+
+  def detect_rois(self, pyramid: Sequence[Array], proposals: Array, proposal_valid: Array,
+                  image_hw: Array) -> dict[str, Array]:
+    """The RoI heads' test path on the RPN's proposals: the detections dict (module docstring)."""
+    logits, deltas = self.bbox_head(self._roi_features(pyramid, proposals, 7))
+    found = self._detections(logits, deltas, proposals, proposal_valid, image_hw)
+    if self.with_mask:
+      probabilities = self._mask_probabilities(self.mask_head, pyramid, found)
+      found['masks'] = jnp.where(found['valid'][:, :, None, None], probabilities, 0.0)
+    return found
 
   def detect(self, pyramid: Sequence[Array], image_hw: Array) -> dict[str, Array]:
     """The test path on FPN levels ``pyramid``: the detections dict (module docstring)."""
     rpn_scores, rpn_deltas = self.rpn_head(pyramid)
-    proposals, proposal_valid = self._proposals(pyramid, rpn_scores, rpn_deltas, image_hw, self.rpn_test_pre_nms)
-    logits, deltas = self.bbox_head(self._roi_features(pyramid, proposals, 7))
-    found = jax.vmap(lambda lg, dl, p, pv, hw: detections(
-        lg, dl, p, pv, hw, score_threshold=self.score_threshold, iou_threshold=self.nms_iou,
-        max_detections=self.max_detections, max_candidates=self.max_nms_candidates))(
-            logits, deltas, proposals, proposal_valid, image_hw)
-    mask_logits = self.mask_head(self._roi_features(pyramid, found['boxes'], self.mask_size // 2))
-    mask_logits = jnp.take_along_axis(mask_logits, found['labels'][:, :, None, None, None], axis=-1)[..., 0]
-    found['masks'] = jnp.where(found['valid'][:, :, None, None], jax.nn.sigmoid(mask_logits), 0.0)
-    return found
+    proposals, proposal_valid = self._proposals(pyramid, rpn_scores, rpn_deltas, image_hw, self.rpn_test_pre_nms,
+                                                self.rpn_max_proposals)
+    return self.detect_rois(pyramid, proposals, proposal_valid, image_hw)
 
   def __call__(self, images: Array, *, train: bool, image_hw: Optional[Array] = None,
                targets: Optional[Mapping[str, Array]] = None, mask_stride: Optional[int] = None):
@@ -517,7 +607,7 @@ class MaskRCNN(nn.Module):
     if targets is None:
       raise ValueError(f'{self.name or "MaskRCNN"}: train=True needs targets (gt_boxes, gt_labels, gt_masks, gt_valid)')
     if mask_stride is None:
-      mask_h = targets['gt_masks'].shape[2]
+      mask_h = targets['gt_masks'].shape[2] if 'gt_masks' in targets else h
       mask_stride = h // mask_h
       if mask_stride * mask_h != h:
         raise ValueError(f'gt_masks of height {mask_h} are no integer reduction of the {h}-pixel canvas; '
