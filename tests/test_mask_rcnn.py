@@ -329,6 +329,27 @@ def test_eval_outputs_shapes_and_validity(tiny):
   assert ((out['masks'] >= 0) & (out['masks'] <= 1)).all() and out['masks'][valid].std() > 0
 
 
+def test_bfloat16_detector_trains_and_detects():
+  """dtype=bfloat16: the heads compute in bfloat16, boxes, losses and gradients stay float32 and finite."""
+  model = create_model('mask_rcnn_resnet50', **TINY, dtype=jnp.bfloat16)
+  images, image_hw, targets = _batch()
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False, image_hw=image_hw))()
+
+  def loss_fn(params):
+    (loss, metrics), _ = model.apply({**variables, 'params': params}, images, train=True, image_hw=image_hw,
+                                     targets=targets, rngs={'sampling': jax.random.PRNGKey(1)},
+                                     mutable=['batch_stats'])
+    return loss, metrics
+
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss)) and float(metrics['loss_mask']) > 0
+  assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree_util.tree_leaves(grads))
+  assert float(optax.global_norm(grads['bbox_head'])) > 0
+  found = jax.jit(lambda: model.apply(variables, images, train=False, image_hw=image_hw))()
+  assert found['boxes'].dtype == jnp.float32 and found['masks'].dtype == jnp.float32
+  assert np.asarray(found['valid']).any() and np.isfinite(np.asarray(found['boxes'])).all()
+
+
 def test_box_only_detector_is_the_mask_rcnn_without_its_mask_branch(tiny):
   """with_mask=False (Faster R-CNN) on the Mask R-CNN's variables minus the mask head: the same boxes,
   scores and labels, no masks, and the same losses but loss_mask from the same samples."""
