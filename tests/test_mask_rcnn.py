@@ -12,7 +12,7 @@ import torch
 import torchvision
 from conftest import RESNET_TINY
 
-from lgvit.models import create_model, model_info
+from lgvit.models import box_ops, create_model, model_info
 from lgvit.models import mask_rcnn as mr
 from lgvit.models.layers import count_params
 
@@ -172,6 +172,56 @@ def test_anchor_valid_flags_use_the_images_padded_size():
   level0 = np.repeat((np.arange(4)[:, None] < 4) & (np.arange(6)[None] < 4), 2, axis=None).reshape(-1)
   level1 = np.repeat((np.arange(2)[:, None] < 2) & (np.arange(3)[None] < 2), 2, axis=None).reshape(-1)
   np.testing.assert_array_equal(np.asarray(flags), np.concatenate([level0, level1]))
+
+
+def test_anchor_inside_flags_keep_anchors_inside_the_image_plus_border():
+  rng = np.random.default_rng(4)
+  xy = rng.uniform(-20, 90, (200, 2))
+  anchors = np.concatenate([xy, xy + rng.uniform(1, 40, (200, 2))], 1).astype(np.float32)
+  valid = rng.random(200) < 0.8
+  h, w = 64, 48
+  np.testing.assert_array_equal(mr.anchor_inside_flags(jnp.asarray(anchors), jnp.asarray(valid), jnp.array([h, w])),
+                                valid)  # allowed_border -1: valid_flags only
+  for border in (0, 5):
+    want = [v and a[0] >= -border and a[1] >= -border and a[2] < w + border and a[3] < h + border
+            for a, v in zip(anchors, valid)]
+    got = mr.anchor_inside_flags(jnp.asarray(anchors), jnp.asarray(valid), jnp.array([h, w]), border)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert 0 < sum(want) < valid.sum()
+
+
+def test_rcnn_box_losses_follow_mmdets_l1_smooth_l1_and_giou():
+  """BBoxHead.loss written out in numpy: CE over the sampled RoIs, the box loss of the positives' own
+  class summed and divided by the number of sampled RoIs (GIoU on the decoded boxes, x weight)."""
+  rng = np.random.default_rng(6)
+  k, n = 3, 12
+  rois = np.concatenate([rng.uniform(0, 40, (n, 2)), rng.uniform(0, 40, (n, 2)) + 50], 1).astype(np.float32)
+  matched = (rois + rng.normal(0, 4, (n, 4))).astype(np.float32)
+  positive = np.arange(n) < 5
+  valid = np.arange(n) < 10
+  labels = np.where(positive, rng.integers(0, k, n), k).astype(np.int32)
+  stds = (0.05, 0.05, 0.1, 0.1)
+  targets = np.asarray(box_ops.encode_boxes(jnp.asarray(rois), jnp.asarray(matched), mr.ZERO_MEANS, stds))
+  samples = {key: jnp.asarray(v) for key, v in dict(
+      rois=rois, valid=valid, positive=positive, labels=labels, matched=np.where(positive[:, None], matched, 0),
+      box_targets=np.where(positive[:, None], targets, 0)).items()}
+  logits = rng.normal(0, 1, (n, k + 1)).astype(np.float32)
+  deltas = rng.normal(0, 0.3, (n, 4 * k)).astype(np.float32)
+  own = deltas.reshape(n, k, 4)[np.arange(n), np.minimum(labels, k - 1)]
+  log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  want_cls = -log_p[np.arange(n), labels][valid].sum() / valid.sum()
+  diff = np.abs(own - targets)
+  smooth = np.where(diff < 1, 0.5 * diff ** 2, diff - 0.5)
+  decoded = np.asarray(box_ops.decode_boxes(jnp.asarray(rois), jnp.asarray(own), mr.ZERO_MEANS, stds))
+  giou = np.asarray(box_ops.giou_loss(jnp.asarray(decoded), jnp.asarray(matched)))
+  for box_loss, per_roi, weight in (('l1', diff.sum(1), 1.0), ('smooth_l1', smooth.sum(1), 1.0), ('giou', giou, 10.0)):
+    loss_cls, loss_bbox, _ = mr.rcnn_box_losses(jnp.asarray(logits), jnp.asarray(deltas), samples, k,
+                                                box_loss=box_loss, stds=stds, box_loss_weight=weight)
+    np.testing.assert_allclose(float(loss_cls), want_cls, rtol=1e-5)
+    np.testing.assert_allclose(float(loss_bbox), weight * per_roi[positive].sum() / valid.sum(), rtol=1e-5,
+                               err_msg=box_loss)
+  with pytest.raises(ValueError, match="box_loss must be"):
+    mr.rcnn_box_losses(jnp.asarray(logits), jnp.asarray(deltas), samples, k, box_loss='iou')
 
 
 def test_sample_rois_adds_the_gts_and_puts_positives_first():
@@ -371,7 +421,8 @@ def test_box_only_detector_is_the_mask_rcnn_without_its_mask_branch(tiny):
   for k in metrics_b:
     np.testing.assert_allclose(float(metrics_b[k]), float(metrics[k]), rtol=1e-6, err_msg=k)
   np.testing.assert_allclose(float(total_b), float(total - metrics['loss_mask']), rtol=1e-5)
-  assert set(jax.eval_shape(lambda: boxes_only.init(jax.random.PRNGKey(0), images, train=False))['params']) == set(params)
+  init = jax.eval_shape(lambda: boxes_only.init(jax.random.PRNGKey(0), images, train=False))
+  assert set(init['params']) == set(params)
 
 
 # ----------------------------------------------------------------------------------------------

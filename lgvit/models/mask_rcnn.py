@@ -221,6 +221,17 @@ def anchor_valid_flags(feature_hws: Sequence[tuple[int, int]], strides: Sequence
   return jnp.concatenate(flags)
 
 
+def anchor_inside_flags(anchors: Array, valid_flags: Array, image_hw: Array, allowed_border: int = -1) -> Array:
+  """mmdet ``anchor_inside_flags`` for one image: ``valid_flags``, and with ``allowed_border >= 0`` only
+  the anchors inside the image (``image_hw``, before padding) widened by ``allowed_border`` pixels."""
+  if allowed_border < 0:
+    return valid_flags
+  h, w = image_hw[0].astype(jnp.float32), image_hw[1].astype(jnp.float32)
+  b = float(allowed_border)
+  return (valid_flags & (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b)
+          & (anchors[:, 3] < h + b))
+
+
 def rpn_targets(key: Array, anchors: Array, anchor_valid: Array, gt_boxes: Array, gt_valid: Array, *,
                 num_samples: int = 256, pos_fraction: float = 0.5, pos_iou: float = 0.7, neg_iou: float = 0.3,
                 min_pos_iou: float = 0.3):
@@ -341,8 +352,7 @@ def detections(logits: Array, deltas: Array, proposals: Array, proposal_valid: A
 
   ``logits [P, K+1]``, ``deltas [P, 4K]`` (or ``[P, 4]``, class-agnostic) of ``proposals [P, 4]``:
   softmax scores, boxes decoded (``stds``) and clipped to ``image_hw``; every (proposal, class) pair
-  with score > ``score_threshold``
-  is a candidate, class-wise NMS at ``iou_threshold`` keeps the best ``max_detections``. Returns
+  with score > ``score_threshold`` is a candidate, class-wise NMS at ``iou_threshold`` keeps the best ``max_detections``. Returns
   ``boxes [D, 4]``, ``scores [D]``, ``labels [D]`` (int32), ``valid [D]``; invalid slots are zero.
   Static bound: only the best ``max_candidates`` pairs enter the NMS, which changes nothing unless
   more pairs pass the threshold and fewer than ``max_detections`` of those survive NMS."""
@@ -498,7 +508,7 @@ class MaskRCNN(nn.Module):
         stds=stds))(jax.random.split(key, batch), proposals, proposal_valid, gt['boxes'], gt['labels'], gt['valid'])
 
   def _mask_loss(self, mask_head, pyramid, samples, gt_masks, mask_stride):
-    """FCNMaskHead's loss on the positives (the first slots of the samples): ``(loss, num_pos)``."""
+    """FCNMaskHead's loss on the positives (the first slots of the samples)."""
     num_pos_slots = int(self.rcnn_samples * self.rcnn_pos_fraction)
     pos_rois = jax.lax.stop_gradient(samples['rois'][:, :num_pos_slots])
     pos_valid = samples['positive'][:, :num_pos_slots]
@@ -508,8 +518,7 @@ class MaskRCNN(nn.Module):
     targets_28 = jax.vmap(lambda m, r, g: mask_targets(m, r, g, mask_stride=mask_stride, size=self.mask_size))(
         gt_masks, pos_rois, samples['gt_index'][:, :num_pos_slots])
     bce = optax.sigmoid_binary_cross_entropy(mask_logits, targets_28).mean(axis=(-2, -1))
-    num_pos = jnp.sum(pos_valid)
-    return jnp.sum(jnp.where(pos_valid, bce, 0.0)) / jnp.maximum(num_pos, 1), num_pos  # mean over every pixel
+    return jnp.sum(jnp.where(pos_valid, bce, 0.0)) / jnp.maximum(jnp.sum(pos_valid), 1)  # mean over every pixel
 
   def _mask_probabilities(self, mask_head, pyramid, found):
     mask_logits = mask_head(self._roi_features(pyramid, found['boxes'], self.mask_size // 2))
@@ -529,13 +538,9 @@ class MaskRCNN(nn.Module):
     anchors = jnp.concatenate(self._anchors(pyramid))
     feature_hws = [level.shape[1:3] for level in pyramid]
 
-    def usable(hw):  # mmdet anchor_inside_flags: valid_flags, and inside the image with allowed_border >= 0
+    def usable(hw):
       flags = anchor_valid_flags(feature_hws, PYRAMID_STRIDES, hw, self.size_divisor, len(ANCHOR_RATIOS))
-      if self.rpn_allowed_border >= 0:
-        border, (h, w) = self.rpn_allowed_border, hw.astype(jnp.float32)
-        flags &= ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) & (anchors[:, 2] < w + border)
-                  & (anchors[:, 3] < h + border))
-      return flags
+      return anchor_inside_flags(anchors, flags, hw, self.rpn_allowed_border)
 
     positive, negative, box_targets = jax.vmap(
         lambda k, v, b, g: rpn_targets(k, anchors, v, b, g, num_samples=self.rpn_samples,
@@ -563,7 +568,7 @@ class MaskRCNN(nn.Module):
     metrics = dict(rcnn_samples=jnp.sum(samples['valid']) / batch, rcnn_accuracy=accuracy,
                    rcnn_positives=jnp.sum(samples['positive']) / batch)
     if self.with_mask:
-      losses['loss_mask'], _ = self._mask_loss(self.mask_head, pyramid, samples, gt['masks'], mask_stride)
+      losses['loss_mask'] = self._mask_loss(self.mask_head, pyramid, samples, gt['masks'], mask_stride)
     return losses, metrics
 
   def train_losses(self, pyramid: Sequence[Array], image_hw: Array, targets: Mapping[str, Array],
