@@ -23,7 +23,11 @@ from lgvit.models.layers import count_params
 # How far our count may be from the paper's rounded figure. SALG: the paper gives too little detail
 # to pin its counts (docs/models_salg.md lists the 6-15% gaps); LESA-WRN50: the paper leaves out the
 # relative tables (docs/official_code.md); Mask R-CNN over SALG inherits the backbones' gaps (docs/detection.md).
-PAPER_TOLERANCE = {'salg': 0.15, **{f'mask_rcnn_salg_{v}': 0.15 for v in ('st', 't', 's')}}
+# NomMer's Cascade Mask R-CNN: lgvit's detection backbone learns its position embedding at the 1344 input
+# (2.7M / 2.7M / 3.6M parameters); without it the counts are within 1% (tests/test_cascade_rcnn.py).
+PAPER_TOLERANCE = {'salg': 0.15, **{f'mask_rcnn_salg_{v}': 0.15 for v in ('st', 't', 's')},
+                   **{f'cascade_mask_rcnn_nommer_{v}': 0.035 for v in ('t', 's', 'b')}}
+DETECTORS = ('mask_rcnn', 'faster_rcnn', 'cascade_mask_rcnn', 'cascade_rcnn')
 SIZE = 32
 
 
@@ -57,7 +61,11 @@ def test_parameter_count_and_full_size_output(name):
   logits, variables = jax.eval_shape(
       lambda: create_model(name).init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)), train=False))
   if info.task == 'detection':  # COCO's 100 detections per image (tests/test_mask_rcnn.py checks the rest)
-    assert logits['boxes'].shape == (1, 100, 4) and logits['masks'].shape == (1, 100, 28, 28)
+    assert logits['boxes'].shape == (1, 100, 4)
+    if info.defaults.get('with_mask', True):
+      assert logits['masks'].shape == (1, 100, 28, 28)
+    else:
+      assert 'masks' not in logits
   else:
     want = {'classification': (1, 1000), 'segmentation': (1, s // 4, s // 4, 150)}[info.task]  # ADE20K, stride 4
     assert logits.shape == want
@@ -107,7 +115,7 @@ INVALID_SIZE = {
        for v in 'tsb'},
     'swin': (256, r'image side 256 does not split into 7x7 windows .* nearest valid sides: \[224, 448\]\.'),
     'upernet': (500, r'input 500x512 is not a multiple of 32; pad it to 512x512 '),
-    'mask_rcnn': (500, r'input 500x(1344|1024) is not a multiple of 32; pad it to 512x(1344|1024) '),
+    **{f: (500, r'input 500x(1344|1024) is not a multiple of 32; pad it to 512x(1344|1024) ') for f in DETECTORS},
 }
 ANY_SIZE = {'salg'}
 

@@ -68,7 +68,9 @@ class BatchNorm(nn.Module):
   dtype: Optional[Dtype] = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Optional[Array] = None) -> Array:
+    """``mask`` (bool, broadcastable to ``x.shape[:-1]``): in training only its True entries make the
+    statistics (flax's ``BatchNorm(mask=)``; the detectors' padding RoI slots)."""
     features = x.shape[-1]
     axes = tuple(self.reduce_axes) if self.reduce_axes is not None else tuple(range(x.ndim - 1))
     scale = self.param('scale', self.scale_init, (features,), jnp.float32)
@@ -78,6 +80,14 @@ class BatchNorm(nn.Module):
     dtype = self.dtype or x.dtype
     if not train:
       mean, var = ra_mean.value, ra_var.value
+    elif mask is not None:
+      weight = jnp.broadcast_to(mask, x.shape[:-1])[..., None].astype(jnp.float32)
+      count = jnp.sum(weight, axis=axes)
+      xf = x.astype(jnp.float32)
+      mean = jnp.sum(xf * weight, axis=axes) / jnp.maximum(count, 1.0)
+      centred = xf - mean.reshape((1,) * (x.ndim - 1) + (-1,))
+      var = jnp.sum(jnp.square(centred) * weight, axis=axes) / jnp.maximum(count, 1.0)
+      self._update_running_stats(ra_mean, ra_var, mean, var, count)
     elif axes == tuple(range(x.ndim - 1)):
       y, mean, var = kernels.batch_norm_train(x, scale, bias, self.epsilon, dtype)
       self._update_running_stats(ra_mean, ra_var, mean, var, math.prod(x.shape[:-1]))
@@ -91,11 +101,12 @@ class BatchNorm(nn.Module):
     add = bias - mean * mul
     return (x * mul.astype(dtype) + add.astype(dtype)).astype(dtype)
 
-  def _update_running_stats(self, ra_mean, ra_var, mean: Array, biased_var: Array, n: int) -> None:
+  def _update_running_stats(self, ra_mean, ra_var, mean: Array, biased_var: Array, n) -> None:
     if self.is_initializing():
       return
+    bessel = n / jnp.maximum(n - 1, 1) if isinstance(n, jax.Array) else n / max(n - 1, 1)
     ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-    ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * (biased_var * (n / max(n - 1, 1)))
+    ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * (biased_var * bessel)
 
 
 def layer_norm(name: Optional[str] = None, eps: float = 1e-5, dtype: Optional[Dtype] = None) -> nn.LayerNorm:
@@ -671,11 +682,11 @@ class ConvBN(nn.Module):
   dtype: Optional[Dtype] = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, mask: Optional[Array] = None) -> Array:
     pad = self.kernel_size // 2 if self.padding is None else self.padding
     x = Conv2d(self.features, self.kernel_size, self.strides, pad, self.groups, kernel_init=self.kernel_init,
                dtype=self.dtype, name='conv')(x)
-    x = BatchNorm(scale_init=self.bn_scale_init, dtype=self.dtype, name='bn')(x, train=train)
+    x = BatchNorm(scale_init=self.bn_scale_init, dtype=self.dtype, name='bn')(x, train=train, mask=mask)
     return self.act(x) if self.act is not None else x
 
 

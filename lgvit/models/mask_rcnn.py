@@ -103,19 +103,26 @@ def _resize_nearest(x: Array, hw: Sequence[int]) -> Array:
 
 
 class FPN(nn.Module):
-  """mmdet ``FPN(out_channels=256, num_outs=5)``: four backbone maps -> five 256-channel levels."""
+  """mmdet ``FPN(out_channels=256, num_outs=5)``: four backbone maps -> five 256-channel levels.
+
+  ``norm=True`` is detectron2's ``FPN.NORM: SyncBN`` (ResNeSt's detection configs, which CoTNet
+  follows): every lateral and output conv without bias, followed by BatchNorm."""
   channels: int = 256
   num_outs: int = 5
   dtype: Any = None
+  norm: bool = False
+
+  def _conv(self, x: Array, size: int, name: str, train: bool) -> Array:
+    x = layers.Conv2d(self.channels, size, padding=size // 2, use_bias=not self.norm, kernel_init=_xavier,
+                      bias_init=_zeros, dtype=self.dtype, name=name)(x)
+    return layers.BatchNorm(dtype=self.dtype, name=f'{name}_bn')(x, train=train) if self.norm else x
 
   @nn.compact
-  def __call__(self, features: Sequence[Array]) -> list[Array]:
-    laterals = [layers.Conv2d(self.channels, 1, use_bias=True, kernel_init=_xavier, bias_init=_zeros,
-                              dtype=self.dtype, name=f'lateral{i}')(f) for i, f in enumerate(features)]
+  def __call__(self, features: Sequence[Array], *, train: bool = False) -> list[Array]:
+    laterals = [self._conv(f, 1, f'lateral{i}', train) for i, f in enumerate(features)]
     for i in range(len(laterals) - 1, 0, -1):  # top-down: each level adds its coarser neighbour
       laterals[i - 1] = laterals[i - 1] + _resize_nearest(laterals[i], laterals[i - 1].shape[1:3])
-    outs = [layers.Conv2d(self.channels, 3, padding=1, use_bias=True, kernel_init=_xavier, bias_init=_zeros,
-                          dtype=self.dtype, name=f'fpn{i}')(lat) for i, lat in enumerate(laterals)]
+    outs = [self._conv(lat, 3, f'fpn{i}', train) for i, lat in enumerate(laterals)]
     while len(outs) < self.num_outs:  # a 1x1 max pool with stride 2 is a plain subsampling
       outs.append(outs[-1][:, ::2, ::2])
     return outs
@@ -156,13 +163,45 @@ class Shared2FCBBoxHead(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, rois: Array, *, train: bool = False):
-    del train  # no BatchNorm here; the argument keeps the box heads interchangeable
+  def __call__(self, rois: Array, *, train: bool = False, mask: Optional[Array] = None):
+    del train, mask  # no BatchNorm here; the arguments keep the box heads interchangeable
     x = rois.reshape(rois.shape[:-3] + (-1,))
     for i in range(2):
       x = nn.relu(nn.Dense(self.fc_channels, kernel_init=_xavier, bias_init=_zeros, dtype=self.dtype,
                            name=f'shared_fc{i}')(x))
     return box_predictions(x, self.num_classes, self.class_agnostic, self.dtype)
+
+
+class ConvFCBBoxHead(nn.Module):
+  """mmdet ``ConvFCBBoxHead(num_shared_convs=4, num_shared_fcs=1)`` with ``norm_cfg=SyncBN`` (the Swin
+  cascade configs' "4conv1fc" head; detectron2's ``FastRCNNConvFCHead`` with NUM_CONV 4, NUM_FC 1 and
+  NORM SyncBN is the same network): 4x (3x3 conv 256, no bias, BatchNorm, ReLU) -> flatten -> fc 1024 +
+  ReLU -> ``box_predictions``. Convs kaiming_normal(fan_out), the fc Xavier uniform.
+
+  ``mask [...]`` marks the real RoIs: in training only they make the BatchNorm statistics (mmdet and
+  detectron2 see no padding slots). The flatten is NHWC, as in :class:`Shared2FCBBoxHead`."""
+  num_classes: int
+  num_convs: int = 4
+  conv_channels: int = 256
+  fc_channels: int = 1024
+  class_agnostic: bool = False
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, rois: Array, *, train: bool = False, mask: Optional[Array] = None):
+    lead = rois.shape[:-3]
+    x = rois.reshape((-1,) + rois.shape[-3:])
+    flat_mask = None if mask is None else mask.reshape(-1, 1, 1)
+    for i in range(self.num_convs):
+      x = layers.ConvBN(self.conv_channels, 3, dtype=self.dtype, name=f'shared_conv{i}')(x, train=train, mask=flat_mask)
+    x = x.reshape(lead + (-1,))
+    x = nn.relu(nn.Dense(self.fc_channels, kernel_init=_xavier, bias_init=_zeros, dtype=self.dtype,
+                         name='shared_fc0')(x))
+    return box_predictions(x, self.num_classes, self.class_agnostic, self.dtype)
+
+
+#: ``MaskRCNN.box_head`` -> its module.
+BOX_HEADS = {'2fc': Shared2FCBBoxHead, '4conv1fc': ConvFCBBoxHead}
 
 
 def box_predictions(x: Array, num_classes: int, class_agnostic: bool, dtype: Any):
@@ -183,12 +222,18 @@ class FCNMaskHead(nn.Module):
   num_convs: int = 4
   channels: int = 256
   dtype: Any = None
+  norm: bool = False  # detectron2 ROI_MASK_HEAD.NORM SyncBN: the convs without bias, then BatchNorm
 
   @nn.compact
-  def __call__(self, rois: Array) -> Array:
+  def __call__(self, rois: Array, *, train: bool = False, mask: Optional[Array] = None) -> Array:
+    """``mask`` marks the real RoIs for the BatchNorm statistics (``norm=True``, training)."""
     lead = rois.shape[:-3]  # [B, R] or [R]: the convs take one flat batch of RoIs
     x = rois.reshape((-1,) + rois.shape[-3:])
+    flat_mask = None if mask is None else mask.reshape(-1, 1, 1)
     for i in range(self.num_convs):
+      if self.norm:
+        x = layers.ConvBN(self.channels, 3, dtype=self.dtype, name=f'conv{i}')(x, train=train, mask=flat_mask)
+        continue
       x = nn.relu(layers.Conv2d(self.channels, 3, padding=1, use_bias=True, kernel_init=layers.kaiming_normal_fan_out,
                                 bias_init=_zeros, dtype=self.dtype, name=f'conv{i}')(x))
     x = layers.UpsampleConvTranspose(self.channels, 2, kernel_init=layers.kaiming_normal_fan_out, bias_init=_zeros,
@@ -425,8 +470,14 @@ class MaskRCNN(nn.Module):
   feature_norm: bool = False  # LayerNorm on every stage output (Swin's detection backbone)
   backbone_norm_eval: bool = False  # run the backbone with train=False (mmdet's norm_eval for frozen BN)
   fpn_channels: int = 256
-  fc_channels: int = 1024  # the box head's two fcs
+  fpn_norm: bool = False  # BatchNorm after every FPN conv (detectron2 FPN.NORM, CoTNet's reference configs)
+  box_head: str = '2fc'  # '2fc' (Shared2FCBBoxHead) | '4conv1fc' (ConvFCBBoxHead, BatchNorm): BOX_HEADS
+  fc_channels: int = 1024  # the box head's fcs
+  class_agnostic: bool = False  # one set of deltas for every class (mmdet reg_class_agnostic)
+  box_loss: str = 'l1'  # 'l1' | 'smooth_l1' | 'giou' (rcnn_box_losses)
+  box_loss_weight: float = 1.0
   mask_channels: int = 256  # the mask head's convs and deconv
+  mask_norm: bool = False  # BatchNorm after the mask head's convs (detectron2 ROI_MASK_HEAD.NORM)
   size_divisor: int = 32
   # RPN (train_cfg.rpn, rpn_proposal and test_cfg.rpn of mmdet's config).
   rpn_samples: int = 256
@@ -452,14 +503,24 @@ class MaskRCNN(nn.Module):
 
   def setup(self):
     self.setup_pyramid_and_rpn()
-    self.bbox_head = Shared2FCBBoxHead(self.num_classes, self.fc_channels, dtype=self.dtype)
+    self.bbox_head = self.make_box_head()
     if self.with_mask:
-      self.mask_head = FCNMaskHead(self.num_classes, channels=self.mask_channels, dtype=self.dtype)
+      self.mask_head = self.make_mask_head()
+
+  def make_box_head(self) -> nn.Module:
+    if self.box_head not in BOX_HEADS:
+      raise ValueError(f'box_head must be one of {sorted(BOX_HEADS)}, got {self.box_head!r}')
+    widths = dict(conv_channels=self.fpn_channels) if self.box_head == '4conv1fc' else {}  # 256 in every config
+    return BOX_HEADS[self.box_head](self.num_classes, fc_channels=self.fc_channels,
+                                    class_agnostic=self.class_agnostic, dtype=self.dtype, **widths)
+
+  def make_mask_head(self) -> nn.Module:
+    return FCNMaskHead(self.num_classes, channels=self.mask_channels, dtype=self.dtype, norm=self.mask_norm)
 
   def setup_pyramid_and_rpn(self):
     if self.feature_norm:
       self.feature_norms = [layers.layer_norm(dtype=self.dtype) for _ in range(4)]
-    self.neck = FPN(self.fpn_channels, len(PYRAMID_STRIDES), self.dtype)
+    self.neck = FPN(self.fpn_channels, len(PYRAMID_STRIDES), self.dtype, norm=self.fpn_norm)
     self.rpn_head = RPNHead(len(ANCHOR_RATIOS) * len(ANCHOR_SCALES), self.fpn_channels, self.dtype)
 
   # -- the pieces ------------------------------------------------------------------------------
@@ -479,7 +540,7 @@ class MaskRCNN(nn.Module):
                        f'{PYRAMID_STRIDES[:4]} (LESA: build it with stage_strides=(1, 2, 2, 2), as its detection code).')
     if self.feature_norm:
       features = [norm(f) for norm, f in zip(self.feature_norms, features)]
-    return self.neck(features)
+    return self.neck(features, train=train)
 
   def _anchors(self, pyramid: Sequence[Array]) -> list[Array]:
     return [box_ops.anchor_grid(level.shape[1:3], stride, ANCHOR_SCALES, ANCHOR_RATIOS)
@@ -513,7 +574,7 @@ class MaskRCNN(nn.Module):
     pos_rois = jax.lax.stop_gradient(samples['rois'][:, :num_pos_slots])
     pos_valid = samples['positive'][:, :num_pos_slots]
     pos_labels = jnp.minimum(samples['labels'][:, :num_pos_slots], self.num_classes - 1)
-    mask_logits = mask_head(self._roi_features(pyramid, pos_rois, self.mask_size // 2))
+    mask_logits = mask_head(self._roi_features(pyramid, pos_rois, self.mask_size // 2), train=True, mask=pos_valid)
     mask_logits = jnp.take_along_axis(mask_logits, pos_labels[:, :, None, None, None], axis=-1)[..., 0]
     targets_28 = jax.vmap(lambda m, r, g: mask_targets(m, r, g, mask_stride=mask_stride, size=self.mask_size))(
         gt_masks, pos_rois, samples['gt_index'][:, :num_pos_slots])
@@ -562,8 +623,9 @@ class MaskRCNN(nn.Module):
     samples = self._sample(key, proposals, proposal_valid, gt, iou=self.rcnn_iou,
                            match_low_quality=self.rcnn_match_low_quality)
     rois = jax.lax.stop_gradient(samples['rois'])
-    logits, deltas = self.bbox_head(self._roi_features(pyramid, rois, 7), train=True)
-    loss_cls, loss_bbox, accuracy = rcnn_box_losses(logits, deltas, samples, self.num_classes)
+    logits, deltas = self.bbox_head(self._roi_features(pyramid, rois, 7), train=True, mask=samples['valid'])
+    loss_cls, loss_bbox, accuracy = rcnn_box_losses(logits, deltas, samples, self.num_classes, box_loss=self.box_loss,
+                                                    box_loss_weight=self.box_loss_weight)
     losses = dict(loss_cls=loss_cls, loss_bbox=loss_bbox)
     metrics = dict(rcnn_samples=jnp.sum(samples['valid']) / batch, rcnn_accuracy=accuracy,
                    rcnn_positives=jnp.sum(samples['positive']) / batch)
@@ -620,59 +682,90 @@ class MaskRCNN(nn.Module):
     return self.train_losses(pyramid, image_hw, targets, mask_stride)
 
 
-def _create_mask_rcnn(name: str, *, backbone: str, backbone_kwargs: Optional[Mapping[str, Any]] = None,
-                      drop_path_rate: Optional[float] = None, dtype: Any = jnp.float32, **head) -> MaskRCNN:
-  """``backbone`` is a registered name; ``backbone_kwargs`` its constructor overrides (a test's
-  shrunk widths, LESA's detection strides), ``drop_path_rate`` its stochastic depth."""
+def build_detector(cls: type, name: str, *, backbone: str, backbone_kwargs: Optional[Mapping[str, Any]] = None,
+                   drop_path_rate: Optional[float] = None, dtype: Any = jnp.float32, **head) -> nn.Module:
+  """Detector class ``cls`` over registered backbone ``backbone``; ``backbone_kwargs`` are its constructor
+  overrides (a test's shrunk widths, LESA's detection strides), ``drop_path_rate`` its stochastic depth."""
   kwargs = dict(backbone_kwargs or {})
   if drop_path_rate is not None:
     kwargs['drop_path_rate'] = drop_path_rate
   net = registry.create_model(backbone, features_only=True, dtype=dtype, **kwargs)
-  return MaskRCNN(backbone=net, dtype=dtype, name=name, **head)
+  return cls(backbone=net, dtype=dtype, name=name, **head)
 
 
-# params: exact at 80 classes (input_size: mmdet's 1333x800 test scale padded to 32 is at most 1344;
-# LESA's detection code resizes to 1024x1024). paper: params (M) of SALG Table II; box/mask AP of the
-# 1x-schedule Mask R-CNN rows of SALG Table II, LESA Table 3 and CoTNet Table 8. docs/detection.md has
-# the table and explains the gaps.
+def _create_mask_rcnn(name: str, **kwargs) -> MaskRCNN:
+  return build_detector(MaskRCNN, name, **kwargs)
+
+
 _PAD = dict(pad_windows=True)  # Swin/NomMer: 800 / 4 = 200 is no multiple of the 7x7 windows
 _LESA_DETECTION = dict(stage_strides=(1, 2, 2, 2), lesa_position='axial')  # LESA_detection's backbone
-_variant = registry.family('mask_rcnn', _create_mask_rcnn, task='detection', input_size=1344, num_classes=80)
 _FROZEN_BN = dict(backbone_norm_eval=True)  # mmdet's R50 base and LESA_detection: norm_eval=True
-# ResNet: mmdet's base config; SALG Table II's rows (1x schedule).
-_variant('mask_rcnn_resnet50', backbone='resnet50', **_FROZEN_BN, params=44_396_336,
-         paper=dict(params=44e6, box_ap=38.0, mask_ap=34.4))
-_variant('mask_rcnn_resnet101', backbone='resnet101', **_FROZEN_BN, params=63_388_464,
-         paper=dict(params=63e6, box_ap=40.4, mask_ap=36.4))
-# Swin: mmdet's configs/swin (drop path 0.2 for T and S, a LayerNorm per output stage).
-_variant('mask_rcnn_swin_t', backbone='swin_t', backbone_kwargs=_PAD, drop_path_rate=0.2, feature_norm=True,
-         params=47_794_602, paper=dict(params=48e6, box_ap=42.2, mask_ap=39.1))
-_variant('mask_rcnn_swin_s', backbone='swin_s', backbone_kwargs=_PAD, drop_path_rate=0.2, feature_norm=True,
-         params=69_112_506, paper=dict(params=69e6, box_ap=44.8, mask_ap=40.9))
-# SALG: the paper (Sec. IV-B) gives no drop path rate; lgvit takes 0.1 for ST and Swin's 0.2 for T and S.
-_variant('mask_rcnn_salg_st', backbone='salg_st', drop_path_rate=0.1, feature_norm=True, params=25_239_332,
-         paper=dict(params=26e6, box_ap=37.6, mask_ap=35.3))
-_variant('mask_rcnn_salg_t', backbone='salg_t', drop_path_rate=0.2, feature_norm=True, params=47_921_268,
-         paper=dict(params=52e6, box_ap=43.7, mask_ap=40.0))
-_variant('mask_rcnn_salg_s', backbone='salg_s', drop_path_rate=0.2, feature_norm=True, params=69_256_596,
-         paper=dict(params=73e6, box_ap=44.8, mask_ap=40.4))
-# LESA Table 3 (1x, 1024x1024 inputs, without deformable convs); the tables are sized at 1024.
-_lesa = registry.family('mask_rcnn', _create_mask_rcnn, task='detection', input_size=1024, num_classes=80)
-_lesa('mask_rcnn_lesa_resnet50', backbone='lesa_resnet50', backbone_kwargs=_LESA_DETECTION, **_FROZEN_BN,
-      params=42_372_304, paper=dict(box_ap=40.3, mask_ap=36.5))
-_lesa('mask_rcnn_lesa_wrn50', backbone='lesa_wrn50', backbone_kwargs=_LESA_DETECTION, **_FROZEN_BN,
-      params=79_496_304, paper=dict(box_ap=44.8, mask_ap=39.9))
-_lesa('mask_rcnn_sa_resnet50', backbone='sa_resnet50', backbone_kwargs=_LESA_DETECTION, **_FROZEN_BN,
-      params=36_645_584, paper=dict(box_ap=38.5, mask_ap=34.7))
-# CoTNet Table 8 (1x, trained synchronised BN: the backbone's BN trains, global under jit).
-_variant('mask_rcnn_cotnet50', backbone='cotnet50', params=41_061_720, paper=dict(box_ap=44.06, mask_ap=39.28))
-_variant('mask_rcnn_cotnet101', backbone='cotnet101', params=57_111_352, paper=dict(box_ap=46.17, mask_ap=40.86))
-_variant('mask_rcnn_cotnext50_2x48d', backbone='cotnext50_2x48d', params=48_885_580,
-         paper=dict(box_ap=44.47, mask_ap=39.62))
-# NomMer: the paper's COCO results are Cascade Mask R-CNN (Table 2), so no Mask R-CNN figures; its drop path rates.
-_variant('mask_rcnn_nommer_t', backbone='nommer_t', backbone_kwargs=_PAD, drop_path_rate=0.1, feature_norm=True,
-         params=44_596_292)
-_variant('mask_rcnn_nommer_s', backbone='nommer_s', backbone_kwargs=_PAD, drop_path_rate=0.3, feature_norm=True,
-         params=63_672_876)
-_variant('mask_rcnn_nommer_b', backbone='nommer_b', backbone_kwargs=_PAD, drop_path_rate=0.5, feature_norm=True,
-         params=96_290_796)
+#: ResNeSt's detectron2 configs, which CoTNet (Sec. 4.4) takes its detection settings from: SyncBN in the
+#: FPN and the heads, the 4conv1fc box head, no low-quality matches in the RoI assignment.
+DETECTRON2_HEADS = dict(fpn_norm=True, box_head='4conv1fc', mask_norm=True, rcnn_match_low_quality=False)
+#: backbone -> what every detector over it shares (its detection construction and ModelInfo.input_size:
+#: mmdet's 1333x800 test scale padded to 32 is at most 1344; LESA's detection code resizes to 1024x1024).
+#: lgvit.models.cascade_rcnn registers its frameworks over the same table.
+DETECTION_BACKBONES = {
+    'resnet50': _FROZEN_BN, 'resnet101': _FROZEN_BN,
+    # Swin: mmdet's configs/swin (drop path 0.2 for T and S, a LayerNorm per output stage).
+    'swin_t': dict(backbone_kwargs=_PAD, drop_path_rate=0.2, feature_norm=True),
+    'swin_s': dict(backbone_kwargs=_PAD, drop_path_rate=0.2, feature_norm=True),
+    # SALG: the paper (Sec. IV-B) gives no drop path rate; lgvit takes 0.1 for ST and Swin's 0.2 for T and S.
+    'salg_st': dict(drop_path_rate=0.1, feature_norm=True), 'salg_t': dict(drop_path_rate=0.2, feature_norm=True),
+    'salg_s': dict(drop_path_rate=0.2, feature_norm=True),
+    **{b: dict(backbone_kwargs=_LESA_DETECTION, **_FROZEN_BN, input_size=1024)
+       for b in ('lesa_resnet50', 'lesa_wrn50', 'sa_resnet50')},
+    # CoTNet (trained synchronised BN: the backbone's BN trains, global under jit).
+    **{b: DETECTRON2_HEADS for b in ('cotnet50', 'cotnet101', 'cotnext50_2x48d')},
+    # NomMer (Sec. 4.2): drop path 0.1, 0.3, 0.5.
+    **{f'nommer_{v}': dict(backbone_kwargs=_PAD, drop_path_rate=rate, feature_norm=True)
+       for v, rate in (('t', 0.1), ('s', 0.3), ('b', 0.5))},
+}
+
+
+def register_detectors(framework: str, create, table: Mapping[str, tuple[int, Mapping[str, Any]]],
+                       **framework_defaults) -> None:
+  """Registers ``<framework>_<backbone>`` for each ``backbone -> (params, paper[, overrides])`` of
+  ``table``: ``framework_defaults``, then the backbone's DETECTION_BACKBONES settings, then the entry's
+  own ``overrides`` (a paper's heads for that backbone)."""
+  variant = registry.family(framework, create, task='detection', input_size=1344, num_classes=80)
+  for backbone, (params, paper, *overrides) in table.items():
+    variant(f'{framework}_{backbone}', backbone=backbone,
+            **{**framework_defaults, **DETECTION_BACKBONES[backbone], **(overrides[0] if overrides else {})},
+            params=params, paper=paper)
+
+
+# params: exact at 80 classes. paper: params (M) of SALG Table II; box/mask AP of the 1x-schedule Mask
+# R-CNN rows of SALG Table II, LESA Table 3 (1024x1024 inputs, without deformable convs) and CoTNet Table 8.
+# NomMer's COCO results are Cascade Mask R-CNN (Table 2): no Mask R-CNN figures. docs/detection.md has the
+# tables and explains the gaps.
+register_detectors('mask_rcnn', _create_mask_rcnn, {
+    'resnet50': (44_396_336, dict(params=44e6, box_ap=38.0, mask_ap=34.4)),
+    'resnet101': (63_388_464, dict(params=63e6, box_ap=40.4, mask_ap=36.4)),
+    'swin_t': (47_794_602, dict(params=48e6, box_ap=42.2, mask_ap=39.1)),
+    'swin_s': (69_112_506, dict(params=69e6, box_ap=44.8, mask_ap=40.9)),
+    'salg_st': (25_239_332, dict(params=26e6, box_ap=37.6, mask_ap=35.3)),
+    'salg_t': (47_921_268, dict(params=52e6, box_ap=43.7, mask_ap=40.0)),
+    'salg_s': (69_256_596, dict(params=73e6, box_ap=44.8, mask_ap=40.4)),
+    'lesa_resnet50': (42_372_304, dict(box_ap=40.3, mask_ap=36.5)),
+    'lesa_wrn50': (79_496_304, dict(box_ap=44.8, mask_ap=39.9)),
+    'sa_resnet50': (36_645_584, dict(box_ap=38.5, mask_ap=34.7)),
+    'cotnet50': (42_376_536, dict(box_ap=44.06, mask_ap=39.28)),
+    'cotnet101': (58_426_168, dict(box_ap=46.17, mask_ap=40.86)),
+    'cotnext50_2x48d': (50_200_396, dict(box_ap=44.47, mask_ap=39.62)),
+    'nommer_t': (44_596_292, {}), 'nommer_s': (63_672_876, {}), 'nommer_b': (96_290_796, {}),
+})
+# Faster R-CNN: mmdet's faster_rcnn_r50_fpn (no mask branch; the RoI assignment without low-quality matches).
+# paper: CoTNet Table 7's rows (1x, detectron2 heads).
+FASTER_RCNN_PARAMS = {
+    'resnet50': 41_753_056, 'resnet101': 60_745_184, 'swin_t': 45_151_322, 'swin_s': 66_469_226,
+    'salg_st': 22_596_052, 'salg_t': 45_277_988, 'salg_s': 66_613_316, 'lesa_resnet50': 39_729_024,
+    'lesa_wrn50': 76_853_024, 'sa_resnet50': 34_002_304, 'cotnet50': 39_732_232, 'cotnet101': 55_781_864,
+    'cotnext50_2x48d': 47_556_092, 'nommer_t': 41_953_012, 'nommer_s': 61_029_596, 'nommer_b': 93_647_516,
+}
+FASTER_RCNN_PAPER = {'cotnet50': dict(box_ap=43.50), 'cotnet101': dict(box_ap=45.35),
+                     'cotnext50_2x48d': dict(box_ap=44.06)}
+register_detectors('faster_rcnn', _create_mask_rcnn,
+                   {b: (FASTER_RCNN_PARAMS[b], FASTER_RCNN_PAPER.get(b, {})) for b in DETECTION_BACKBONES},
+                   with_mask=False, rcnn_match_low_quality=False)
