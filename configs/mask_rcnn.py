@@ -1,6 +1,10 @@
-"""Mask R-CNN with FPN on COCO 2017 (TFDS lgvit_coco/2017) over a registered backbone, mmdetection's recipes.
+"""Two-stage detectors with FPN on COCO 2017 (TFDS lgvit_coco/2017) over a registered backbone: Mask R-CNN
+(this file's default), Faster R-CNN, Cascade R-CNN and Cascade Mask R-CNN (``configs/faster_rcnn.py``,
+``configs/cascade_rcnn.py``, ``configs/cascade_mask_rcnn.py`` are this file with ``framework=`` set).
 
     python main.py --config=configs/mask_rcnn.py:backbone=swin_t --workdir=gs://bucket/mask_rcnn_swin_t
+    python main.py --config=configs/cascade_mask_rcnn.py:backbone=nommer_t --workdir=...  # NomMer Table 2 (3x)
+    python main.py --config=configs/cascade_rcnn.py:backbone=cotnet50 --workdir=...  # CoTNet Table 7
     python main.py --config=configs/mask_rcnn.py:backbone=salg_t,schedule=3x --workdir=...
     python main.py --config=configs/mask_rcnn.py:backbone=lesa_resnet50,schedule=20e,side=1280 --workdir=...
     python main.py --config=configs/mask_rcnn.py:backbone=resnet50,demo --workdir=/tmp/det_demo  # digits, CPU
@@ -21,7 +25,10 @@ NMS 0.5, 100 detections).
   and 3x (36 epochs, drops after 27 and 33).
 - CoTNet (paper, Sec. 4.4: synchronized BN, 1x, detectron2 settings of its reference [57]): the ``sgd``
   recipe over detectron2's 90k-iteration 1x (drops at 60k and 80k, 1000 warm-up iterations), no decay on
-  norm layers, shorter sides 640..800 and the backbone's BN trained (synchronized under jit).
+  norm layers, shorter sides 640..800 (ResNeSt's box-only configs draw any integer in the range, its mask
+  configs one of 640, 672, ..., 800) and the backbone's BN trained (synchronized under jit).
+- Cascade Mask R-CNN over the transformers defaults to ``3x`` (NomMer Table 2, Swin's cascade configs);
+  every other framework and backbone to ``1x``. Box-only frameworks are scored on boxes only.
 
 ``demo``: the backbone's digits demo widths under a narrow detector (64-channel FPN) on the embedded
 ``lgvit_digits_det`` (128x128 canvases with up to five digits, 10 classes), from scratch with AdamW;
@@ -34,10 +41,12 @@ from lgvit import schema
 from lgvit.data import det_pipeline, det_transforms, digits_det
 from lgvit.models import model_info
 
+#: framework (the registered family) -> whether it predicts masks.
+FRAMEWORKS = {'mask_rcnn': True, 'faster_rcnn': False, 'cascade_rcnn': False, 'cascade_mask_rcnn': True}
 CONV = ('resnet50', 'resnet101', 'cotnet50', 'cotnet101', 'cotnext50_2x48d', 'lesa_resnet50', 'lesa_wrn50',
         'sa_resnet50')
 TRANSFORMER = ('swin_t', 'swin_s', 'salg_st', 'salg_t', 'salg_s', 'nommer_t', 'nommer_s', 'nommer_b')
-#: backbone -> registered Mask R-CNN model.
+#: backbone -> registered Mask R-CNN model (the other frameworks: ``f'{framework}_{backbone}'``).
 BACKBONES = {b: f'mask_rcnn_{b}' for b in CONV + TRANSFORMER}
 LESA = ('lesa_resnet50', 'lesa_wrn50', 'sa_resnet50')
 COTNET = ('cotnet50', 'cotnet101', 'cotnext50_2x48d')
@@ -49,6 +58,8 @@ SCHEDULES = {'1x': (12, (8, 11)), '3x': (36, (27, 33)), '20e': (20, (16, 19))}
 LESA_SIDES = (1024, 1280)
 #: CoTNet's reference detection setting: shorter side 640..800 (ResNeSt's detectron2 configs).
 COTNET_SCALES = tuple((1333, short) for short in range(640, 801, 32))
+#: ResNeSt's box-only configs (MIN_SIZE_TRAIN_SAMPLING "range"): any shorter side from 640 to 800.
+COTNET_RANGE_SCALES = tuple((1333, short) for short in range(640, 801))
 #: detectron2's schedules in iterations at batch 16: total, LR x 0.1 from these iterations on.
 DETECTRON2_SCHEDULES = {'1x': (90_000, (60_000, 80_000)), '3x': (270_000, (210_000, 250_000))}
 DETECTRON2_WARMUP_STEPS = 1000
@@ -67,12 +78,16 @@ DEMO_BACKBONES = {
 DEMO_STEPS = 600
 #: The demo's detector around the demo backbone: narrow heads, fewer proposals and samples.
 DEMO_HEADS = dict(fpn_channels=64, fc_channels=256, mask_channels=64, rpn_train_pre_nms=500, rpn_test_pre_nms=500,
-                  rpn_max_proposals=200, rcnn_samples=128, max_detections=20)
+                  rpn_max_proposals=200, rpn_train_max_proposals=0, rcnn_samples=128, max_detections=20)
 
 
-def get_config(arg=None):
-  args = common.parse_arg(arg, backbone='resnet50', schedule='1x', side=0, demo=False)
-  model = common.choose(BACKBONES, args.backbone, 'Mask R-CNN backbone')
+def get_config(arg=None, framework: str = 'mask_rcnn'):
+  args = common.parse_arg(arg, backbone='resnet50', schedule='', side=0, demo=False, framework=framework)
+  with_masks = common.choose(FRAMEWORKS, args.framework, 'detection framework')
+  common.choose(BACKBONES, args.backbone, 'detection backbone')
+  model = f'{args.framework}_{args.backbone}'
+  if not args.schedule:  # NomMer Table 2 and Swin's cascade configs train 3x
+    args.schedule = '3x' if args.framework == 'cascade_mask_rcnn' and args.backbone in TRANSFORMER else '1x'
   epochs, drops = common.choose(SCHEDULES, args.schedule, 'schedule')
   c = schema.base_config(model)
   c.task = 'detection'
@@ -86,7 +101,7 @@ def get_config(arg=None):
   c.data.image_size = c.data.pad_size[0]  # the square the variables are initialised on
 
   c.det = det = ml_collections.ConfigDict()  # read by lgvit.tasks.detection
-  det.iou_types = ('bbox', 'segm')
+  det.iou_types = ('bbox', 'segm') if with_masks else ('bbox',)
 
   c.batch_size, c.eval_batch_size = 16, 16
   c.schedule.update(lr_base_batch=0, decay='step', decay_epochs=drops, decay_rate=0.1, unit='step',
@@ -108,6 +123,8 @@ def get_config(arg=None):
     c.data.update(scale=(side, side), keep_ratio=False, pad_size=(side, side), image_size=side)
   if args.backbone in COTNET:
     cotnet_recipe(c, args.schedule)
+    if not with_masks:
+      c.aug.scales = COTNET_RANGE_SCALES
 
   c.init_from = f'workdirs/{args.backbone}'  # an ImageNet run of the backbone (or a converted checkpoint)
   c.init_skip = r'^(params|batch_stats)/(?!backbone/)'  # everything but the backbone starts fresh
@@ -153,7 +170,7 @@ def adamw_recipe(c: ml_collections.ConfigDict) -> None:
 
 def apply_demo(c: ml_collections.ConfigDict, backbone: str) -> None:
   """The embedded digits detection demo, from scratch (values chosen for 2 CPU cores)."""
-  registered = model_info(BACKBONES[backbone]).defaults.get('backbone_kwargs') or {}
+  registered = model_info(c.model).defaults.get('backbone_kwargs') or {}
   c.model_kwargs.backbone_kwargs = {**DEMO_BACKBONES[backbone], **registered, 'drop_path_rate': 0.0}
   c.model_kwargs.update(DEMO_HEADS)
   c.model_kwargs.backbone_norm_eval = False  # from scratch: the backbone's BN must train

@@ -120,7 +120,9 @@ def chip_hbm_bytes(device, override_gib: float = 0.0) -> int:
 
 
 #: Families whose models share one config file, which takes the backbone as its argument.
-TASK_CONFIGS = {'mask_rcnn': 'mask_rcnn.py:backbone={backbone}', 'upernet': 'upernet.py:backbone={backbone}'}
+TASK_CONFIGS = {**{f: f'{f}.py:backbone={{backbone}}' for f in ('mask_rcnn', 'faster_rcnn', 'cascade_rcnn',
+                                                                  'cascade_mask_rcnn')},
+                'upernet': 'upernet.py:backbone={backbone}'}
 
 
 def load_config(model: str, config_path: str = ''):

@@ -19,7 +19,7 @@ from lgvit.models import box_ops
 from lgvit.segmentation import zero_outside
 from lgvit.tasks import detection as det_task
 
-from configs import mask_rcnn
+from configs import cascade_mask_rcnn, cascade_rcnn, faster_rcnn, mask_rcnn
 
 
 @pytest.fixture(scope='module')
@@ -357,3 +357,78 @@ def test_detect_canvas_is_the_eval_pipelines_at_the_shapes_users_feed(geometry):
     np.testing.assert_allclose(np.asarray(want['scale']), (hw[0] / h, hw[1] / w), rtol=1e-6)
     assert canvas.shape == tuple(want['image'].shape)
     assert np.abs(canvas.astype(int) - want['image'].numpy().astype(int)).max() <= 1, (h, w)
+
+
+FRAMEWORK_CONFIGS = {'faster_rcnn': faster_rcnn, 'cascade_rcnn': cascade_rcnn, 'cascade_mask_rcnn': cascade_mask_rcnn}
+
+
+@pytest.mark.parametrize('framework', list(FRAMEWORK_CONFIGS))
+def test_every_framework_recipe_builds_over_every_backbone(framework):
+  """configs/<framework>.py is configs/mask_rcnn.py's recipe for that framework's registered model: masks
+  scored only where it predicts them, Cascade Mask R-CNN over the transformers at 3x (NomMer Table 2),
+  CoTNet's box-only detectors on ResNeSt's range of shorter sides."""
+  config = FRAMEWORK_CONFIGS[framework]
+  for backbone in mask_rcnn.BACKBONES:
+    for arg in ('', ',demo'):
+      c = config.get_config(f'backbone={backbone}{arg}')
+      schema.check(c, device_count=1)
+      assert c.model == f'{framework}_{backbone}' and c.task == 'detection'
+      tasks.of_config(c).check_model(c.model)
+    c = config.get_config(f'backbone={backbone}')
+    base = mask_rcnn.get_config(f'backbone={backbone}')
+    assert c.det.iou_types == (('bbox', 'segm') if mask_rcnn.FRAMEWORKS[framework] else ('bbox',))
+    three_x = framework == 'cascade_mask_rcnn' and backbone in mask_rcnn.TRANSFORMER
+    assert c.num_epochs == (36.0 if three_x else base.num_epochs)
+    assert config.get_config(f'backbone={backbone},schedule=1x').num_epochs == base.num_epochs
+    assert (c.optim.optimizer, c.schedule.lr) == (base.optim.optimizer, base.schedule.lr)
+    if backbone in mask_rcnn.COTNET:
+      want = mask_rcnn.COTNET_SCALES if mask_rcnn.FRAMEWORKS[framework] else mask_rcnn.COTNET_RANGE_SCALES
+      assert tuple(map(tuple, c.aug.scales)) == want
+  with pytest.raises(ValueError, match='unknown detection framework'):
+    mask_rcnn.get_config('backbone=resnet50,framework=htc_rcnn')
+
+
+@pytest.mark.parametrize('framework', ['faster_rcnn', 'cascade_rcnn', 'cascade_mask_rcnn'])
+def test_each_framework_trains_one_step_on_a_coco_shaped_batch(framework):
+  """The COCO recipe (80 classes, 100 object slots, stride-2 masks) with tiny widths on a 128-pixel canvas:
+  one SGD step of the task's train forward gives a finite loss with every stage's terms, and changes the
+  box heads."""
+  c = FRAMEWORK_CONFIGS[framework].get_config('backbone=resnet50')
+  c.unlock()
+  c.model_kwargs = {k: v for k, v in TINY.items() if k != 'num_classes'}
+  c.data.update(pad_size=(128, 128), image_size=128)
+  g, s = c.data.max_instances, c.data.mask_stride
+  task, model = tasks.of_config(c), build_model(c)
+  settings = task.settings(c)
+  variables = jax.jit(lambda: init_variables(model, 128, 0))()
+  rng = np.random.default_rng(0)
+  boxes = np.zeros((2, g, 4), np.float32)
+  boxes[:, :3] = [[8, 8, 60, 50], [40, 30, 120, 100], [70, 10, 100, 44]]
+  valid = np.zeros((2, g), bool)
+  valid[:, :3] = True
+  masks = np.zeros((2, g, 128 // s, 128 // s), np.uint8)
+  for i, (x1, y1, x2, y2) in enumerate(boxes[0, :3].astype(int) // s):
+    masks[:, i, y1:y2, x1:x2] = 255
+  batch = {'image': rng.integers(0, 255, (2, 128, 128, 3), dtype=np.uint8),
+           'image_hw': np.array([[128, 128], [128, 112]], np.int32), 'gt_boxes': boxes,
+           'gt_labels': rng.integers(0, 80, (2, g)).astype(np.int32), 'gt_masks': masks, 'gt_valid': valid,
+           'valid': np.ones(2, np.int32), 'mask': np.ones(2, np.int32)}
+  forward = task.train_forward(model, settings)
+  key = jax.random.PRNGKey(0)
+
+  @jax.jit
+  def step(params, batch_stats, batch):
+    rngs = {n: key for n in ('dropout', 'drop_path', 'gumbel')}
+    grad_fn = jax.value_and_grad(lambda p: forward(p, batch_stats, normalize(batch['image']), batch, rngs, (key, key)),
+                                 has_aux=True)
+    (loss, (metrics, _)), grads = grad_fn(params)
+    return loss, metrics, jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+
+  loss, metrics, params = step(variables['params'], variables['batch_stats'], batch)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  cascade = framework.startswith('cascade')
+  want = {f's{t}.loss_bbox' for t in range(3)} if cascade else {'loss_bbox'}
+  assert want <= set(metrics) and (('s2.loss_mask' in metrics) == (framework == 'cascade_mask_rcnn'))
+  head = 'bbox_heads_2' if cascade else 'bbox_head'
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), params[head], variables['params'][head])
+  assert max(jax.tree_util.tree_leaves(moved)) > 0

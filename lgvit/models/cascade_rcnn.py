@@ -79,7 +79,8 @@ def label_rois(rois: Array, roi_valid: Array, gt_boxes: Array, gt_labels: Array,
   targets = box_ops.encode_boxes(rois, jnp.where(positive[:, None], matched, rois), ZERO_MEANS, stds)
   return dict(rois=rois, valid=valid, positive=positive,
               labels=jnp.where(positive, gt_labels[gt_index], num_classes).astype(jnp.int32), gt_index=gt_index,
-              matched=jnp.where(positive[:, None], matched, 0.0), box_targets=jnp.where(positive[:, None], targets, 0.0),
+              matched=jnp.where(positive[:, None], matched, 0.0),
+              box_targets=jnp.where(positive[:, None], targets, 0.0),
               is_gt=jnp.zeros_like(valid))
 
 
@@ -123,8 +124,9 @@ class CascadeRCNN(mask_rcnn.MaskRCNN):
     return self.mask_heads[0] if stage == len(self.stage_ious) - 1 else None
 
   def _relabel(self, rois, roi_valid, gt, *, iou, stds):
-    return jax.vmap(lambda r, v, b, l, g: label_rois(r, v, b, l, g, num_classes=self.num_classes, iou_threshold=iou,
-                                                     stds=stds))(rois, roi_valid, gt['boxes'], gt['labels'], gt['valid'])
+    return jax.vmap(lambda r, v, b, l, g: label_rois(
+        r, v, b, l, g, num_classes=self.num_classes, iou_threshold=iou, stds=stds))(
+            rois, roi_valid, gt['boxes'], gt['labels'], gt['valid'])
 
   def _refine(self, rois, deltas, labels, image_hw, stds):
     return jax.vmap(lambda r, d, l, hw: regress_by_class(r, d, l, hw, num_classes=self.num_classes, stds=stds))(
@@ -136,10 +138,10 @@ class CascadeRCNN(mask_rcnn.MaskRCNN):
     batch, num_classes = proposals.shape[0], self.num_classes
     losses, metrics = {}, {}
     stages = len(self.stage_ious)
-    keys = jax.random.split(key, stages)
     for t, (iou, stds, weight) in enumerate(zip(self.stage_ious, self.stage_stds, self.stage_loss_weights)):
       if t == 0 or self.stage_resample:
-        samples = self._sample(keys[t], proposals, proposal_valid, gt, iou=iou,
+        stage_key = key if t == 0 else jax.random.fold_in(key, t)  # one stage: Mask R-CNN's samples
+        samples = self._sample(stage_key, proposals, proposal_valid, gt, iou=iou,
                                match_low_quality=self.rcnn_match_low_quality, stds=stds)
       else:
         samples = self._relabel(proposals, proposal_valid, gt, iou=iou, stds=stds)
