@@ -137,12 +137,13 @@ class LoadedModel:
     return np.asarray(logits[0].argmax(-1), np.int32)
 
   def detect(self, image, score_threshold: float = 0.3) -> Detection:
-    """A detector's (``mask_rcnn_*``) objects in one image (path, bytes or uint8 array) scoring at least
-    ``score_threshold``: the evaluation's test path (resize to the test scale, pad, detect, boxes back
-    to the image's pixels, masks pasted there). The resize is XLA's bilinear, which rounds like the
-    TensorFlow input pipeline's to within one grey level."""
+    """A detector's (``mask_rcnn_*``, ``faster_rcnn_*``, ``cascade_*``) objects in one image (path, bytes
+    or uint8 array) scoring at least ``score_threshold``: the evaluation's test path (resize to the test
+    scale, pad, detect, boxes back to the image's pixels, masks pasted there). The resize is XLA's
+    bilinear, which rounds like the TensorFlow input pipeline's to within one grey level."""
     if model_info(self.name).task != 'detection':
-      raise LoadError(f'{self.name} is not a detector (mask_rcnn_*): it finds no objects ({self.source})')
+      raise LoadError(f'{self.name} is not a detector (mask_rcnn_*, faster_rcnn_*, cascade_*): it finds no objects '
+                      f'({self.source})')
     image = read_image(image)
     h, w = image.shape[:2]
     canvas, (new_h, new_w) = self.detection_canvas(image)

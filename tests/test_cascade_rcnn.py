@@ -120,8 +120,9 @@ def _init(model, batch):
 
 def _train(model, variables, batch, key=1):
   images, image_hw, targets = batch
-  return jax.jit(lambda v: model.apply(v, images, train=True, image_hw=image_hw, targets=targets,
-                                       rngs={'sampling': jax.random.PRNGKey(key)}, mutable=['batch_stats'])[0])(variables)
+  rngs = {'sampling': jax.random.PRNGKey(key)}
+  return jax.jit(lambda v: model.apply(v, images, train=True, image_hw=image_hw, targets=targets, rngs=rngs,
+                                       mutable=['batch_stats'])[0])(variables)
 
 
 def test_one_stage_cascade_is_the_mask_rcnn(batch):
@@ -130,7 +131,8 @@ def test_one_stage_cascade_is_the_mask_rcnn(batch):
   images, image_hw, _ = batch
   mask = create_model('mask_rcnn_resnet50', **TINY)
   one = create_model('cascade_mask_rcnn_resnet50', **TINY, stage_ious=(0.5,), stage_stds=(mr.RCNN_STDS,),
-                     stage_loss_weights=(1.0,), rpn_smooth_l1_beta=0.0, rpn_allowed_border=-1, rpn_train_max_proposals=0,
+                     stage_loss_weights=(1.0,), rpn_smooth_l1_beta=0.0, rpn_allowed_border=-1,
+                     rpn_train_max_proposals=0,
                      rcnn_match_low_quality=True, box_head='2fc', class_agnostic=False, box_loss='l1',
                      box_loss_weight=1.0)
   variables = _init(mask, batch)
@@ -187,8 +189,9 @@ def test_three_stage_test_path_equals_a_numpy_formulation(batch, style):
   np.testing.assert_array_equal(found['labels'], want['labels'])
   np.testing.assert_allclose(found['boxes'], want['boxes'], rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(found['scores'], want['scores'], rtol=1e-4, atol=1e-6)
-  heads = model.apply(variables, pyramid, jnp.asarray(found['boxes']), jnp.asarray(found['labels']), method=lambda m, p, b, l: [
-      m._mask_probabilities(h, p, dict(boxes=b, labels=l)) for h in m.mask_heads])
+  heads = model.apply(variables, pyramid, jnp.asarray(found['boxes']), jnp.asarray(found['labels']),
+                      method=lambda m, p, b, l: [m._mask_probabilities(h, p, dict(boxes=b, labels=l))
+                                                 for h in m.mask_heads])
   assert len(heads) == (3 if style == 'mmdet' else 1)
   want_masks = np.where(found['valid'][:, :, None, None], np.mean([np.asarray(h) for h in heads], 0), 0)
   np.testing.assert_allclose(found['masks'], want_masks, rtol=1e-5, atol=1e-6)
@@ -223,7 +226,8 @@ def test_tiny_cascade_learns_a_batch_through_every_stage(batch):
     history.append(jax.device_get(metrics))
     if i == 0:
       for t in range(3):
-        for head, layer in ((f'bbox_heads_{t}', 'fc_cls'), (f'bbox_heads_{t}', 'fc_reg'), (f'mask_heads_{t}', 'conv_logits')):
+        own = ((f'bbox_heads_{t}', 'fc_cls'), (f'bbox_heads_{t}', 'fc_reg'), (f'mask_heads_{t}', 'conv_logits'))
+        for head, layer in own:
           assert float(optax.global_norm(grads[head][layer])) > 0, (head, layer)
   first, last = history[0], history[-1]
   assert last['total'] < 0.6 * first['total'], (first['total'], last['total'])

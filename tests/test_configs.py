@@ -15,7 +15,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 #: The detection configs (tests/test_detection_task.py covers them).
 DETECTION_FILES = ('mask_rcnn', 'faster_rcnn', 'cascade_rcnn', 'cascade_mask_rcnn')
 FILES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
-               if p.stem not in ('__init__', 'common', 'transfer', *DETECTION_FILES) and not p.stem.startswith('upernet'))
+               if p.stem not in ('__init__', 'common', 'transfer', *DETECTION_FILES)
+               and not p.stem.startswith('upernet'))
 FAMILIES = {  # family config -> the values of its `variant` argument (and other arguments)
     'resnet': [f'variant={v}' for v in ('resnet50', 'wide_resnet50_2', 'resnet101')],
     'nommer': [f'variant={v},res={r}' for v in 'tsb' for r in (224, 384)],

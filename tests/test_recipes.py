@@ -11,8 +11,10 @@ from configs import common
 from lgvit import optim
 from lgvit.models import create_model
 
+DETECTION_CONFIGS = ('mask_rcnn', 'faster_rcnn', 'cascade_rcnn', 'cascade_mask_rcnn')  # tests/test_detection_task.py
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
-                 if p.stem not in ('__init__', 'common', 'transfer') and not p.stem.startswith(('upernet', 'mask_rcnn')))  # see the last test
+                 if p.stem not in ('__init__', 'common', 'transfer', *DETECTION_CONFIGS)
+                 and not p.stem.startswith('upernet'))  # see the last test
 
 # name prefix -> (global batch, peak LR, warm-up start LR, final/min LR, warm-up epochs, epochs, unit,
 #                 warm-up prefix, optimizer, weight decay, decay on 1-D params?)
