@@ -190,7 +190,7 @@ def test_three_stage_test_path_equals_a_numpy_formulation(batch, style):
   np.testing.assert_allclose(found['boxes'], want['boxes'], rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(found['scores'], want['scores'], rtol=1e-4, atol=1e-6)
   heads = model.apply(variables, pyramid, jnp.asarray(found['boxes']), jnp.asarray(found['labels']),
-                      method=lambda m, p, b, l: [m._mask_probabilities(h, p, dict(boxes=b, labels=l))
+                      method=lambda m, p, b, l: [m._mask_probabilities([h], p, dict(boxes=b, labels=l))
                                                  for h in m.mask_heads])
   assert len(heads) == (3 if style == 'mmdet' else 1)
   want_masks = np.where(found['valid'][:, :, None, None], np.mean([np.asarray(h) for h in heads], 0), 0)

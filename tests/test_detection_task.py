@@ -21,6 +21,9 @@ from lgvit.tasks import detection as det_task
 
 from configs import cascade_mask_rcnn, cascade_rcnn, faster_rcnn, mask_rcnn
 
+#: The detection frameworks besides Mask R-CNN -> their config modules.
+FRAMEWORK_CONFIGS = {'faster_rcnn': faster_rcnn, 'cascade_rcnn': cascade_rcnn, 'cascade_mask_rcnn': cascade_mask_rcnn}
+
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
@@ -232,11 +235,10 @@ def test_every_recipe_builds_and_passes_the_schema(backbone):
     mask_rcnn.get_config(f'backbone={backbone},schedule=2x')
 
 
-@pytest.mark.parametrize('backbone,pad_size', [('resnet50', None), ('lesa_resnet50', None), ('nommer_t', (832, 1344))])
-def test_train_and_eval_steps_trace_at_the_recipes_canvases(backbone, pad_size):
-  """The task's train forward and eval step on COCO-sized batches (100 objects, stride-2 masks), traced
-  only: the recipe's square canvas (1344, LESA 1024) and a landscape one."""
-  c = mask_rcnn.get_config(f'backbone={backbone}')
+def _trace_task_steps(c, pad_size=None):
+  """The task's train forward and eval step of config ``c`` on a COCO-sized batch of two (100 objects,
+  the recipe's mask stride) at ``pad_size`` (default the recipe's canvas), traced only:
+  ``(loss, metrics, detections)`` as ShapeDtypeStructs."""
   c.unlock()
   if pad_size:
     c.data.pad_size = pad_size
@@ -254,9 +256,32 @@ def test_train_and_eval_steps_trace_at_the_recipes_canvases(backbone, pad_size):
   loss, (metrics, _) = jax.eval_shape(
       lambda v, b: forward(v['params'], v['batch_stats'], normalize(b['image']), b,
                            {n: key for n in ('dropout', 'drop_path', 'gumbel')}, (key, key)), variables, batch)
-  assert loss.shape == () and 'loss_mask' in metrics
   found = jax.eval_shape(task.eval_step(model, settings), variables, batch)
+  return loss, metrics, found
+
+
+@pytest.mark.parametrize('backbone,pad_size', [('resnet50', None), ('lesa_resnet50', None), ('nommer_t', (832, 1344))])
+def test_train_and_eval_steps_trace_at_the_recipes_canvases(backbone, pad_size):
+  """The task's train forward and eval step on COCO-sized batches (100 objects, stride-2 masks), traced
+  only: the recipe's square canvas (1344, LESA 1024) and a landscape one."""
+  c = mask_rcnn.get_config(f'backbone={backbone}')
+  loss, metrics, found = _trace_task_steps(c, pad_size)
+  assert loss.shape == () and 'loss_mask' in metrics
   assert found['boxes'].shape == (2, 100, 4) and found['masks'].shape == (2, 100, 28, 28)
+
+
+@pytest.mark.parametrize('framework,backbone,pad_size', [('cascade_mask_rcnn', 'nommer_t', (1344, 832)),
+                                                         ('cascade_rcnn', 'cotnet50', (800, 1216)),
+                                                         ('faster_rcnn', 'resnet50', (800, 1344))])
+def test_framework_steps_trace_at_portrait_and_landscape_canvases(framework, backbone, pad_size):
+  """The other frameworks' task steps, traced at the canvases users feed (a portrait 1344x832, landscape
+  800-row ones): every stage's losses, masks only from the mask frameworks."""
+  loss, metrics, found = _trace_task_steps(FRAMEWORK_CONFIGS[framework].get_config(f'backbone={backbone}'), pad_size)
+  cascade, masks = framework.startswith('cascade'), mask_rcnn.FRAMEWORKS[framework]
+  assert loss.shape == () and (({f's{t}.loss_bbox' for t in range(3)} if cascade else {'loss_bbox'}) <= set(metrics))
+  assert found['boxes'].shape == (2, 100, 4) and ('masks' in found) == masks
+  if masks:
+    assert found['masks'].shape == (2, 100, 28, 28) and 's2.loss_mask' in metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,8 +383,6 @@ def test_detect_canvas_is_the_eval_pipelines_at_the_shapes_users_feed(geometry):
     assert canvas.shape == tuple(want['image'].shape)
     assert np.abs(canvas.astype(int) - want['image'].numpy().astype(int)).max() <= 1, (h, w)
 
-
-FRAMEWORK_CONFIGS = {'faster_rcnn': faster_rcnn, 'cascade_rcnn': cascade_rcnn, 'cascade_mask_rcnn': cascade_mask_rcnn}
 
 
 @pytest.mark.parametrize('framework', list(FRAMEWORK_CONFIGS))

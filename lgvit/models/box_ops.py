@@ -56,6 +56,11 @@ def box_area(boxes: Array) -> Array:
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def nonempty(boxes: Array) -> Array:
+  """Boxes ``[..., 4]`` of positive width and height (mmdet's ``min_bbox_size=0`` filter)."""
+  return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+
+
 def box_iou(boxes1: Array, boxes2: Array, eps: float = 1e-6) -> Array:
   """Pairwise IoU ``[..., N, M]`` of ``boxes1 [..., N, 4]`` and ``boxes2 [..., M, 4]``.
 

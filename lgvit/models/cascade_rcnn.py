@@ -162,8 +162,7 @@ class CascadeRCNN(mask_rcnn.MaskRCNN):
         if self.stage_resample:  # mmdet: the added ground truths leave
           proposal_valid = samples['valid'] & ~samples['is_gt']
         else:  # detectron2: empty boxes leave
-          proposal_valid = samples['valid'] & (proposals[..., 2] > proposals[..., 0]) & (
-              proposals[..., 3] > proposals[..., 1])
+          proposal_valid = samples['valid'] & box_ops.nonempty(proposals)
     return losses, metrics
 
   def detect_rois(self, pyramid: Sequence[Array], proposals: Array, proposal_valid: Array,
@@ -181,8 +180,8 @@ class CascadeRCNN(mask_rcnn.MaskRCNN):
       mean = jnp.log(jnp.maximum(mean, jnp.finfo(jnp.float32).tiny))
     found = self._detections(mean, deltas, rois, proposal_valid, image_hw, stds=self.stage_stds[-1])
     if self.with_mask:
-      probabilities = sum(self._mask_probabilities(head, pyramid, found) for head in self.mask_heads)
-      found['masks'] = jnp.where(found['valid'][:, :, None, None], probabilities / len(self.mask_heads), 0.0)
+      probabilities = self._mask_probabilities(self.mask_heads, pyramid, found)
+      found['masks'] = jnp.where(found['valid'][:, :, None, None], probabilities, 0.0)
     return found
 
 

@@ -45,13 +45,13 @@ serves every batch, sharded over a data mesh, with no host round trip. The heads
 API: ``MaskRCNN(backbone=..., num_classes=80, ...)`` and
 ``__call__(images, *, train, image_hw=None, targets=None, mask_stride=None)``. ``train=True`` takes
 the batch's ``gt_boxes [B, G, 4]``, ``gt_labels [B, G]``, ``gt_masks [B, G, Hm, Wm]`` and
-``gt_valid [B, G]`` in ``targets`` (the data pipeline's batch; ``gt_masks`` uint8 coverage 0..255), draws its samples from the ``'sampling'`` RNG and returns
-``(total_loss, metrics)``; ``train=False`` returns ``boxes [B, 100, 4]``, ``scores``, ``labels``
-(int32), ``valid`` (bool) and ``masks [B, 100, 28, 28]`` (float32 probabilities); invalid slots are
-zero. The parts run alone: ``pyramid(images, train=...)`` (backbone + FPN), ``train_losses(pyramid,
-image_hw, targets, mask_stride)`` and ``detect(pyramid, image_hw)``, through ``apply(...,
-method=...)``; the target code is plain functions (``rpn_targets``, ``sample_rois``,
-``mask_targets``, ``rpn_proposals``, ``detections``).
+``gt_valid [B, G]`` in ``targets`` (the data pipeline's batch; ``gt_masks`` uint8 coverage 0..255),
+draws its samples from the ``'sampling'`` RNG and returns ``(total_loss, metrics)``; ``train=False``
+returns ``boxes [B, 100, 4]``, ``scores``, ``labels`` (int32), ``valid`` (bool) and
+``masks [B, 100, 28, 28]`` (float32 probabilities); invalid slots are zero. The parts run alone:
+``pyramid(images, train=...)`` (backbone + FPN), ``train_losses(pyramid, image_hw, targets,
+mask_stride)`` and ``detect(pyramid, image_hw)``, through ``apply(..., method=...)``; the target code
+is plain functions (``rpn_targets``, ``sample_rois``, ``mask_targets``, ``rpn_proposals``, ``detections``).
 """
 from __future__ import annotations
 
@@ -233,9 +233,10 @@ class FCNMaskHead(nn.Module):
     for i in range(self.num_convs):
       if self.norm:
         x = layers.ConvBN(self.channels, 3, dtype=self.dtype, name=f'conv{i}')(x, train=train, mask=flat_mask)
-        continue
-      x = nn.relu(layers.Conv2d(self.channels, 3, padding=1, use_bias=True, kernel_init=layers.kaiming_normal_fan_out,
-                                bias_init=_zeros, dtype=self.dtype, name=f'conv{i}')(x))
+      else:
+        x = nn.relu(layers.Conv2d(self.channels, 3, padding=1, use_bias=True,
+                                  kernel_init=layers.kaiming_normal_fan_out, bias_init=_zeros, dtype=self.dtype,
+                                  name=f'conv{i}')(x))
     x = layers.UpsampleConvTranspose(self.channels, 2, kernel_init=layers.kaiming_normal_fan_out, bias_init=_zeros,
                                      dtype=self.dtype, name='upsample')(x)
     x = nn.relu(x)
@@ -324,8 +325,7 @@ def rpn_proposals(scores: Sequence[Array], deltas: Sequence[Array], anchors: Seq
     level_ids.append(jnp.full((k,), level, jnp.int32))
   boxes = jnp.concatenate(kept_boxes)
   level_scores = jnp.concatenate(kept_scores)
-  nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-  level_scores = jnp.where(nonempty, level_scores, -jnp.inf)  # NMS drops scores <= -inf
+  level_scores = jnp.where(box_ops.nonempty(boxes), level_scores, -jnp.inf)  # NMS drops scores <= -inf
   index, valid = box_ops.batched_nms(boxes, level_scores, jnp.concatenate(level_ids), iou_threshold, max_proposals)
   return jnp.where(valid[:, None], boxes[index], 0.0), valid
 
@@ -397,8 +397,9 @@ def detections(logits: Array, deltas: Array, proposals: Array, proposal_valid: A
 
   ``logits [P, K+1]``, ``deltas [P, 4K]`` (or ``[P, 4]``, class-agnostic) of ``proposals [P, 4]``:
   softmax scores, boxes decoded (``stds``) and clipped to ``image_hw``; every (proposal, class) pair
-  with score > ``score_threshold`` is a candidate, class-wise NMS at ``iou_threshold`` keeps the best ``max_detections``. Returns
-  ``boxes [D, 4]``, ``scores [D]``, ``labels [D]`` (int32), ``valid [D]``; invalid slots are zero.
+  with score > ``score_threshold`` is a candidate, class-wise NMS at ``iou_threshold`` keeps the best
+  ``max_detections``. Returns ``boxes [D, 4]``, ``scores [D]``, ``labels [D]`` (int32), ``valid [D]``;
+  invalid slots are zero.
   Static bound: only the best ``max_candidates`` pairs enter the NMS, which changes nothing unless
   more pairs pass the threshold and fewer than ``max_detections`` of those survive NMS."""
   num_proposals, num_classes = logits.shape[0], logits.shape[1] - 1
@@ -581,10 +582,15 @@ class MaskRCNN(nn.Module):
     bce = optax.sigmoid_binary_cross_entropy(mask_logits, targets_28).mean(axis=(-2, -1))
     return jnp.sum(jnp.where(pos_valid, bce, 0.0)) / jnp.maximum(jnp.sum(pos_valid), 1)  # mean over every pixel
 
-  def _mask_probabilities(self, mask_head, pyramid, found):
-    mask_logits = mask_head(self._roi_features(pyramid, found['boxes'], self.mask_size // 2))
-    mask_logits = jnp.take_along_axis(mask_logits, found['labels'][:, :, None, None, None], axis=-1)[..., 0]
-    return jax.nn.sigmoid(mask_logits)
+  def _mask_probabilities(self, mask_heads, pyramid, found):
+    """The mean over ``mask_heads`` of the predicted class's mask probabilities on the found boxes (one
+    RoIAlign serves every head: the cascade's test path averages its stages' heads)."""
+    features = self._roi_features(pyramid, found['boxes'], self.mask_size // 2)
+    probabilities = 0.0
+    for mask_head in mask_heads:
+      logits = jnp.take_along_axis(mask_head(features), found['labels'][:, :, None, None, None], axis=-1)[..., 0]
+      probabilities = probabilities + jax.nn.sigmoid(logits)
+    return probabilities / len(mask_heads)
 
   def _detections(self, logits, deltas, rois, roi_valid, image_hw, stds=RCNN_STDS):
     return jax.vmap(lambda lg, dl, p, pv, hw: detections(
@@ -651,7 +657,7 @@ class MaskRCNN(nn.Module):
     logits, deltas = self.bbox_head(self._roi_features(pyramid, proposals, 7))
     found = self._detections(logits, deltas, proposals, proposal_valid, image_hw)
     if self.with_mask:
-      probabilities = self._mask_probabilities(self.mask_head, pyramid, found)
+      probabilities = self._mask_probabilities([self.mask_head], pyramid, found)
       found['masks'] = jnp.where(found['valid'][:, :, None, None], probabilities, 0.0)
     return found
 
@@ -724,8 +730,7 @@ DETECTION_BACKBONES = {
 }
 
 
-def register_detectors(framework: str, create, table: Mapping[str, tuple[int, Mapping[str, Any]]],
-                       **framework_defaults) -> None:
+def register_detectors(framework: str, create, table: Mapping[str, tuple], **framework_defaults) -> None:
   """Registers ``<framework>_<backbone>`` for each ``backbone -> (params, paper[, overrides])`` of
   ``table``: ``framework_defaults``, then the backbone's DETECTION_BACKBONES settings, then the entry's
   own ``overrides`` (a paper's heads for that backbone)."""
